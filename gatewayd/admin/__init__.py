@@ -1,0 +1,1 @@
+"""Admin API, dashboard and the operator endpoints on the admin listener."""

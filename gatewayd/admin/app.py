@@ -1,0 +1,44 @@
+"""The admin listener (loopback by default): /metrics, /_health, /_ready and the admin API."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_async.aio.web import server_stats
+
+if TYPE_CHECKING:
+    from gatewayd.daemon.process import Daemon
+
+DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
+
+
+async def health(request: web.Request) -> web.Response:
+    """Liveness: the process and its event loop answer."""
+    return web.json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: a generation is serving and the daemon is not shutting down."""
+    daemon = request.app[DAEMON]
+    if not daemon.ready:
+        return web.json_response({"status": "not ready"}, status=503)
+    gen = daemon.gateway.current if daemon.gateway else None
+    return web.json_response({"status": "ready", "generation": gen.number if gen else None})
+
+
+# Extension point: modules of the admin API add their routes through functions with this shape.
+RouteInstaller = Any
+
+
+def build_admin_app(
+    daemon: Daemon, installers: list[RouteInstaller] | None = None
+) -> web.Application:
+    app = web.Application(client_max_size=2 * 1024 * 1024)
+    app[DAEMON] = daemon
+    app.router.add_get("/metrics", server_stats)
+    app.router.add_get("/_health", health)
+    app.router.add_get("/_ready", ready)
+    for install in installers or ():
+        install(app)
+    return app

@@ -1,0 +1,301 @@
+"""The public plugin API: everything a plugin author (built-in or third-party) may use.
+
+A plugin is a class with a ``name``, a pydantic ``Config`` model, a default ``priority`` (higher
+runs first, as in Kong) and any of the phases below. Only the phases a plugin defines are called.
+
+- ``async on_request(ctx) -> Response | None`` in chain order: return ``None`` to go on, or a
+  :class:`Response` to answer at once (a local reply: 401, 429, a cache hit).
+- ``async on_response(ctx, response) -> None`` in reverse order, over the plugins that saw the
+  request: change ``response.status``/``response.headers`` or wrap ``response.body``.
+- ``on_response_chunk(ctx, chunk) -> bytes`` (sync, rare) for each body chunk, in reverse order.
+- ``async on_done(ctx) -> None`` in reverse order; always runs (accounting, logs).
+
+A plugin that raises fails closed: :class:`PluginError` gives its own status, anything else a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from multidict import CIMultiDict
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+T = TypeVar("T")
+
+Body = bytes | AsyncIterator[bytes]
+
+
+class PluginConfig(BaseModel):
+    """Base for plugin config models: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EmptyConfig(PluginConfig):
+    pass
+
+
+class PluginError(Exception):
+    """Raised by a plugin to answer with a specific status and the standard JSON error body."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+class BodyTooLarge(PluginError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, "body_too_large", f"request body exceeds {limit} bytes")
+        self.limit = limit
+
+
+@dataclass(slots=True)
+class Principal:
+    """Who is calling, as established by an authentication plugin."""
+
+    kind: str  # "key", "jwt", "introspection", ...
+    subject: str | None = None
+    tenant: str | None = None
+    key_id: str | None = None
+    roles: frozenset[str] = frozenset()
+    scopes: frozenset[str] = frozenset()
+    claims: dict[str, Any] = field(default_factory=dict)
+
+
+class Request:
+    """The request as it will be forwarded. Plugins may change any attribute."""
+
+    __slots__ = (
+        "body",
+        "client_ip",
+        "content_length",
+        "headers",
+        "host",
+        "method",
+        "path",
+        "query_string",
+        "raw",
+        "scheme",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        query_string: str,
+        headers: CIMultiDict[str],
+        host: str,
+        scheme: str,
+        client_ip: str,
+        body: Body | None,
+        content_length: int | None,
+        raw: web.BaseRequest | None = None,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query_string = query_string
+        self.headers = headers
+        self.host = host
+        self.scheme = scheme
+        self.client_ip = client_ip
+        self.body = body
+        self.content_length = content_length
+        self.raw = raw
+
+    @property
+    def is_websocket(self) -> bool:
+        return (
+            self.headers.get("Upgrade", "").lower() == "websocket"
+            and "upgrade" in self.headers.get("Connection", "").lower()
+        )
+
+
+class Response:
+    """A reply: status, headers and a body that is bytes or an async iterator of chunks."""
+
+    __slots__ = ("body", "headers", "reason", "status")
+
+    def __init__(
+        self,
+        status: int = 200,
+        headers: CIMultiDict[str] | dict[str, str] | None = None,
+        body: Body = b"",
+        reason: str | None = None,
+    ) -> None:
+        self.status = status
+        self.headers: CIMultiDict[str] = (
+            headers if isinstance(headers, CIMultiDict) else CIMultiDict(headers or {})
+        )
+        self.body = body
+        self.reason = reason
+
+    @classmethod
+    def json(cls, data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+        h = CIMultiDict(headers or {})
+        h["Content-Type"] = "application/json"
+        return cls(status, h, json.dumps(data, separators=(",", ":")).encode())
+
+
+def error_body(code: str, message: str, request_id: str) -> bytes:
+    return json.dumps(
+        {"error": {"code": code, "message": message, "request_id": request_id}},
+        separators=(",", ":"),
+    ).encode()
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try at an upstream target (the forwarder records each, retries included)."""
+
+    target: str
+    status: int | None = None
+    error: str | None = None  # "connect", "timeout", "disconnect", ...
+    duration: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RouteInfo:
+    name: str
+    upstream: str | None
+    prefix: str
+
+
+class RequestContext:
+    """Per-request state shared by the plugins of one chain and the forwarder."""
+
+    __slots__ = (
+        "attempts",
+        "bytes_in",
+        "bytes_out",
+        "error",
+        "excluded_targets",
+        "principal",
+        "request",
+        "request_id",
+        "response",
+        "route",
+        "started",
+        "state",
+        "target",
+    )
+
+    def __init__(self, request: Request, request_id: str, route: RouteInfo) -> None:
+        self.request = request
+        self.request_id = request_id
+        self.route = route
+        self.principal: Principal | None = None
+        self.state: dict[str, Any] = {}
+        self.response: Response | None = None
+        self.target: str | None = None
+        self.attempts: list[Attempt] = []
+        self.excluded_targets: set[str] = set()
+        self.error: BaseException | None = None
+        self.started = time.monotonic()
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def error_response(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> Response:
+        """A local reply with the standard JSON error body and this request's id."""
+        h = CIMultiDict(headers or {})
+        h["Content-Type"] = "application/json"
+        return Response(status, h, error_body(code, message, self.request_id))
+
+    async def read_body(self, limit: int) -> bytes:
+        """Read the whole request body (at most ``limit`` bytes, else 413) and keep it for
+        forwarding, byte for byte. For plugins that must see the body (signatures)."""
+        body = self.request.body
+        if body is None:
+            return b""
+        if isinstance(body, bytes):
+            if len(body) > limit:
+                raise BodyTooLarge(limit)
+            return body
+        cl = self.request.content_length
+        if cl is not None and cl > limit:
+            raise BodyTooLarge(limit)
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in body:
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(limit)
+            parts.append(chunk)
+        data = b"".join(parts)
+        self.request.body = data
+        return data
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class PluginContext:
+    """What a plugin gets at construction: where it sits and the daemon's shared services.
+
+    ``keep(key, factory)`` hands state over across reloads: when the plugin at the same place
+    (scope, name, position among identical ones) has the same config in the new generation, it
+    gets the object the old generation kept under ``key``; otherwise ``factory()`` makes one.
+    """
+
+    __slots__ = ("_handover", "identity", "logger", "route", "scope", "services", "upstream")
+
+    def __init__(
+        self,
+        scope: str,
+        route: str | None,
+        upstream: str | None,
+        identity: str,
+        services: Any,
+        handover: Any,
+        logger: Any,
+    ) -> None:
+        self.scope = scope
+        self.route = route
+        self.upstream = upstream
+        self.identity = identity
+        self.services = services
+        self._handover = handover
+        self.logger = logger
+
+    def keep(self, key: str, factory: Callable[[], T]) -> T:
+        return self._handover.keep(f"{self.identity}#{key}", factory)
+
+
+class Plugin:
+    """Base class for plugins (optional: any class with the same attributes works)."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[BaseModel]] = EmptyConfig
+    priority: ClassVar[int] = 1000
+
+    def __init__(self, config: Any, context: PluginContext) -> None:
+        self.config = config
+        self.context = context
+
+    async def start(self) -> None:
+        """Called once the generation is built, before it serves."""
+
+    async def close(self) -> None:
+        """Called when the generation that built this instance has drained."""
+
+
+PHASES = ("on_request", "on_response", "on_response_chunk", "on_done")

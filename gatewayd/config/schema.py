@@ -1,0 +1,257 @@
+"""The configuration contract (see docs/configuration.md) as immutable pydantic models."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gatewayd.config.units import Duration, Rate, Ratio, Size
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:8080`` for IPv6) into its parts."""
+    m = re.match(r"^\[?([^\]]*)\]?:(\d{1,5})$", value.strip())
+    if not m or not 0 <= int(m.group(2)) <= 65535:
+        raise ValueError(f"invalid address {value!r} (expected host:port, e.g. 0.0.0.0:8080)")
+    return m.group(1) or "0.0.0.0", int(m.group(2))
+
+
+class TLSConfig(Model):
+    cert: Path
+    key: Path
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+
+class ListenerConfig(Model):
+    address: str
+    tls: TLSConfig | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        parse_address(v)
+        return v
+
+
+class AdminToken(Model):
+    id: str
+    hash: str = Field(repr=False)
+
+
+class AdminConfig(Model):
+    listen: str = "127.0.0.1:9901"
+    tokens: list[AdminToken] = []
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_address(v)
+        return v
+
+
+class StateConfig(Model):
+    dir: Path = Path("/var/lib/gatewayd")
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+
+class LoggingConfig(Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+    access_log: bool = True
+
+
+class ServerConfig(Model):
+    """Process-level settings: where the pid file lives and how long a shutdown drains."""
+
+    pid_file: Path | None = None  # default: <state.dir>/gatewayd.pid
+    drain_timeout: Duration = 30.0
+    max_header_size: Size = 16384
+    client_max_body: Size | None = None  # no default cap; use the request_limits plugin
+
+
+class PoolConfig(Model):
+    max_connections: int = Field(256, ge=1)
+    keepalive: Duration = 30.0
+
+
+class TimeoutsConfig(Model):
+    connect: Duration = 2.0
+    read: Duration = 30.0
+    total: Duration = 60.0
+
+
+class HealthConfig(Model):
+    path: str = "/healthz"
+    interval: Duration = 5.0
+    timeout: Duration = 2.0
+    unhealthy_after: int = Field(3, ge=1)
+    healthy_after: int = Field(2, ge=1)
+
+
+class RetriesConfig(Model):
+    attempts: int = Field(2, ge=0, le=10)
+    backoff: Duration = 0.05
+    budget: Ratio = 0.2
+    idempotency_key: bool = False
+
+
+class UpstreamConfig(Model):
+    targets: list[str] = []
+    relay: str | None = None
+    balance: Literal["round_robin", "least_conn", "hash"] = "round_robin"
+    hash_on: str = "ip"  # "ip" or "header:<name>"
+    pool: PoolConfig = PoolConfig()
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    health: HealthConfig | None = None
+    retries: RetriesConfig | None = None
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if not re.match(r"^(https?|wss?)://[^/\s]+/?$", t):
+                raise ValueError(f"invalid target {t!r} (expected http://host:port)")
+        return [t.rstrip("/") for t in v]
+
+    @field_validator("hash_on")
+    @classmethod
+    def _hash_on(cls, v: str) -> str:
+        if v != "ip" and not (v.startswith("header:") and len(v) > 7):
+            raise ValueError("expected 'ip' or 'header:<name>'")
+        return v
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> UpstreamConfig:
+        if bool(self.targets) == bool(self.relay):
+            raise ValueError("an upstream needs either 'targets' or 'relay' (exactly one)")
+        return self
+
+
+class MatchConfig(Model):
+    host: str | None = None
+    path: str = "/"
+    methods: list[str] | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("a path prefix must start with '/'")
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else [m.upper() for m in v]
+
+
+class RewriteConfig(Model):
+    pattern: str
+    replacement: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression: {exc}") from None
+        return v
+
+
+class PluginSpec(Model):
+    """One entry of a chain: ``- rate_limit: {...}`` with an optional sibling ``priority:``."""
+
+    name: str
+    config: dict[str, Any] = {}
+    priority: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_mapping(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"name": data, "config": {}}
+        if isinstance(data, dict) and "name" not in data:
+            rest = {k: v for k, v in data.items() if k != "priority"}
+            if len(rest) != 1:
+                raise ValueError(
+                    "a plugin entry is a mapping with one plugin name, e.g. '- rate_limit: {...}'"
+                )
+            ((name, config),) = rest.items()
+            if config is None:
+                config = {}
+            if not isinstance(config, dict):
+                raise ValueError(f"the config of plugin '{name}' must be a mapping")
+            return {"name": name, "config": config, "priority": data.get("priority")}
+        return data
+
+
+class WebSocketConfig(Model):
+    idle_timeout: Duration = 300.0
+    max_message: Size = 16 * 1024 * 1024
+
+
+class RouteConfig(Model):
+    name: str
+    match: MatchConfig = MatchConfig()
+    upstream: str | None = None
+    relay: str | None = None  # "by_path" or a lease name
+    strip_prefix: bool = False
+    rewrite: RewriteConfig | None = None
+    preserve_host: bool = False
+    timeouts: TimeoutsConfig | None = None
+    websocket: WebSocketConfig = WebSocketConfig()
+    plugins: list[PluginSpec] = []
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", v):
+            raise ValueError("a route name is 1-64 letters, digits, '_', '.', '-'")
+        return v
+
+    @model_validator(mode="after")
+    def _target(self) -> RouteConfig:
+        if self.upstream and self.relay:
+            raise ValueError("a route has either 'upstream' or 'relay', not both")
+        return self
+
+
+class HeartbeatConfig(Model):
+    interval: Duration = 20.0
+    timeout: Duration = 30.0
+
+
+class RelayConfig(Model):
+    path: str = "/_relay/connect"
+    heartbeat: HeartbeatConfig = HeartbeatConfig()
+    max_connections: int = Field(1000, ge=1)
+    connect_rate: Rate = "10/min"  # type: ignore[assignment]
+    max_event_bytes: Size = 1024 * 1024
+    event_types: list[str] = []
+    max_frame: Size = 1024 * 1024
+    stream_window: Size = 256 * 1024
+
+
+class GatewayConfig(Model):
+    listen: list[ListenerConfig] = [ListenerConfig(address="0.0.0.0:8080")]
+    admin: AdminConfig = AdminConfig()
+    state: StateConfig = StateConfig()
+    logging: LoggingConfig = LoggingConfig()
+    server: ServerConfig = ServerConfig()
+    plugins: list[PluginSpec] = []
+    upstreams: dict[str, UpstreamConfig] = {}
+    routes: list[RouteConfig] = []
+    relay: RelayConfig = RelayConfig()
+
+    @property
+    def pid_file(self) -> Path:
+        return self.server.pid_file or self.state.dir / "gatewayd.pid"

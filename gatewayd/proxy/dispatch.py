@@ -1,0 +1,220 @@
+"""The request path: normalise, match, run the chain, forward, stream the reply back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gatewayd.chain.api import (
+    PluginError,
+    Request,
+    RequestContext,
+    Response,
+    RouteInfo,
+    error_body,
+)
+from gatewayd.chain.runner import failure_response, run_done, run_request, run_response
+from gatewayd.config.schema import TimeoutsConfig, UpstreamConfig
+from gatewayd.observability.access import log_access
+from gatewayd.observability.metrics import NO_ROUTE, Metrics
+from gatewayd.proxy.errors import UpstreamError
+from gatewayd.proxy.headers import add_forwarded, strip_hop_by_hop, valid_request_id
+from gatewayd.routing.paths import BadPath, normalise_path
+from gatewayd.routing.table import Route, RouteTable
+
+log = logging.getLogger("gatewayd.proxy")
+NO_ROUTE_INFO = RouteInfo(NO_ROUTE, None, "")
+BODY_CHUNK = 64 * 1024
+
+
+def json_error(status: int, code: str, message: str, request_id: str) -> web.Response:
+    return web.Response(
+        status=status,
+        body=error_body(code, message, request_id),
+        headers={"Content-Type": "application/json", "X-Request-ID": request_id},
+    )
+
+
+async def client_body(raw: web.BaseRequest, ctx: RequestContext) -> AsyncIterator[bytes]:
+    async for chunk in raw.content.iter_chunked(BODY_CHUNK):
+        ctx.bytes_in += len(chunk)
+        yield chunk
+
+
+class Dispatcher:
+    """Serves requests for one generation (its route table and upstreams)."""
+
+    def __init__(
+        self,
+        table: RouteTable,
+        upstreams: Mapping[str, Any],
+        upstream_configs: Mapping[str, UpstreamConfig],
+        metrics: Metrics,
+        access_log: bool,
+        extra_upstream: Any = None,
+    ) -> None:
+        self.table = table
+        self.upstreams = upstreams
+        self.timeouts = {n: c.timeouts for n, c in upstream_configs.items()}
+        self.metrics = metrics
+        self.access_log = access_log
+        # Routes without an upstream (relay by path) ask this object for one.
+        self.extra_upstream = extra_upstream
+
+    async def handle(self, raw: web.BaseRequest) -> web.StreamResponse:
+        rid = raw.headers.get("X-Request-ID")
+        if rid is None or not valid_request_id(rid):
+            rid = uuid.uuid4().hex
+        target, _, query = raw.raw_path.partition("?")
+        try:
+            path = normalise_path(target)
+        except BadPath as exc:
+            self.metrics.route(NO_ROUTE).count(400)
+            return json_error(400, "bad_request", str(exc), rid)
+        route = self.table.match(raw.host, path, raw.method)
+        if route is None:
+            self.metrics.route(NO_ROUTE).count(404)
+            return json_error(404, "no_route", "no route matches this request", rid)
+        return await self.serve(raw, route, path, query, rid)
+
+    async def serve(
+        self, raw: web.BaseRequest, route: Route, path: str, query: str, rid: str
+    ) -> web.StreamResponse:
+        headers = CIMultiDict(raw.headers)
+        peer = raw.transport.get_extra_info("peername") if raw.transport else None
+        client_ip = peer[0] if peer else ""
+        request = Request(
+            raw.method,
+            path,
+            query,
+            headers,
+            raw.host,
+            raw.scheme,
+            client_ip,
+            None,
+            raw.content_length,
+            raw,
+        )
+        ctx = RequestContext(request, rid, route.info)
+        if raw.body_exists:
+            request.body = client_body(raw, ctx)
+        chain = route.chain
+        rm = self.metrics.route(route.name)
+        rm.inflight.inc()
+        seen = -1
+        status = 500
+        try:
+            if chain.request:
+                reply, seen = await run_request(chain, ctx)
+            else:
+                reply, seen = None, len(chain.plugins) - 1
+            if reply is None:
+                reply = await self.forward(ctx, route)
+            if chain.response or chain.chunk:
+                reply = await run_response(chain, ctx, reply, seen)
+            ctx.response = reply
+            status = reply.status
+            return await self.write(raw, ctx, reply)
+        except asyncio.CancelledError:
+            status = 499  # the client went away (nginx's convention)
+            raise
+        finally:
+            if chain.done:
+                await run_done(chain, ctx, seen)
+            rm.inflight.dec()
+            rm.count(status)
+            rm.duration.observe(time.monotonic() - ctx.started)
+            if self.access_log:
+                log_access(ctx, status, route.info.upstream)
+
+    def upstream_for(self, ctx: RequestContext, route: Route) -> tuple[Any, TimeoutsConfig]:
+        name = route.info.upstream
+        if name is not None:
+            timeouts = route.config.timeouts or self.timeouts[name]
+            return self.upstreams[name], timeouts
+        if self.extra_upstream is not None:
+            return self.extra_upstream(ctx, route)
+        raise UpstreamError(502, "no_upstream", f"route '{route.name}' has no upstream")
+
+    def upstream_headers(self, ctx: RequestContext, route: Route) -> CIMultiDict[str]:
+        req = ctx.request
+        headers = strip_hop_by_hop(req.headers)
+        add_forwarded(headers, req.client_ip, req.scheme, req.host)
+        headers["X-Request-ID"] = ctx.request_id
+        if not route.config.preserve_host:
+            headers.popall("Host", None)
+        return headers
+
+    async def forward(self, ctx: RequestContext, route: Route) -> Response:
+        started = time.monotonic()
+        try:
+            upstream, timeouts = self.upstream_for(ctx, route)
+            headers = self.upstream_headers(ctx, route)
+            path = route.upstream_path(ctx.request.path)
+            reply: Response = await upstream.send(ctx, path, headers, timeouts)
+        except UpstreamError as exc:
+            ctx.error = ctx.error or exc
+            if isinstance(ctx.error, PluginError):  # e.g. the body grew past a limit
+                return failure_response(ctx, "request", ctx.error)
+            retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+            if ctx.attempts and ctx.attempts[-1].error and route.info.upstream:
+                self.metrics.upstream_errors.labels(
+                    route.info.upstream, ctx.attempts[-1].error
+                ).inc()
+            return ctx.error_response(exc.status, exc.code, exc.message, retry)
+        except PluginError as exc:
+            ctx.error = exc
+            return failure_response(ctx, "request", exc)
+        if route.info.upstream:
+            self.metrics.upstream(route.info.upstream).observe(time.monotonic() - started)
+        return reply
+
+    async def write(
+        self, raw: web.BaseRequest, ctx: RequestContext, reply: Response
+    ) -> web.StreamResponse:
+        headers = reply.headers
+        headers["X-Request-ID"] = ctx.request_id
+        close = headers.popall("Connection", None) is not None
+        body = reply.body
+        resp: web.StreamResponse
+        if isinstance(body, bytes | bytearray):
+            if raw.method != "HEAD":
+                headers.popall("Content-Length", None)
+            ctx.bytes_out = len(body)
+            resp = web.Response(
+                status=reply.status, reason=reply.reason, headers=headers, body=body
+            )
+            if close:
+                resp.force_close()
+            return resp
+        resp = web.StreamResponse(status=reply.status, reason=reply.reason, headers=headers)
+        if close:
+            resp.force_close()
+        try:
+            await resp.prepare(raw)
+            async for chunk in body:
+                ctx.bytes_out += len(chunk)
+                await resp.write(chunk)
+            await resp.write_eof()
+        except (UpstreamError, aiohttp.ClientError, ConnectionError) as exc:
+            # Headers are gone already: the only honest signal left is to cut the connection.
+            ctx.error = exc
+            log.warning(
+                "response aborted mid-stream",
+                extra={"request_id": ctx.request_id, "route": ctx.route.name, "reason": str(exc)},
+            )
+            if raw.transport is not None:
+                raw.transport.close()
+        finally:
+            aclose = getattr(body, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        return resp

@@ -1,0 +1,61 @@
+"""Header hygiene on the way up and down: hop-by-hop removal and the X-Forwarded-* family."""
+
+from __future__ import annotations
+
+import re
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Proxy-Connection",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+    )
+)
+VIA = "1.1 gatewayd"
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+
+
+def valid_request_id(value: str | None) -> bool:
+    return value is not None and _REQUEST_ID_RE.match(value) is not None
+
+
+def _connection_tokens(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> set[str]:
+    tokens: set[str] = set()
+    for value in headers.getall("Connection", ()):
+        tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+def strip_hop_by_hop(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """A copy without hop-by-hop headers (the fixed list and those named in Connection)."""
+    drop = HOP_BY_HOP
+    if "Connection" in headers:
+        drop = drop | _connection_tokens(headers)
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+
+
+def add_forwarded(headers: CIMultiDict[str], client_ip: str, scheme: str, host: str) -> None:
+    """Append the client to X-Forwarded-For; set X-Forwarded-Proto/-Host; append to Via."""
+    xff = headers.get("X-Forwarded-For")
+    headers["X-Forwarded-For"] = f"{xff}, {client_ip}" if xff else client_ip
+    headers["X-Forwarded-Proto"] = scheme
+    if host:
+        headers["X-Forwarded-Host"] = host
+    via = headers.get("Via")
+    headers["Via"] = f"{via}, {VIA}" if via else VIA
+
+
+def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    out = strip_hop_by_hop(headers)
+    via = out.get("Via")
+    out["Via"] = f"{via}, {VIA}" if via else VIA
+    return out

@@ -1,0 +1,1 @@
+"""Helpers for scripts/bench: process control, wrk runs, the targets under test, the report."""

@@ -1,0 +1,115 @@
+"""The one table (markdown, so it pastes into docs) and the same numbers as JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .wrk import WrkResult
+
+COLUMNS = (
+    "row",
+    "req/s",
+    "p50 ms",
+    "p99 ms",
+    "x nginx",
+    "x minimal",
+    "MiB/s (64 MiB)",
+    "peak RSS MiB",
+)
+
+
+@dataclass
+class RowResult:
+    name: str
+    small: WrkResult | None = None
+    large: WrkResult | None = None
+    peak_rss_mib: float | None = None
+    error: str | None = None
+
+    def rps(self) -> float | None:
+        return self.small.requests_per_sec if self.small else None
+
+
+def _ratio(value: float | None, base: float | None) -> float | None:
+    return value / base if value is not None and base else None
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _by_name(results: Sequence[RowResult], name: str) -> float | None:
+    return next((r.rps() for r in results if r.name == name), None)
+
+
+def table_rows(results: Sequence[RowResult]) -> list[dict[str, Any]]:
+    """One plain dict per row, with the ratios filled in (what the table and the JSON show)."""
+    nginx, minimal = _by_name(results, "nginx"), _by_name(results, "minimal")
+    rows = []
+    for r in results:
+        rows.append(
+            {
+                "row": r.name,
+                "requests_per_sec": r.rps(),
+                "p50_ms": r.small.p50_ms if r.small else None,
+                "p99_ms": r.small.p99_ms if r.small else None,
+                "ratio_to_nginx": _ratio(r.rps(), nginx),
+                "ratio_to_minimal": _ratio(r.rps(), minimal),
+                "large_mib_per_sec": r.large.transfer_mib_per_sec if r.large else None,
+                "peak_rss_mib": r.peak_rss_mib,
+                "error": r.error,
+                "small": asdict(r.small) if r.small else None,
+                "large": asdict(r.large) if r.large else None,
+            }
+        )
+    return rows
+
+
+def _cells(row: dict[str, Any]) -> list[str]:
+    if row["error"] and row["requests_per_sec"] is None:
+        return [row["row"], "FAILED", *["-"] * (len(COLUMNS) - 2)]
+    return [
+        row["row"],
+        _fmt(row["requests_per_sec"], ",.0f"),
+        _fmt(row["p50_ms"], ".2f"),
+        _fmt(row["p99_ms"], ".2f"),
+        _fmt(row["ratio_to_nginx"], ".2f"),
+        _fmt(row["ratio_to_minimal"], ".2f"),
+        _fmt(row["large_mib_per_sec"], ",.0f"),
+        _fmt(row["peak_rss_mib"], ".1f"),
+    ]
+
+
+def render_table(rows: Sequence[dict[str, Any]]) -> str:
+    cells = [list(COLUMNS), *(_cells(r) for r in rows)]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+
+    def line(values: Sequence[str]) -> str:
+        padded = [v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True))]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(cells[0]), rule, *(line(c) for c in cells[1:])])
+
+
+def notes(results: Sequence[RowResult]) -> list[str]:
+    """Failures and anything that makes a number suspect (errors, non-2xx answers)."""
+    out = []
+    for r in results:
+        if r.error:
+            out.append(f"{r.name}: {r.error}")
+        for label, res in (("small", r.small), ("large", r.large)):
+            if res and (res.non_2xx or res.socket_errors):
+                out.append(
+                    f"{r.name} ({label}): {res.non_2xx} non-2xx responses, "
+                    f"{res.socket_errors} socket errors out of {res.requests} requests"
+                )
+    return out
+
+
+def write_json(path: Path, meta: dict[str, Any], rows: Sequence[dict[str, Any]]) -> None:
+    path.write_text(json.dumps({"meta": meta, "rows": list(rows)}, indent=2) + "\n")
