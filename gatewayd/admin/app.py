@@ -27,8 +27,12 @@ async def ready(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready", "generation": gen.number if gen else None})
 
 
-# Extension point: modules of the admin API add their routes through functions with this shape.
+# Extension point: each module of the admin API has an ``install(app)`` that adds its routes.
 RouteInstaller = Any
+
+
+def installers() -> list[RouteInstaller]:
+    return []
 
 
 def build_admin_app(
@@ -39,6 +43,6 @@ def build_admin_app(
     app.router.add_get("/metrics", server_stats)
     app.router.add_get("/_health", health)
     app.router.add_get("/_ready", ready)
-    for install in installers or ():
+    for install in installers if installers is not None else globals()["installers"]():
         install(app)
     return app

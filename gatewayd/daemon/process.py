@@ -24,7 +24,7 @@ from gatewayd.daemon.generation import build_generation
 from gatewayd.daemon.listeners import Listeners
 from gatewayd.daemon.notify import SystemdNotifier
 from gatewayd.daemon.pidfile import PidFile
-from gatewayd.daemon.services import Services
+from gatewayd.daemon.services import Services, build_services
 from gatewayd.observability.logging import configure_logging
 from gatewayd.observability.metrics import Metrics
 
@@ -62,7 +62,7 @@ class Daemon:
         self.config = config
         self.pidfile = PidFile(config.pid_file)
         self.pidfile.acquire()
-        self.services = Services(state=config.state, metrics=self.metrics)
+        self.services = await build_services(config, self.metrics)
         self.generation_number = 1
         gen = await build_generation(1, config, PluginRegistry.discover(), self.services, None)
         self.gateway = Gateway(gen, self.metrics)

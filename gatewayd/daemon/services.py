@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gatewayd.config.schema import StateConfig
+from gatewayd.config.schema import GatewayConfig, StateConfig
 from gatewayd.observability.metrics import Metrics
 
 
@@ -36,3 +36,10 @@ class Services:
             close = getattr(obj, "close", None)
             if close is not None:
                 await close()
+
+
+async def build_services(config: GatewayConfig, metrics: Metrics) -> Services:
+    """Make the process-wide services once, at start-up. (``state`` changes need a restart.)"""
+    services = Services(state=config.state, metrics=metrics)
+    # Each subsystem adds its service here (event bus, key store, plugin state stores, relay).
+    return services

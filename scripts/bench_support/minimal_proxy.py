@@ -6,6 +6,7 @@ access log. Usage: python minimal_proxy.py PORT UPSTREAM_URL
 
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import uvloop
@@ -15,13 +16,15 @@ from multidict import CIMultiDict
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te"}
 HOP_BY_HOP |= {"trailer", "transfer-encoding", "upgrade"}
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 
 def strip(headers: "CIMultiDict[str]", *also: str) -> "CIMultiDict[str]":
     drop = HOP_BY_HOP.union(also)
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
 
 
-def make_handler(session: aiohttp.ClientSession, upstream: str):  # noqa: ANN201
+def make_handler(session: aiohttp.ClientSession, upstream: str) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         body = request.content if request.body_exists else None
         headers = strip(request.headers, "host")
@@ -29,7 +32,9 @@ def make_handler(session: aiohttp.ClientSession, upstream: str):  # noqa: ANN201
         async with session.request(
             request.method, url, headers=headers, data=body, allow_redirects=False
         ) as upstream_resp:
-            resp = web.StreamResponse(status=upstream_resp.status, headers=strip(upstream_resp.headers))
+            resp = web.StreamResponse(
+                status=upstream_resp.status, headers=strip(upstream_resp.headers)
+            )
             await resp.prepare(request)
             async for chunk in upstream_resp.content.iter_any():
                 await resp.write(chunk)

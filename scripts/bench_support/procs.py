@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 _PR_SET_PDEATHSIG = 1
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -87,8 +88,8 @@ class Children:
         argv: Sequence[str],
         core: int | None,
         *,
-        stdout: int | IO,
-        stderr: int | IO,
+        stdout: int | IO[bytes],
+        stderr: int | IO[bytes],
         env: Mapping[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
@@ -98,7 +99,7 @@ class Children:
             stderr=stderr,
             env=dict(env) if env is not None else None,
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - single-threaded harness
+            preexec_fn=_die_with_parent,  # the harness is single-threaded
         )
         self._procs.append(proc)
         return proc

@@ -89,7 +89,10 @@ def render_table(rows: Sequence[dict[str, Any]]) -> str:
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
 
     def line(values: Sequence[str]) -> str:
-        padded = [v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True))]
+        padded = [
+            v.ljust(w) if i == 0 else v.rjust(w)
+            for i, (v, w) in enumerate(zip(values, widths, strict=True))
+        ]
         return "| " + " | ".join(padded) + " |"
 
     rule = "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"

@@ -18,9 +18,10 @@ from typing import Any
 from .procs import Children, StartError, free_port, wait_ready
 
 SUPPORT = Path(__file__).resolve().parent
-SMALL_BODY = b"gatewayd bench: a small body of exactly one hundred bytes, served by nginx as a static file.....\n"
+SMALL_BODY = (
+    b"gatewayd bench: a 100-byte body served by nginx as a static file.".ljust(99, b".") + b"\n"
+)
 LARGE_SIZE = 64 * 1024 * 1024
-assert len(SMALL_BODY) == 100
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class Row:
 
 
 def write_www(www: Path) -> None:
-    """The backend's files: a 100-byte /small and a 64 MiB /large (random, so nothing compresses)."""
+    """The backend's files: a 100-byte /small and a 64 MiB /large (random: nothing compresses)."""
     www.mkdir(parents=True)
     (www / "small").write_bytes(SMALL_BODY)
     block = os.urandom(1024 * 1024)
@@ -163,7 +164,7 @@ def minimal_proxy(ctx: Context) -> Iterator[Proxy]:
 
 @dataclass(frozen=True)
 class RowSetup:
-    """Extra set-up a gatewayd row may need: config merged in, env for the daemon, client headers."""
+    """Extra set-up for a gatewayd row: config merged in, env for the daemon, client headers."""
 
     config: Mapping[str, Any] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
@@ -189,7 +190,14 @@ GATEWAYD_VARIANTS: list[GatewaydVariant] = [
     GatewaydVariant("gatewayd"),
     GatewaydVariant(
         "gatewayd+headers",
-        [{"headers": {"request": {"set": {"X-Env": "bench"}}, "response": {"add": {"X-Served-By": "gatewayd"}}}}],
+        [
+            {
+                "headers": {
+                    "request": {"set": {"X-Env": "bench"}},
+                    "response": {"add": {"X-Served-By": "gatewayd"}},
+                }
+            }
+        ],
         expect_headers={"X-Served-By": "gatewayd"},
     ),
 ]

@@ -1,0 +1,264 @@
+"""scripts/bench: gatewayd against nginx and a minimal aiohttp proxy, on pinned cores.
+
+See docs/benchmarks.md for the method. Only the standard library is used here; the processes
+under test run in the project's .venv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from . import report
+from .procs import Children, StartError, http_get, peak_rss_mib
+from .targets import SMALL_BODY, Context, Proxy, Row, all_rows, nginx_backend
+from .wrk import Load, WrkError, WrkResult, run_wrk
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV = ROOT / ".venv"
+
+
+class SmokeError(RuntimeError):
+    """The target answered, but not what the backend serves."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    duration: float
+    warmup: float
+    connections: int
+    threads: int
+    large_duration: float
+    large_connections: int
+    client_core: int | None
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    names = ", ".join(r.name for r in all_rows())
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench",
+        description="Benchmark gatewayd against nginx and a minimal aiohttp proxy "
+        "(docs/benchmarks.md). Load generator and backend on one core, proxy on the other.",
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per row (10)")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections (64)")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (1)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unrecorded seconds first (2)")
+    parser.add_argument(
+        "--large-duration", type=float, default=5.0, help="seconds of 64 MiB downloads (5)"
+    )
+    parser.add_argument(
+        "--large-connections", type=int, default=1, help="parallel 64 MiB downloads (1)"
+    )
+    parser.add_argument("--only", help=f"comma-separated rows to run, of: {names}")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument(
+        "--python",
+        default=str(VENV / "bin/python") if (VENV / "bin/python").exists() else sys.executable,
+        help="interpreter for the minimal proxy (default: .venv's)",
+    )
+    parser.add_argument(
+        "--gatewayd", type=Path, default=VENV / "bin/gatewayd", help="the gatewayd executable"
+    )
+    parser.add_argument("--keep-tmp", action="store_true", help="keep configs and logs")
+    return parser.parse_args(argv)
+
+
+def select_rows(rows: list[Row], only: str | None) -> list[Row]:
+    if not only:
+        return rows
+    wanted = [name.strip() for name in only.split(",") if name.strip()]
+    unknown = sorted(set(wanted) - {r.name for r in rows})
+    if unknown:
+        known = ", ".join(r.name for r in rows)
+        raise SystemExit(f"scripts/bench: unknown row(s) {', '.join(unknown)} (known: {known})")
+    return [r for r in rows if r.name in wanted]
+
+
+def pick_cores() -> tuple[int | None, int | None]:
+    """(load generator + backend core, proxy core): the first two CPUs we may run on."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        progress("warning: fewer than 2 CPUs; everything shares one core")
+        return cores[0], cores[0]
+    return cores[0], cores[1]
+
+
+def progress(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def smoke_check(proxy: Proxy) -> None:
+    """One request through the target before loading it: the body and headers must be right."""
+    resp = http_get(f"{proxy.url}/small", headers=proxy.headers)
+    if resp.status != 200 or resp.body != SMALL_BODY:
+        raise SmokeError(f"GET /small answered {resp.status} with {resp.body[:200]!r}")
+    for name, value in proxy.expect_headers.items():
+        got = resp.headers.get(name.lower())
+        if got != value:
+            raise SmokeError(f"GET /small: expected header {name}: {value}, got {got!r}")
+
+
+def _wrk(children: Children, s: Settings, proxy: Proxy, path: str, large: bool) -> WrkResult:
+    load = Load(
+        url=proxy.url + path,
+        duration=s.large_duration if large else s.duration,
+        connections=s.large_connections if large else s.connections,
+        threads=1 if large else s.threads,
+        headers=proxy.headers,
+    )
+    return run_wrk(children, load, core=s.client_core)
+
+
+def _warm_up(children: Children, s: Settings, proxy: Proxy) -> None:
+    if s.warmup > 0:
+        load = Load(proxy.url + "/small", s.warmup, s.connections, s.threads, proxy.headers)
+        run_wrk(children, load, core=s.client_core)
+
+
+def measure(row: Row, ctx: Context, s: Settings) -> report.RowResult:
+    """Start the row's target, smoke-check it, load it, read its peak RSS, stop it."""
+    result = report.RowResult(row.name)
+    progress(f"{row.name}: starting")
+    try:
+        with row.start(ctx) as proxy:
+            smoke_check(proxy)
+            _warm_up(ctx.children, s, proxy)
+            progress(f"{row.name}: {s.duration:g}s of GET /small, {s.connections} connections")
+            result.small = _wrk(ctx.children, s, proxy, "/small", large=False)
+            progress(f"{row.name}: {s.large_duration:g}s of GET /large (64 MiB)")
+            result.large = _wrk(ctx.children, s, proxy, "/large", large=True)
+            result.peak_rss_mib = peak_rss_mib(proxy.pid)
+    except (StartError, SmokeError, WrkError, RuntimeError, OSError) as err:
+        result.error = str(err)
+        progress(f"{row.name}: FAILED: {err}")
+    return result
+
+
+def run_rows(rows: Sequence[Row], tmp: Path, args: argparse.Namespace) -> list[report.RowResult]:
+    client_core, proxy_core = pick_cores()
+    settings = Settings(
+        duration=args.duration,
+        warmup=args.warmup,
+        connections=args.connections,
+        threads=args.threads,
+        large_duration=args.large_duration,
+        large_connections=args.large_connections,
+        client_core=client_core,
+    )
+    with Children() as children:
+        progress(f"backend: nginx on core {client_core}, 64 MiB file in {tmp}")
+        with nginx_backend(tmp, children, client_core) as backend:
+            ctx = Context(
+                tmp=tmp,
+                children=children,
+                backend_url=backend.url,
+                backend_pid=backend.pid,
+                python=args.python,
+                gatewayd=args.gatewayd,
+                proxy_core=proxy_core,
+            )
+            return [measure(row, ctx, settings) for row in rows]
+
+
+def _version(argv: Sequence[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"unknown ({err})"
+    return (done.stdout + done.stderr).strip().splitlines()[0] if done.returncode == 0 else "?"
+
+
+def metadata(args: argparse.Namespace) -> dict[str, Any]:
+    client_core, proxy_core = pick_cores()
+    probe = (
+        "import sys, aiohttp, uvloop;"
+        "print(sys.version.split()[0], aiohttp.__version__, uvloop.__version__)"
+    )
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "kernel": platform.release(),
+        "cpu": _cpu_model(),
+        "cores": {"client_and_backend": client_core, "proxy": proxy_core},
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "connections": args.connections,
+        "threads": args.threads,
+        "large_duration_s": args.large_duration,
+        "large_connections": args.large_connections,
+        "nginx": _version(["nginx", "-v"]),
+        "wrk": _version(["wrk", "--version"]),
+        "python_aiohttp_uvloop": _version([args.python, "-c", probe]),
+        "gatewayd": _version([str(args.gatewayd), "version"]),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _missing_tools() -> list[str]:
+    return [tool for tool in ("nginx", "wrk", "taskset") if shutil.which(tool) is None]
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    rows = select_rows(all_rows(), args.only)
+    missing = _missing_tools()
+    if missing:
+        print(f"scripts/bench: not on PATH: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupt)
+    meta = metadata(args)
+    tmp = Path(tempfile.mkdtemp(prefix="gatewayd-bench-"))
+    try:
+        results = run_rows(rows, tmp, args)
+    except KeyboardInterrupt:
+        print("scripts/bench: interrupted; every child process was stopped", file=sys.stderr)
+        return 130
+    finally:
+        if args.keep_tmp:
+            progress(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return _print_report(results, meta, args.json)
+
+
+def _print_report(
+    results: Sequence[report.RowResult], meta: dict[str, Any], json_path: Path | None
+) -> int:
+    rows = report.table_rows(results)
+    print(
+        f"\ngatewayd bench: {meta['duration_s']:g}s per row, {meta['connections']} connections, "
+        f"wrk + backend on core {meta['cores']['client_and_backend']}, "
+        f"proxy on core {meta['cores']['proxy']}; {meta['cpu']}\n"
+    )
+    print(report.render_table(rows))
+    for note in report.notes(results):
+        print(f"\n* {note}")
+    if json_path is not None:
+        report.write_json(json_path, meta, rows)
+    return 1 if any(r.error for r in results) else 0

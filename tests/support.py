@@ -1,0 +1,169 @@
+"""Test support: run the real daemon as a subprocess and real aiohttp backends on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def base_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    """A minimal config with free ports, state under tmp_path and text logs."""
+    cfg: dict[str, Any] = {
+        "listen": [{"address": f"127.0.0.1:{free_port()}"}],
+        "admin": {"listen": f"127.0.0.1:{free_port()}"},
+        "state": {"dir": str(tmp_path / "state")},
+        "logging": {"level": "info", "format": "json", "access_log": True},
+        "server": {"drain_timeout": "10s"},
+        "upstreams": {},
+        "routes": [],
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+class Daemon:
+    """``gatewayd run`` in a subprocess, with its config file, log file and addresses."""
+
+    def __init__(self, config: dict[str, Any], workdir: Path, env: dict[str, str] | None = None):
+        self.config = config
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = workdir / "gatewayd.yaml"
+        self.log_path = workdir / "gatewayd.log"
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.write_config(config)
+
+    def write_config(self, config: dict[str, Any] | str) -> None:
+        if isinstance(config, dict):
+            self.config = config
+            text = yaml.safe_dump(config, sort_keys=False)
+        else:
+            text = config
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(self.config_path)
+
+    @property
+    def url(self) -> str:
+        addr = self.config["listen"][0]["address"]
+        scheme = "https" if self.config["listen"][0].get("tls") else "http"
+        return f"{scheme}://{addr}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.config['admin']['listen']}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    async def start(self, timeout: float = 20.0) -> Daemon:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gatewayd", "run", "-c", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.workdir,
+        )
+        log.close()
+        await self.wait_ready(timeout)
+        return self
+
+    async def wait_ready(self, timeout: float = 20.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as s:
+            while True:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"gatewayd exited {self.proc.returncode}:\n{self.logs()}")
+                try:
+                    async with s.get(self.admin_url + "/_ready") as r:
+                        if r.status == 200:
+                            return dict(await r.json())
+                except aiohttp.ClientError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"gatewayd not ready:\n{self.logs()}")
+                await asyncio.sleep(0.05)
+
+    async def generation(self) -> int:
+        async with aiohttp.ClientSession() as s, s.get(self.admin_url + "/_ready") as r:
+            return int((await r.json())["generation"])
+
+    async def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample from /metrics (0 if absent)."""
+        async with aiohttp.ClientSession() as s, s.get(self.admin_url + "/metrics") as r:
+            text = await r.text()
+        want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        key = f"{name}{{{want}}}" if labels else name
+        for line in text.splitlines():
+            if line.startswith(key + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    async def reload(self, expect_success: bool = True, timeout: float = 10.0) -> None:
+        """SIGHUP, then wait until the reload counter moves."""
+        result = "success" if expect_success else "failure"
+        other = "failure" if expect_success else "success"
+        before = await self.metric("gatewayd_reloads_total", result=result)
+        before_other = await self.metric("gatewayd_reloads_total", result=other)
+        os.kill(self.pid, signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while await self.metric("gatewayd_reloads_total", result=result) <= before:
+            if await self.metric("gatewayd_reloads_total", result=other) > before_other:
+                raise AssertionError(f"reload went the other way ({other}):\n{self.logs()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reload not seen:\n{self.logs()}")
+            await asyncio.sleep(0.05)
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    async def wait_exit(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError("gatewayd did not exit")
+            await asyncio.sleep(0.05)
+        return self.proc.returncode
+
+    async def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return await self.wait_exit(15)
+        except TimeoutError:
+            self.proc.kill()
+            self.proc.wait()
+            return None
