@@ -1,8 +1,9 @@
 """Human-readable durations, rates, sizes and ratios, as pydantic-ready annotated types.
 
 Durations: ``250ms``, ``2s``, ``5m``, ``1h``, ``1d`` (a bare number is seconds).
-Rates: ``100/s``, ``6000/min``, ``1000/day`` (also ``/ms``? no: ``/s``, ``/m``, ``/min``, ``/h``,
-``/hour``, ``/d``, ``/day``). Sizes: ``64KiB``, ``10MiB``, ``1GiB``, ``500KB`` (a bare number is bytes).
+Rates: ``100/s``, ``6000/min``, ``1000/day`` (periods ``s``, ``m``/``min``, ``h``/``hour``,
+``d``/``day``, optionally with a multiplier: ``10/5min``).
+Sizes: ``64KiB``, ``10MiB``, ``1GiB``, ``500KB`` (a bare number is bytes).
 Ratios: ``20%`` or ``0.2``.
 """
 

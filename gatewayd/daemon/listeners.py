@@ -52,7 +52,7 @@ class Listeners:
     async def apply(self, listeners: list[ListenerConfig]) -> None:
         tls = self.prepare_tls(listeners)
         wanted = {lc.address: lc for lc in listeners}
-        for address, (site, lc, ctx) in list(self.sites.items()):
+        for address, (site, _lc, ctx) in list(self.sites.items()):
             if address not in wanted or (ctx is None) != (tls[address] is None):
                 await site.stop()
                 del self.sites[address]

@@ -68,7 +68,7 @@ class LeastConn(Balancer):
 
 
 class RendezvousHash(Balancer):
-    """Highest-random-weight hashing: a key keeps its target; losing a target moves only its keys."""
+    """Highest-random-weight hashing: a key keeps its target; a lost target moves only its keys."""
 
     def pick(self, excluded: set[str], key: str | None = None) -> Target | None:
         k = (key or "").encode()
