@@ -1,0 +1,1 @@
+"""gatewayd-example: the template a plugin author copies."""
