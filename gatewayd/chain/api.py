@@ -16,8 +16,8 @@ A plugin that raises fails closed: :class:`PluginError` gives its own status, an
 from __future__ import annotations
 
 import json
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -64,6 +64,18 @@ class BodyTooLarge(PluginError):
     def __init__(self, limit: int) -> None:
         super().__init__(413, "body_too_large", f"request body exceeds {limit} bytes")
         self.limit = limit
+
+
+PRINCIPAL_HEADERS = (
+    "X-Gateway-Tenant",
+    "X-Gateway-Subject",
+    "X-Gateway-Key-Id",
+    "X-Gateway-Roles",
+    "X-Gateway-Scopes",
+    "X-Gateway-Auth",
+)
+"""Headers that carry the authenticated principal to the backend. Only the gateway sets them:
+incoming copies are removed before any plugin runs (and again by each auth plugin)."""
 
 
 @dataclass(slots=True)
@@ -245,7 +257,7 @@ class RequestContext:
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 class PluginContext:

@@ -88,7 +88,7 @@ async def build_generation(
             info = RouteInfo(rc.name, rc.upstream, rc.match.path.rstrip("/"))
             routes.append(make_route(rc, ChainBuilder.order(global_, entries), info))
         for name, uc in config.upstreams.items():
-            upstreams[name] = build_upstream(name, uc, services.relay)
+            upstreams[name] = build_upstream(name, uc, services.relay, handover, services)
         for upstream in upstreams.values():
             await upstream.start()
         for plugin in builder.instances:
@@ -109,13 +109,20 @@ async def build_generation(
             raise ConfigError(exc.problems) from None
         raise
     extra = services.relay.route_upstream if services.relay is not None else None
+    relay = (
+        (config.relay.path, services.relay.endpoint(config.relay))
+        if services.relay is not None
+        else None
+    )
     dispatcher = Dispatcher(
         RouteTable(routes),
         upstreams,
         config.upstreams,
         services.metrics,
-        config.logging.access_log,
+        services.access_log if config.logging.access_log else None,
         extra,
+        relay,
+        websockets=services.extras.get("websockets"),
     )
     handover.forget_previous()
     return Generation(number, config, dispatcher, upstreams, builder.instances, handover)

@@ -133,6 +133,7 @@ class Daemon:
             self.generation_number = number
             self.config = config
             configure_logging(config.logging.level, config.logging.format)
+            self.services.access_log.fmt = config.logging.format
             self.gateway.swap(gen)
             self.metrics.reloads.labels("success").inc()
             took = round((time.monotonic() - started) * 1000, 1)
@@ -161,12 +162,19 @@ class Daemon:
         drain = self.config.server.drain_timeout if self.config else 30.0
         if self.listeners is not None:
             await self.listeners.stop_accepting()
+        if self.services is not None and self.services.events is not None:
+            self.services.events.end_streams()  # SSE consumers reconnect to another instance
         if self.gateway is not None:
             inflight = self.gateway.inflight
             if inflight:
                 log.info("draining", extra={"in_flight": inflight, "grace_s": drain})
             if not await self.gateway.wait_idle(drain):
                 log.warning("drain timed out", extra={"in_flight": self.gateway.inflight})
+        websockets = self.services.extras.get("websockets") if self.services else None
+        if websockets is not None:
+            await websockets.close_all(1001, "server shutting down")  # after the grace period
+        if self.services is not None and self.services.relay is not None:
+            await self.services.relay.close()  # peers get 1001 once their requests are done
         if self.listeners is not None:
             await self.listeners.close()
         if self.gateway is not None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -14,6 +14,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gatewayd.chain.api import (
+    PRINCIPAL_HEADERS,
     PluginError,
     Request,
     RequestContext,
@@ -22,9 +23,10 @@ from gatewayd.chain.api import (
     error_body,
 )
 from gatewayd.chain.runner import failure_response, run_done, run_request, run_response
-from gatewayd.config.schema import TimeoutsConfig, UpstreamConfig
-from gatewayd.observability.access import log_access
+from gatewayd.config.schema import UpstreamConfig
+from gatewayd.observability.access import AccessLog
 from gatewayd.observability.metrics import NO_ROUTE, Metrics
+from gatewayd.proxy import websocket
 from gatewayd.proxy.errors import UpstreamError
 from gatewayd.proxy.headers import add_forwarded, strip_hop_by_hop, valid_request_id
 from gatewayd.routing.paths import BadPath, normalise_path
@@ -58,8 +60,10 @@ class Dispatcher:
         upstreams: Mapping[str, Any],
         upstream_configs: Mapping[str, UpstreamConfig],
         metrics: Metrics,
-        access_log: bool,
+        access_log: AccessLog | None,
         extra_upstream: Any = None,
+        relay: tuple[str, Any] | None = None,
+        websockets: Any = None,
     ) -> None:
         self.table = table
         self.upstreams = upstreams
@@ -68,11 +72,16 @@ class Dispatcher:
         self.access_log = access_log
         # Routes without an upstream (relay by path) ask this object for one.
         self.extra_upstream = extra_upstream
+        # (relay.path, handler): the relay's WebSocket endpoint, served before route matching
+        # (by Gateway.handle, which does not pin a generation for these long-lived connections).
+        self.relay = relay
+        # The process's open WebSockets (gatewayd.proxy.websocket.WebSocketRegistry).
+        self.websockets = websockets
 
     async def handle(self, raw: web.BaseRequest) -> web.StreamResponse:
         rid = raw.headers.get("X-Request-ID")
         if rid is None or not valid_request_id(rid):
-            rid = uuid.uuid4().hex
+            rid = os.urandom(16).hex()
         target, _, query = raw.raw_path.partition("?")
         try:
             path = normalise_path(target)
@@ -89,6 +98,9 @@ class Dispatcher:
         self, raw: web.BaseRequest, route: Route, path: str, query: str, rid: str
     ) -> web.StreamResponse:
         headers = CIMultiDict(raw.headers)
+        for name in PRINCIPAL_HEADERS:  # only the gateway may set these (auth plugins do)
+            if name in headers:
+                del headers[name]
         peer = raw.transport.get_extra_info("peername") if raw.transport else None
         client_ip = peer[0] if peer else ""
         request = Request(
@@ -116,6 +128,12 @@ class Dispatcher:
                 reply, seen = await run_request(chain, ctx)
             else:
                 reply, seen = None, len(chain.plugins) - 1
+            if reply is None and request.is_websocket and self.websockets is not None:
+                upgraded = await websocket.pass_through(self, raw, ctx, route)
+                if isinstance(upgraded, web.StreamResponse):  # relayed and closed
+                    status = 101
+                    return upgraded
+                reply = upgraded  # refused before the upgrade: an error reply
             if reply is None:
                 reply = await self.forward(ctx, route)
             if chain.response or chain.chunk:
@@ -132,10 +150,11 @@ class Dispatcher:
             rm.inflight.dec()
             rm.count(status)
             rm.duration.observe(time.monotonic() - ctx.started)
-            if self.access_log:
-                log_access(ctx, status, route.info.upstream)
+            if self.access_log is not None:
+                self.access_log.record(ctx, status, route.info.upstream)
 
-    def upstream_for(self, ctx: RequestContext, route: Route) -> tuple[Any, TimeoutsConfig]:
+    def upstream_for(self, ctx: RequestContext, route: Route) -> tuple[Any, ...]:
+        """(upstream, timeouts) or, from ``extra_upstream``, (upstream, timeouts, path)."""
         name = route.info.upstream
         if name is not None:
             timeouts = route.config.timeouts or self.timeouts[name]
@@ -156,9 +175,9 @@ class Dispatcher:
     async def forward(self, ctx: RequestContext, route: Route) -> Response:
         started = time.monotonic()
         try:
-            upstream, timeouts = self.upstream_for(ctx, route)
+            upstream, timeouts, *path_override = self.upstream_for(ctx, route)
             headers = self.upstream_headers(ctx, route)
-            path = route.upstream_path(ctx.request.path)
+            path = path_override[0] if path_override else route.upstream_path(ctx.request.path)
             reply: Response = await upstream.send(ctx, path, headers, timeouts)
         except UpstreamError as exc:
             ctx.error = ctx.error or exc

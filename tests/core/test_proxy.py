@@ -274,7 +274,12 @@ async def test_metrics_and_access_log(gateway, backend, config):
     assert "gatewayd_request_duration_seconds_bucket" in text
     assert 'gatewayd_upstream_duration_seconds_count{upstream="api"} 3.0' in text
     assert "secret-path-123" not in text  # routes label metrics, raw paths never do
-    lines = [json.loads(line) for line in gw.logs().splitlines() if '"access"' in line]
+    lines: list[dict] = []
+    for _ in range(40):  # access lines are written in batches, at most 200 ms apart
+        lines = [json.loads(line) for line in gw.logs().splitlines() if '"access"' in line]
+        if len(lines) >= 3:
+            break
+        await asyncio.sleep(0.05)
     assert len(lines) == 3
     entry = lines[0]
     for field in (
