@@ -165,7 +165,7 @@ class Dispatcher:
 
     def upstream_headers(self, ctx: RequestContext, route: Route) -> CIMultiDict[str]:
         req = ctx.request
-        headers = strip_hop_by_hop(req.headers)
+        headers = strip_hop_by_hop(req.headers.copy())
         add_forwarded(headers, req.client_ip, req.scheme, req.host)
         headers["X-Request-ID"] = ctx.request_id
         if not route.config.preserve_host:

@@ -20,6 +20,7 @@ HOP_BY_HOP = frozenset(
         "Upgrade",
     )
 )
+_HOP_BY_HOP_NAMES = tuple(HOP_BY_HOP)
 VIA = "1.1 gatewayd"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
@@ -35,12 +36,15 @@ def _connection_tokens(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> set
     return tokens
 
 
-def strip_hop_by_hop(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    """A copy without hop-by-hop headers (the fixed list and those named in Connection)."""
-    drop = HOP_BY_HOP
+def strip_hop_by_hop(headers: CIMultiDict[str]) -> CIMultiDict[str]:
+    """Remove hop-by-hop headers (the fixed list and those named in Connection), in place."""
     if "Connection" in headers:
-        drop = drop | _connection_tokens(headers)
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+        for name in _connection_tokens(headers):
+            headers.popall(name, None)
+    for name in _HOP_BY_HOP_NAMES:
+        if name in headers:
+            headers.popall(name)
+    return headers
 
 
 def add_forwarded(headers: CIMultiDict[str], client_ip: str, scheme: str, host: str) -> None:
@@ -55,7 +59,8 @@ def add_forwarded(headers: CIMultiDict[str], client_ip: str, scheme: str, host: 
 
 
 def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    out = strip_hop_by_hop(headers)
+    """A mutable copy of an upstream response's headers without the hop-by-hop ones."""
+    out = strip_hop_by_hop(CIMultiDict(headers))
     via = out.get("Via")
     out["Via"] = f"{via}, {VIA}" if via else VIA
     return out
