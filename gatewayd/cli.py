@@ -22,7 +22,10 @@ Installer = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-ar
 
 
 def installers() -> list[Installer]:
-    return []
+    from gatewayd.cli_keys import install as install_keys
+    from gatewayd.cli_peer import install as install_peer
+
+    return [install_keys, install_peer]
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -32,7 +32,12 @@ RouteInstaller = Any
 
 
 def installers() -> list[RouteInstaller]:
-    return []
+    from gatewayd.admin import api as identity_api
+    from gatewayd.admin import events as events_api
+    from gatewayd.admin import relay as relay_api
+    from gatewayd.admin import upstreams as upstreams_api
+
+    return [identity_api.install, events_api.install, relay_api.install, upstreams_api.install]
 
 
 def build_admin_app(

@@ -1,6 +1,7 @@
 """The public plugin API. Plugins import from here and nowhere else in gatewayd."""
 
 from gatewayd.chain.api import (
+    PRINCIPAL_HEADERS,
     Attempt,
     Body,
     BodyTooLarge,
@@ -19,6 +20,7 @@ from gatewayd.chain.api import (
 from gatewayd.config.units import Duration, Rate, RateValue, Ratio, Size
 
 __all__ = [
+    "PRINCIPAL_HEADERS",
     "Attempt",
     "Body",
     "BodyTooLarge",

@@ -97,10 +97,23 @@ class HealthConfig(Model):
 
 
 class RetriesConfig(Model):
-    attempts: int = Field(2, ge=0, le=10)
-    backoff: Duration = 0.05
-    budget: Ratio = 0.2
-    idempotency_key: bool = False
+    attempts: int = Field(2, ge=0, le=10)  # retries after the first try
+    backoff: Duration = 0.05  # base of the exponential backoff (full jitter)
+    max_backoff: Duration = 1.0
+    budget: Ratio = 0.2  # retries may add at most this share of requests (10 s window) ...
+    min_retries: int = Field(3, ge=0)  # ... plus this many per window, so a quiet upstream retries
+    idempotency_key: bool = False  # retry non-idempotent requests that carry Idempotency-Key
+    statuses: list[int] = [502, 503, 504]  # responses retried (idempotent requests only)
+    max_body: Size = 1024 * 1024  # request bodies up to this are buffered so they can be resent
+
+
+class PassiveConfig(Model):
+    """Passive ejection: a target that fails ``failures`` times in a row is taken out of the
+    rotation for ``eject_for`` (never the last available target)."""
+
+    failures: int = Field(5, ge=1)
+    eject_for: Duration = 30.0
+    statuses: list[int] = [502, 503, 504]
 
 
 class UpstreamConfig(Model):
@@ -112,6 +125,7 @@ class UpstreamConfig(Model):
     timeouts: TimeoutsConfig = TimeoutsConfig()
     health: HealthConfig | None = None
     retries: RetriesConfig | None = None
+    passive: PassiveConfig | None = None
 
     @field_validator("targets")
     @classmethod
@@ -239,6 +253,17 @@ class RelayConfig(Model):
     event_types: list[str] = []
     max_frame: Size = 1024 * 1024
     stream_window: Size = 256 * 1024
+    max_streams: int = Field(1000, ge=1)  # streams in flight per peer connection
+
+
+class EventsConfig(Model):
+    """The event bus: ``buffer`` events kept for Last-Event-ID resume, ``queue`` events a
+    consumer may fall behind before it gets a gap (both need a restart), and the SSE
+    heartbeat interval (a ``: ping`` comment on idle streams)."""
+
+    buffer: int = Field(1024, ge=16, le=1_000_000)
+    queue: int = Field(1000, ge=16, le=1_000_000)
+    heartbeat: Duration = 15.0
 
 
 class GatewayConfig(Model):
@@ -251,6 +276,7 @@ class GatewayConfig(Model):
     upstreams: dict[str, UpstreamConfig] = {}
     routes: list[RouteConfig] = []
     relay: RelayConfig = RelayConfig()
+    events: EventsConfig = EventsConfig()
 
     @property
     def pid_file(self) -> Path:

@@ -23,6 +23,10 @@ class Gateway:
 
     async def handle(self, raw: web.BaseRequest) -> web.StreamResponse:
         gen = self.current  # pinned for the whole request, streaming included
+        relay = gen.dispatcher.relay
+        if relay is not None and raw.path == relay[0]:
+            # A relay peer's WebSocket lives across reloads: it must not hold a generation.
+            return await relay[1](raw)
         gen.inflight += 1
         try:
             return await gen.dispatcher.handle(raw)

@@ -13,14 +13,16 @@ class Target:
 
     url: str  # scheme://host:port, no trailing slash
     inflight: int = 0
-    healthy: bool = True
+    healthy: bool = True  # active health checks say so
+    ejected: bool = False  # passive ejection: too many consecutive failures lately
+    failures: int = 0  # consecutive failed attempts (passive ejection)
     seed: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         self.seed = self.url.encode()
 
     def available(self, excluded: set[str]) -> bool:
-        return self.healthy and self.url not in excluded
+        return self.healthy and not self.ejected and self.url not in excluded
 
 
 class Balancer:

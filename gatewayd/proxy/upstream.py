@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
@@ -14,6 +15,7 @@ from yarl import URL
 from gatewayd.chain.api import Attempt, RequestContext, Response
 from gatewayd.config.schema import TimeoutsConfig, UpstreamConfig
 from gatewayd.proxy.balancer import BALANCERS, Target
+from gatewayd.proxy.client import ProxyClientRequest
 from gatewayd.proxy.errors import (
     UpstreamConnectError,
     UpstreamError,
@@ -21,11 +23,14 @@ from gatewayd.proxy.errors import (
     UpstreamUnavailable,
 )
 from gatewayd.proxy.headers import response_headers
+from gatewayd.proxy.health import HealthChecker
+from gatewayd.proxy.retry import RetryBudget, RetryPolicy
 
 # Responses up to this size with a Content-Length are read in one go (bounded) and written with
 # one call; anything larger or of unknown length streams chunk by chunk.
 SMALL_BODY = 64 * 1024
 NO_BODY_STATUS = frozenset({204, 304})
+log = logging.getLogger("gatewayd.proxy")
 
 
 class Upstream(Protocol):
@@ -42,14 +47,150 @@ class Upstream(Protocol):
     async def close(self) -> None: ...
 
 
-class HttpUpstream:
-    def __init__(self, name: str, config: UpstreamConfig) -> None:
+class UpstreamState:
+    """What an upstream keeps across reloads while its config is unchanged (handed over like
+    plugin state): its targets (health, ejection, in-flight counts), the active health checker
+    and the retry budget."""
+
+    def __init__(self, name: str, config: UpstreamConfig, services: Any = None) -> None:
         self.name = name
         self.config = config
         self.targets = [Target(url) for url in config.targets]
+        self.events = getattr(services, "events", None)
+        self.metrics = _metrics(services)
+        retries = config.retries
+        self.budget = RetryBudget(retries.budget, retries.min_retries) if retries else None
+        self.health = (
+            HealthChecker(name, self.targets, config.health, self.changed)
+            if config.health
+            else None
+        )
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        if self.metrics is not None:
+            for t in self.targets:
+                self.metrics[0].labels(name, t.url).set(1)
+
+    def start(self) -> None:
+        if self.health is not None:
+            self.health.start()
+
+    async def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        if self.health is not None:
+            await self.health.close()
+
+    def available(self, target: Target) -> bool:
+        return target.healthy and not target.ejected
+
+    def changed(self, target: Target, healthy: bool, reason: str) -> None:
+        """A target went in or out of the rotation (health check or passive ejection)."""
+        usable = target.healthy and not target.ejected
+        if usable != healthy:
+            return  # still out for the other reason
+        event = "target.healthy" if healthy else "target.unhealthy"
+        log.warning(event, extra={"upstream": self.name, "target": target.url, "reason": reason})
+        if self.metrics is not None:
+            self.metrics[0].labels(self.name, target.url).set(1 if healthy else 0)
+        if self.events is not None:
+            try:
+                self.events.publish(
+                    event, {"upstream": self.name, "target": target.url, "reason": reason}
+                )
+            except Exception:
+                log.exception("publishing a target event failed")
+
+    def account(self, target: Target, failed: bool) -> None:
+        """Passive ejection: consecutive failures take a target out for ``eject_for``."""
+        passive = self.config.passive
+        if not failed:
+            target.failures = 0
+            return
+        target.failures += 1
+        if passive is None or target.ejected or target.failures < passive.failures:
+            return
+        if not any(t is not target and t.healthy and not t.ejected for t in self.targets):
+            return  # never eject the last target in the rotation
+        target.ejected = True
+        target.failures = 0
+        self.changed(target, False, f"ejected after {passive.failures} consecutive failures")
+        loop = asyncio.get_running_loop()
+        self._timers[target.url] = loop.call_later(passive.eject_for, self._restore, target)
+
+    def _restore(self, target: Target) -> None:
+        self._timers.pop(target.url, None)
+        target.ejected = False
+        self.changed(target, True, "ejection ended")
+
+    def retried(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics[1].labels(self.name, outcome).inc()
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        out = []
+        for t in self.targets:
+            item: dict[str, Any] = {
+                "url": t.url,
+                "healthy": t.healthy,
+                "ejected": t.ejected,
+                "available": t.healthy and not t.ejected,
+                "inflight": t.inflight,
+                "consecutive_failures": t.failures,
+            }
+            if self.health is not None:
+                item["health_check"] = self.health.snapshot(t.url)
+            out.append(item)
+        return out
+
+
+def _metrics(services: Any) -> tuple[Any, Any] | None:
+    metrics = getattr(services, "metrics", None)
+    extras = getattr(services, "extras", None)
+    if metrics is None or extras is None:
+        return None
+    found = extras.get("upstream.metrics")
+    if found is None:
+        from prometheus_client import Counter, Gauge
+
+        found = (
+            Gauge(
+                "gatewayd_upstream_target_up",
+                "Whether a target is in the rotation (1) or out: unhealthy or ejected (0)",
+                ["upstream", "target"],
+                registry=metrics.registry,
+            ),
+            Counter(
+                "gatewayd_upstream_retries_total",
+                "Retries, by upstream and outcome (retried, budget_exhausted)",
+                ["upstream", "outcome"],
+                registry=metrics.registry,
+            ),
+        )
+        extras["upstream.metrics"] = found
+    return found  # type: ignore[no-any-return]
+
+
+class HttpUpstream:
+    def __init__(
+        self, name: str, config: UpstreamConfig, state: UpstreamState | None = None
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.owns_state = state is None
+        self.state = state if state is not None else UpstreamState(name, config)
+        self.targets = self.state.targets
         self.balancer = BALANCERS[config.balance](self.targets)
         self.hash_header = config.hash_on[7:] if config.hash_on.startswith("header:") else None
         self.session: aiohttp.ClientSession | None = None
+        budget = self.state.budget
+        self.retry = (
+            RetryPolicy(config.retries, budget)
+            if config.retries is not None and config.retries.attempts > 0 and budget is not None
+            else None
+        )
+        passive = config.passive
+        self.passive_statuses = frozenset(passive.statuses) if passive else frozenset()
 
     async def start(self) -> None:
         pool = self.config.pool
@@ -64,14 +205,17 @@ class HttpUpstream:
             connector=connector,
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            request_class=ProxyClientRequest,
             timeout=aiohttp.ClientTimeout(total=None),
             requote_redirect_url=False,
         )
+        self.state.start()
 
     async def close(self) -> None:
         if self.session is not None:
             await self.session.close()
+        if self.owns_state:
+            await self.state.close()
 
     def hash_key(self, ctx: RequestContext) -> str | None:
         if self.config.balance != "hash":
@@ -89,8 +233,74 @@ class HttpUpstream:
     async def send(
         self, ctx: RequestContext, path: str, headers: CIMultiDict[str], timeouts: TimeoutsConfig
     ) -> Response:
-        target = self.pick(ctx)
-        return await self.send_to(target, ctx, path, headers, timeouts)
+        policy = self.retry
+        if policy is None:
+            target = self.pick(ctx)
+            try:
+                reply = await self.send_to(target, ctx, path, headers, timeouts)
+            except UpstreamError:
+                self.state.account(target, True)
+                raise
+            self.state.account(target, reply.status in self.passive_statuses)
+            return reply
+        return await self.send_with_retries(policy, ctx, path, headers, timeouts)
+
+    async def send_with_retries(
+        self,
+        policy: RetryPolicy,
+        ctx: RequestContext,
+        path: str,
+        headers: CIMultiDict[str],
+        timeouts: TimeoutsConfig,
+    ) -> Response:
+        """Try, and on a retryable failure try another target after a backoff, while attempts
+        and the budget last. A reply is only returned once: nothing has reached the client yet,
+        so a retry never follows response bytes."""
+        req = ctx.request
+        policy.budget.request()
+        body = req.body
+        if body is not None and not isinstance(body, bytes) and policy.replayable(req):
+            limit = policy.config.max_body
+            if req.content_length is not None and req.content_length <= limit:
+                await ctx.read_body(limit)  # held in memory so it can be sent again
+        tried: set[str] = set()
+        tries = 0
+        while True:
+            target = self.pick_other(ctx, tried)
+            tries += 1
+            try:
+                reply = await self.send_to(target, ctx, path, headers, timeouts)
+            except UpstreamError:
+                self.state.account(target, True)
+                error = ctx.attempts[-1].error if ctx.attempts else None
+                if error is None or not self._retry(policy, req, tries, error, None):
+                    raise
+            else:
+                self.state.account(target, reply.status in self.passive_statuses)
+                if not self._retry(policy, req, tries, None, reply.status):
+                    return reply
+                await _discard(reply.body)
+            tried.add(target.url)
+            await asyncio.sleep(policy.backoff(tries - 1))
+
+    def _retry(
+        self, policy: RetryPolicy, req: Any, tries: int, error: str | None, status: int | None
+    ) -> bool:
+        if not policy.retryable(req, tries, error, status):
+            return False
+        if not policy.budget.try_spend():
+            self.state.retried("budget_exhausted")
+            return False
+        self.state.retried("retried")
+        return True
+
+    def pick_other(self, ctx: RequestContext, tried: set[str]) -> Target:
+        """A target not tried yet by this request if there is one, else any available one."""
+        if tried:
+            target = self.balancer.pick(ctx.excluded_targets | tried, self.hash_key(ctx))
+            if target is not None:
+                return target
+        return self.pick(ctx)
 
     async def send_to(
         self,
@@ -161,6 +371,12 @@ class HttpUpstream:
         return exc
 
 
+async def _discard(body: Any) -> None:
+    aclose = getattr(body, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
 async def _stream(
     resp: aiohttp.ClientResponse, target: Target, attempt: Attempt, started: float
 ) -> AsyncIterator[bytes]:
@@ -181,10 +397,18 @@ async def _stream(
             resp.close()
 
 
-def build_upstream(name: str, config: UpstreamConfig, relay: Any = None) -> Any:
-    """An HTTP upstream, or a relay upstream when the config names a lease."""
+def build_upstream(
+    name: str, config: UpstreamConfig, relay: Any = None, handover: Any = None, services: Any = None
+) -> Any:
+    """An HTTP upstream, or a relay upstream when the config names a lease. With a handover,
+    the upstream's state (health, ejections, retry budget) survives reloads that leave its
+    config unchanged."""
     if config.relay:
         if relay is None:
             raise RuntimeError("relay upstreams need the relay registry")
         return relay.upstream(name, config)
-    return HttpUpstream(name, config)
+    if handover is None:
+        return HttpUpstream(name, config)
+    key = f"upstream:{name}/{config.model_dump_json()}#state"
+    state = handover.keep(key, lambda: UpstreamState(name, config, services))
+    return HttpUpstream(name, config, state)

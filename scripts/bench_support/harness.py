@@ -23,7 +23,7 @@ from typing import Any
 
 from . import report
 from .procs import Children, StartError, http_get, peak_rss_mib
-from .targets import SMALL_BODY, Context, Proxy, Row, all_rows, nginx_backend
+from .targets import SMALL_BODY, Context, Row, Target, all_rows, nginx_backend
 from .wrk import Load, WrkError, WrkResult, run_wrk
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,31 +100,31 @@ def progress(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def smoke_check(proxy: Proxy) -> None:
+def smoke_check(target: Target) -> None:
     """One request through the target before loading it: the body and headers must be right."""
-    resp = http_get(f"{proxy.url}/small", headers=proxy.headers)
+    resp = http_get(f"{target.url}/small", headers=target.headers)
     if resp.status != 200 or resp.body != SMALL_BODY:
         raise SmokeError(f"GET /small answered {resp.status} with {resp.body[:200]!r}")
-    for name, value in proxy.expect_headers.items():
+    for name, value in target.expect_headers.items():
         got = resp.headers.get(name.lower())
         if got != value:
             raise SmokeError(f"GET /small: expected header {name}: {value}, got {got!r}")
 
 
-def _wrk(children: Children, s: Settings, proxy: Proxy, path: str, large: bool) -> WrkResult:
+def _wrk(children: Children, s: Settings, target: Target, path: str, large: bool) -> WrkResult:
     load = Load(
-        url=proxy.url + path,
+        url=target.url + path,
         duration=s.large_duration if large else s.duration,
         connections=s.large_connections if large else s.connections,
         threads=1 if large else s.threads,
-        headers=proxy.headers,
+        headers=target.headers,
     )
     return run_wrk(children, load, core=s.client_core)
 
 
-def _warm_up(children: Children, s: Settings, proxy: Proxy) -> None:
+def _warm_up(children: Children, s: Settings, target: Target) -> None:
     if s.warmup > 0:
-        load = Load(proxy.url + "/small", s.warmup, s.connections, s.threads, proxy.headers)
+        load = Load(target.url + "/small", s.warmup, s.connections, s.threads, target.headers)
         run_wrk(children, load, core=s.client_core)
 
 
@@ -133,22 +133,27 @@ def measure(row: Row, ctx: Context, s: Settings) -> report.RowResult:
     result = report.RowResult(row.name)
     progress(f"{row.name}: starting")
     try:
-        with row.start(ctx) as proxy:
-            smoke_check(proxy)
-            _warm_up(ctx.children, s, proxy)
+        with row.start(ctx) as target:
+            smoke_check(target)
+            _warm_up(ctx.children, s, target)
             progress(f"{row.name}: {s.duration:g}s of GET /small, {s.connections} connections")
-            result.small = _wrk(ctx.children, s, proxy, "/small", large=False)
+            result.small = _wrk(ctx.children, s, target, "/small", large=False)
             progress(f"{row.name}: {s.large_duration:g}s of GET /large (64 MiB)")
-            result.large = _wrk(ctx.children, s, proxy, "/large", large=True)
-            result.peak_rss_mib = peak_rss_mib(proxy.pid)
-    except (StartError, SmokeError, WrkError, RuntimeError, OSError) as err:
+            result.large = _wrk(ctx.children, s, target, "/large", large=True)
+            result.peak_rss_mib = peak_rss_mib(target.pid)
+    except (StartError, SmokeError, WrkError) as err:
         result.error = str(err)
-        progress(f"{row.name}: FAILED: {err}")
+    except Exception as err:  # a broken row must not end the run: report it and go on
+        result.error = f"{type(err).__name__}: {err}"
+    if result.error:
+        progress(f"{row.name}: FAILED: {result.error}")
     return result
 
 
-def run_rows(rows: Sequence[Row], tmp: Path, args: argparse.Namespace) -> list[report.RowResult]:
-    client_core, proxy_core = pick_cores()
+def run_rows(
+    rows: Sequence[Row], tmp: Path, args: argparse.Namespace, cores: tuple[int | None, int | None]
+) -> list[report.RowResult]:
+    client_core, proxy_core = cores
     settings = Settings(
         duration=args.duration,
         warmup=args.warmup,
@@ -178,11 +183,12 @@ def _version(argv: Sequence[str]) -> str:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
     except (OSError, subprocess.TimeoutExpired) as err:
         return f"unknown ({err})"
-    return (done.stdout + done.stderr).strip().splitlines()[0] if done.returncode == 0 else "?"
+    lines = (done.stdout + done.stderr).strip().splitlines()  # wrk --version exits 1
+    return lines[0] if lines else f"? (exit {done.returncode})"
 
 
-def metadata(args: argparse.Namespace) -> dict[str, Any]:
-    client_core, proxy_core = pick_cores()
+def metadata(args: argparse.Namespace, cores: tuple[int | None, int | None]) -> dict[str, Any]:
+    client_core, proxy_core = cores
     probe = (
         "import sys, aiohttp, uvloop;"
         "print(sys.version.split()[0], aiohttp.__version__, uvloop.__version__)"
@@ -192,6 +198,7 @@ def metadata(args: argparse.Namespace) -> dict[str, Any]:
         "kernel": platform.release(),
         "cpu": _cpu_model(),
         "cores": {"client_and_backend": client_core, "proxy": proxy_core},
+        "cpu_busy_before_start": round(cpu_busy(), 2),
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "connections": args.connections,
@@ -203,6 +210,21 @@ def metadata(args: argparse.Namespace) -> dict[str, Any]:
         "python_aiohttp_uvloop": _version([args.python, "-c", probe]),
         "gatewayd": _version([str(args.gatewayd), "version"]),
     }
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies over all CPUs, from the first line of /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def cpu_busy(sample: float = 1.0) -> float:
+    """The fraction of all CPU time something else used during ``sample`` seconds."""
+    busy0, total0 = _cpu_times()
+    time.sleep(sample)
+    busy1, total1 = _cpu_times()
+    return (busy1 - busy0) / max(1, total1 - total0)
 
 
 def _cpu_model() -> str:
@@ -230,12 +252,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         print(f"scripts/bench: not on PATH: {', '.join(missing)}", file=sys.stderr)
         return 2
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    # Ctrl-C, SIGTERM and SIGHUP all stop the children and end the run (even when started
+    # from a shell that made us ignore SIGINT).
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_interrupt)
-    meta = metadata(args)
+    cores = pick_cores()
+    meta = metadata(args, cores)
+    if meta["cpu_busy_before_start"] > 0.1:
+        busy = meta["cpu_busy_before_start"]
+        progress(f"warning: the CPUs were {busy:.0%} busy before we started: expect noise")
     tmp = Path(tempfile.mkdtemp(prefix="gatewayd-bench-"))
     try:
-        results = run_rows(rows, tmp, args)
+        results = run_rows(rows, tmp, args, cores)
     except KeyboardInterrupt:
         print("scripts/bench: interrupted; every child process was stopped", file=sys.stderr)
         return 130
@@ -254,7 +282,8 @@ def _print_report(
     print(
         f"\ngatewayd bench: {meta['duration_s']:g}s per row, {meta['connections']} connections, "
         f"wrk + backend on core {meta['cores']['client_and_backend']}, "
-        f"proxy on core {meta['cores']['proxy']}; {meta['cpu']}\n"
+        f"proxy on core {meta['cores']['proxy']}; {meta['cpu']}; "
+        f"CPUs {meta['cpu_busy_before_start']:.0%} busy before start\n"
     )
     print(report.render_table(rows))
     for note in report.notes(results):

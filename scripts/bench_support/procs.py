@@ -119,8 +119,13 @@ class Children:
             self._procs.remove(proc)
 
     def stop_all(self) -> None:
-        for proc in reversed(list(self._procs)):
-            self.stop(proc)
+        """Stop every child, newest first; a second Ctrl-C cannot cut this short."""
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for proc in reversed(list(self._procs)):
+                self.stop(proc)
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -59,7 +59,7 @@ def table_rows(results: Sequence[RowResult]) -> list[dict[str, Any]]:
                 "p99_ms": r.small.p99_ms if r.small else None,
                 "ratio_to_nginx": _ratio(r.rps(), nginx),
                 "ratio_to_minimal": _ratio(r.rps(), minimal),
-                "large_mib_per_sec": r.large.transfer_mib_per_sec if r.large else None,
+                "large_mib_per_sec": r.large.mib_per_sec if r.large else None,
                 "peak_rss_mib": r.peak_rss_mib,
                 "error": r.error,
                 "small": asdict(r.small) if r.small else None,

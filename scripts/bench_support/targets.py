@@ -1,6 +1,6 @@
 """What the benchmark measures: the backend, and each proxy in front of it.
 
-A row starts its proxy (pinned to the proxy core), yields a :class:`Proxy` to load, and stops
+A row starts its proxy (pinned to the proxy core), yields a :class:`Target` to load, and stops
 it when the ``with`` ends. gatewayd rows are data: add one :class:`GatewaydVariant` line to
 ``GATEWAYD_VARIANTS`` to benchmark another plugin chain.
 """
@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ class Context:
 
 
 @dataclass(frozen=True)
-class Proxy:
+class Target:
     """A running target: where to send load, whose RSS to read, what the client must send."""
 
     url: str
@@ -50,7 +51,7 @@ class Proxy:
 @dataclass(frozen=True)
 class Row:
     name: str
-    start: Callable[[Context], AbstractContextManager[Proxy]]
+    start: Callable[[Context], AbstractContextManager[Target]]
 
 
 # --- the backend -----------------------------------------------------------------------------
@@ -102,7 +103,7 @@ def serving(
 @contextmanager
 def _nginx(
     children: Children, prefix: Path, conf: str, core: int | None, port: int
-) -> Iterator[Proxy]:
+) -> Iterator[Target]:
     prefix.mkdir()
     conf_path = prefix / "nginx.conf"
     conf_path.write_text(conf.replace("@PREFIX@", str(prefix)))
@@ -111,39 +112,39 @@ def _nginx(
     url = f"http://127.0.0.1:{port}"
     what = f"nginx ({prefix.name})"
     with serving(children, argv, what=what, core=core, log=log, ready_url=f"{url}/small") as pid:
-        yield Proxy(url=url, pid=pid)
+        yield Target(url=url, pid=pid)
 
 
 @contextmanager
-def nginx_backend(tmp: Path, children: Children, core: int | None) -> Iterator[Proxy]:
+def nginx_backend(tmp: Path, children: Children, core: int | None) -> Iterator[Target]:
     """The fixed backend, pinned next to the load generator; lives for the whole run."""
     write_www(tmp / "www")
     port = free_port()
     conf = _render("nginx_backend.conf.tmpl", PORT=str(port), WWW=str(tmp / "www"))
-    with _nginx(children, tmp / "backend", conf, core, port) as proxy:
-        yield proxy
+    with _nginx(children, tmp / "backend", conf, core, port) as target:
+        yield target
 
 
 # --- the rows --------------------------------------------------------------------------------
 
 
 @contextmanager
-def direct(ctx: Context) -> Iterator[Proxy]:
+def direct(ctx: Context) -> Iterator[Target]:
     """No proxy: wrk talks to the backend itself (the RSS column is the backend's)."""
-    yield Proxy(url=ctx.backend_url, pid=ctx.backend_pid)
+    yield Target(url=ctx.backend_url, pid=ctx.backend_pid)
 
 
 @contextmanager
-def nginx_proxy(ctx: Context) -> Iterator[Proxy]:
+def nginx_proxy(ctx: Context) -> Iterator[Target]:
     port = free_port()
     backend_port = ctx.backend_url.rsplit(":", 1)[1]
     conf = _render("nginx_proxy.conf.tmpl", PORT=str(port), BACKEND_PORT=backend_port)
-    with _nginx(ctx.children, ctx.tmp / "nginx-proxy", conf, ctx.proxy_core, port) as proxy:
-        yield proxy
+    with _nginx(ctx.children, ctx.tmp / "nginx-proxy", conf, ctx.proxy_core, port) as target:
+        yield target
 
 
 @contextmanager
-def minimal_proxy(ctx: Context) -> Iterator[Proxy]:
+def minimal_proxy(ctx: Context) -> Iterator[Target]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     argv = [ctx.python, str(SUPPORT / "minimal_proxy.py"), str(port), ctx.backend_url]
@@ -156,7 +157,7 @@ def minimal_proxy(ctx: Context) -> Iterator[Proxy]:
         log=log,
         ready_url=f"{url}/small",
     ) as pid:
-        yield Proxy(url=url, pid=pid)
+        yield Target(url=url, pid=pid)
 
 
 # --- gatewayd --------------------------------------------------------------------------------
@@ -186,19 +187,22 @@ class GatewaydVariant:
     expect_headers: Mapping[str, str] = field(default_factory=dict)
 
 
+HEADERS = {
+    "headers": {
+        "request": {"set": {"X-Env": "bench"}},
+        "response": {"add": {"X-Served-By": "gatewayd"}},
+    }
+}
+
+# One line per row. A row that needs keys or other state passes setup=, e.g.
+#   GatewaydVariant("gatewayd+key_auth", [{"key_auth": {}}], setup=make_bench_key),
+# where make_bench_key(ctx, state_dir) creates a key and returns RowSetup(headers={...}).
 GATEWAYD_VARIANTS: list[GatewaydVariant] = [
     GatewaydVariant("gatewayd"),
     GatewaydVariant(
         "gatewayd+headers",
-        [
-            {
-                "headers": {
-                    "request": {"set": {"X-Env": "bench"}},
-                    "response": {"add": {"X-Served-By": "gatewayd"}},
-                }
-            }
-        ],
-        expect_headers={"X-Served-By": "gatewayd"},
+        [HEADERS],
+        expect_headers={"X-Served-By": "gatewayd", "X-Seen-Env": "bench"},
     ),
 ]
 
@@ -241,16 +245,11 @@ def _daemon_env(extra: Mapping[str, str]) -> dict[str, str]:
 
 
 def gatewayd_row(variant: GatewaydVariant) -> Row:
-    @contextmanager
-    def start(ctx: Context) -> Iterator[Proxy]:
-        with _gatewayd(ctx, variant) as proxy:
-            yield proxy
-
-    return Row(variant.name, start)
+    return Row(variant.name, partial(_gatewayd, variant=variant))
 
 
 @contextmanager
-def _gatewayd(ctx: Context, variant: GatewaydVariant) -> Iterator[Proxy]:
+def _gatewayd(ctx: Context, variant: GatewaydVariant) -> Iterator[Target]:
     if not os.access(ctx.gatewayd, os.X_OK):
         raise StartError(
             f"gatewayd failed to start: {ctx.gatewayd} not found (pip install -e . into .venv)"
@@ -273,7 +272,7 @@ def _gatewayd(ctx: Context, variant: GatewaydVariant) -> Iterator[Proxy]:
         ready_url=f"http://127.0.0.1:{admin_port}/_ready",
         env=_daemon_env(extra.env),
     ) as pid:
-        yield Proxy(
+        yield Target(
             url=f"http://127.0.0.1:{port}",
             pid=pid,
             headers=extra.headers,

@@ -1,15 +1,15 @@
-"""Running wrk and reading its ``--latency`` report."""
+"""Running wrk, with report.lua printing its summary as one exact line."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from .procs import Children
 
-_TIME_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
-_SIZE_UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+REPORT_LUA = Path(__file__).resolve().parent / "report.lua"
 
 
 class WrkError(RuntimeError):
@@ -18,17 +18,21 @@ class WrkError(RuntimeError):
 
 @dataclass(frozen=True)
 class WrkResult:
-    requests_per_sec: float
-    transfer_bytes_per_sec: float
-    p50_ms: float | None
-    p99_ms: float | None
     requests: int
+    duration_s: float
+    bytes_read: int
+    p50_ms: float
+    p99_ms: float
     non_2xx: int
     socket_errors: int
 
     @property
-    def transfer_mib_per_sec(self) -> float:
-        return self.transfer_bytes_per_sec / 1024**2
+    def requests_per_sec(self) -> float:
+        return self.requests / self.duration_s
+
+    @property
+    def mib_per_sec(self) -> float:
+        return self.bytes_read / self.duration_s / 1024**2
 
 
 @dataclass(frozen=True)
@@ -49,42 +53,28 @@ def run_wrk(children: Children, load: Load, *, core: int | None) -> WrkResult:
         f"--connections={load.connections}",
         f"--duration={max(1, round(load.duration))}s",
         "--timeout=10s",
-        "--latency",
+        f"--script={REPORT_LUA}",
     ]
     for name, value in load.headers.items():
         argv += ["--header", f"{name}: {value}"]
     argv.append(load.url)
-    out = children.run(argv, core=core, timeout=load.duration + 30)
-    return parse_wrk(out)
+    return parse_wrk(children.run(argv, core=core, timeout=load.duration + 30))
 
 
 def parse_wrk(out: str) -> WrkResult:
-    rps = _search(r"^Requests/sec:\s+([\d.]+)", out)
-    transfer = re.search(r"^Transfer/sec:\s+([\d.]+)([KMGT]?B)", out, re.M)
-    requests = _search(r"^\s*(\d+) requests in ", out)
-    if rps is None or transfer is None or requests is None:
-        raise WrkError(f"cannot read wrk output:\n{out}")
+    match = re.search(r"^BENCH (.*)$", out, re.M)
+    if match is None:
+        raise WrkError(f"no BENCH line in wrk's output:\n{out}")
+    fields = {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", match.group(1))}
+    if not fields.get("duration_us"):
+        raise WrkError(f"wrk ran for no time:\n{out}")
     return WrkResult(
-        requests_per_sec=float(rps),
-        transfer_bytes_per_sec=float(transfer.group(1)) * _SIZE_UNITS[transfer.group(2)],
-        p50_ms=_percentile_ms(out, "50"),
-        p99_ms=_percentile_ms(out, "99"),
-        requests=int(requests),
-        non_2xx=int(_search(r"Non-2xx or 3xx responses:\s+(\d+)", out) or 0),
-        socket_errors=_socket_errors(out),
+        requests=fields["requests"],
+        duration_s=fields["duration_us"] / 1e6,
+        bytes_read=fields["bytes"],
+        p50_ms=fields["p50_us"] / 1000,
+        p99_ms=fields["p99_us"] / 1000,
+        non_2xx=fields["status_errors"],
+        socket_errors=sum(fields[f"{kind}_errors"] for kind in ("connect", "read", "write"))
+        + fields["timeouts"],
     )
-
-
-def _search(pattern: str, text: str) -> str | None:
-    match = re.search(pattern, text, re.M)
-    return match.group(1) if match else None
-
-
-def _percentile_ms(out: str, pct: str) -> float | None:
-    match = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s|m|h)\s*$", out, re.M)
-    return float(match.group(1)) * _TIME_UNITS_MS[match.group(2)] if match else None
-
-
-def _socket_errors(out: str) -> int:
-    match = re.search(r"Socket errors:(.*)$", out, re.M)
-    return sum(int(n) for n in re.findall(r"\d+", match.group(1))) if match else 0

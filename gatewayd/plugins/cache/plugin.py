@@ -1,0 +1,420 @@
+"""The ``cache`` plugin: lookups in ``on_request``, storage in ``on_response`` (the body is teed
+while it streams to the client), coalescing of concurrent misses, revalidation, stale serving."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from multidict import CIMultiDict
+from pydantic import Field
+
+from gatewayd.chain import (
+    Duration,
+    Plugin,
+    PluginConfig,
+    PluginContext,
+    RequestContext,
+    Response,
+    Size,
+)
+from gatewayd.plugins.cache.policy import (
+    Entry,
+    make_entry,
+    not_modified,
+    parse_cache_control,
+    refresh,
+    secondary_key,
+    seconds,
+)
+from gatewayd.plugins.cache.store import MemoryCacheStore, RedisCacheStore, full_key
+
+CACHEABLE = frozenset({"GET", "HEAD"})
+UNSAFE = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+CONDITIONALS = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since")
+REVALIDATE_HEADER = "X-Gatewayd-Cache-Revalidate"
+NOT_MODIFIED_HEADERS = (
+    "Cache-Control",
+    "Content-Location",
+    "Date",
+    "ETag",
+    "Expires",
+    "Last-Modified",
+    "Vary",
+)
+
+
+class CacheConfig(PluginConfig):
+    default_ttl: Duration | None = None  # only for responses that say nothing about freshness
+    max_object: Size = 1024 * 1024  # larger bodies pass through and are not stored
+    max_bytes: Size = 256 * 1024 * 1024  # memory store: LRU bound
+    store: Literal["default", "memory", "redis"] = "default"
+    coalesce: bool = True
+    coalesce_timeout: Duration = 10.0  # a waiting request gives up and goes to the backend
+    stale_if_error: Duration = 0.0  # allowance when the response does not give one
+    stale_while_revalidate: Duration = 0.0
+    methods_invalidate: bool = True  # a successful POST/PUT/PATCH/DELETE drops the entry
+    max_revalidations: int = Field(64, ge=1)  # background revalidations in flight
+
+
+class Shared:
+    """What the plugin keeps across reloads: the store, in-flight fills, a process secret."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.fills: dict[str, asyncio.Future[None]] = {}
+        self.revalidating: set[str] = set()
+        self.token = secrets.token_hex(16)
+        self.session: Any = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        for t in list(self.tasks):
+            t.cancel()
+        if self.session is not None:
+            await self.session.close()
+
+
+class CacheState:
+    """Per request: what the lookup found and what to do with the response."""
+
+    __slots__ = ("client_conditionals", "entry", "fill", "key", "mode", "primary", "secondary")
+
+    def __init__(self, mode: str, primary: str, key: str | None = None) -> None:
+        self.mode = mode  # "hit", "miss", "validate", "bypass"
+        self.primary = primary
+        self.key = key
+        self.secondary: str | None = None
+        self.entry: Entry | None = None
+        self.fill: asyncio.Future[None] | None = None
+        self.client_conditionals: dict[str, str] = {}
+
+
+class CachePlugin(Plugin):
+    name = "cache"
+    Config = CacheConfig
+    priority = 100  # last: after auth, ACL, rate limiting and the breaker
+
+    def __init__(self, config: CacheConfig, context: PluginContext) -> None:
+        super().__init__(config, context)
+        stores = getattr(context.services, "stores", None)
+        backend = config.store
+        if backend == "default":
+            backend = getattr(stores, "backend", "memory")
+        if backend == "redis":
+            if stores is None:
+                raise ValueError("the redis cache store needs the daemon's state stores")
+            digest = hashlib.sha256(context.identity.encode()).hexdigest()[:16]
+            prefix = f"gatewayd:cache:{digest}:"
+            self.shared = context.keep(
+                "cache", lambda: Shared(RedisCacheStore(stores.redis(), prefix))
+            )
+        else:
+            self.shared = context.keep("cache", lambda: Shared(MemoryCacheStore(config.max_bytes)))
+        self.store = self.shared.store
+        self.metric = _metric(context.services, context.route or "_global")
+
+    # -- purge (admin API) ---------------------------------------------------------------
+
+    async def purge(self, key: str | None = None, prefix: str | None = None) -> int:
+        result = self.store.purge(key=key, prefix=prefix)
+        return await result if self.store.is_async else result  # type: ignore[no-any-return]
+
+    async def _call(self, name: str, *args: Any) -> Any:
+        result = getattr(self.store, name)(*args)
+        if self.store.is_async:
+            try:
+                return await result
+            except Exception as exc:
+                self.context.logger.warning("cache store failed", extra={"error": str(exc)})
+                return None
+        return result
+
+    # -- request ---------------------------------------------------------------------------
+
+    async def on_request(self, ctx: RequestContext) -> Response | None:
+        req = ctx.request
+        qs = req.query_string
+        primary = f"{req.path}?{qs}" if qs else req.path
+        if req.method not in CACHEABLE:
+            if req.method in UNSAFE and self.config.methods_invalidate:
+                ctx.state["cache"] = CacheState("unsafe", primary)
+            return None
+        rcc = parse_cache_control(req.headers.get("Cache-Control"))
+        if "no-store" in rcc or req.is_websocket:
+            ctx.state["cache"] = CacheState("bypass", primary)
+            return None
+        revalidation = self._is_revalidation(req.headers)
+        st = CacheState("miss", primary)
+        ctx.state["cache"] = st
+        entry = await self._lookup(ctx, st)
+        if entry is None and not revalidation and "only-if-cached" in rcc:
+            return ctx.error_response(504, "not_cached", "not in cache (only-if-cached)")
+        if entry is None and self.config.coalesce and not revalidation:
+            entry = await self._wait_or_lead(ctx, st)
+        if entry is None:
+            return None
+        now = time.time()
+        age = entry.age(now)
+        client_max_age = seconds(rcc, "max-age")
+        must_check = entry.no_cache or "no-cache" in rcc or revalidation
+        if client_max_age is not None and age > client_max_age:
+            must_check = True
+        if not must_check and age < entry.ttl:
+            return self._hit(ctx, entry, age, "HIT")
+        swr = max(entry.stale_while_revalidate, self.config.stale_while_revalidate)
+        if not must_check and not entry.must_revalidate and age < entry.ttl + swr:
+            self._revalidate_later(ctx, st)
+            return self._hit(ctx, entry, age, "STALE")
+        # Revalidate now: ask the backend with the entry's validators.
+        st.mode = "validate"
+        st.entry = entry
+        for name in CONDITIONALS:
+            value = req.headers.popall(name, None)
+            if value:
+                st.client_conditionals[name] = value[0]
+        if entry.etag:
+            req.headers["If-None-Match"] = entry.etag
+        if entry.last_modified:
+            req.headers["If-Modified-Since"] = entry.last_modified
+        return None
+
+    def _is_revalidation(self, headers: CIMultiDict[str]) -> bool:
+        token = headers.popall(REVALIDATE_HEADER, None)
+        return token is not None and hmac.compare_digest(token[0], self.shared.token)
+
+    async def _lookup(self, ctx: RequestContext, st: CacheState) -> Entry | None:
+        req = ctx.request
+        vary = await self._call("vary", st.primary)
+        if vary is None:
+            return None
+        st.secondary = secondary_key(req.host, vary, req.headers)
+        st.key = full_key(st.primary, st.secondary)
+        entry: Entry | None = await self._call("get", st.key)
+        return entry
+
+    async def _wait_or_lead(self, ctx: RequestContext, st: CacheState) -> Entry | None:
+        """N concurrent misses for one key: the first goes to the backend, the others wait for
+        its response to be stored and are then served from the cache."""
+        fills = self.shared.fills
+        fill_key = st.primary + "\x00" + ctx.request.host.lower()
+        fut = fills.get(fill_key)
+        if fut is None:
+            st.fill = fills[fill_key] = asyncio.get_running_loop().create_future()
+            ctx.state["cache_fill_key"] = fill_key
+            return None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(fut), self.config.coalesce_timeout)
+        return await self._lookup(ctx, st)
+
+    def _hit(self, ctx: RequestContext, entry: Entry, age: float, how: str) -> Response:
+        st: CacheState = ctx.state["cache"]
+        st.mode = "hit"
+        self.metric(how)
+        req_headers = ctx.request.headers
+        if not_modified(entry, st.client_conditionals or req_headers):
+            headers = CIMultiDict((k, v) for k, v in entry.headers if k in NOT_MODIFIED_HEADERS)
+            headers["Age"] = str(int(age))
+            headers["X-Cache"] = how
+            return Response(304, headers, b"")
+        headers = CIMultiDict(entry.headers)
+        headers["Age"] = str(int(age))
+        headers["X-Cache"] = how
+        return Response(entry.status, headers, entry.body)
+
+    # -- response --------------------------------------------------------------------------
+
+    async def on_response(self, ctx: RequestContext, response: Response) -> None:
+        st: CacheState | None = ctx.state.get("cache")
+        if st is None or st.mode == "hit":
+            return
+        if st.mode == "unsafe":
+            if response.status < 400:
+                await self._call("purge", st.primary, None)
+            return
+        if st.mode == "bypass":
+            response.headers["X-Cache"] = "BYPASS"
+            self.metric("BYPASS")
+            return
+        entry = st.entry
+        if st.mode == "validate" and entry is not None:
+            if response.status == 304:
+                fresh = refresh(entry, response.headers, self.config.default_ttl)
+                await self._store(st, fresh)
+                self._replace(ctx, response, fresh, "HIT")
+                return
+            if response.status >= 500 and self._stale_if_error(entry):
+                self._replace(ctx, response, entry, "STALE")
+                return
+        elif entry is None and response.status >= 500 and st.key is not None:
+            # A miss now, but an entry may have expired just before: serve it if allowed.
+            old = await self._call("get", st.key)
+            if old is not None and self._stale_if_error(old):
+                self._replace(ctx, response, old, "STALE")
+                return
+        response.headers["X-Cache"] = "MISS"
+        self.metric("MISS")
+        if ctx.request.method != "GET":
+            return
+        await self._maybe_store(ctx, st, response)
+
+    def _stale_if_error(self, entry: Entry) -> bool:
+        allowance = max(entry.stale_if_error, self.config.stale_if_error)
+        return entry.age(time.time()) < entry.ttl + allowance
+
+    def _replace(self, ctx: RequestContext, response: Response, entry: Entry, how: str) -> None:
+        st: CacheState = ctx.state["cache"]
+        reply = self._hit(ctx, entry, entry.age(time.time()), how)
+        old_body = response.body
+        if not isinstance(old_body, bytes):
+            aclose = getattr(old_body, "aclose", None)
+            if aclose is not None:
+                task = asyncio.ensure_future(aclose())
+                self.shared.tasks.add(task)
+                task.add_done_callback(self.shared.tasks.discard)
+        response.status, response.headers, response.body = reply.status, reply.headers, reply.body
+        response.reason = None
+        st.mode = "hit"
+
+    async def _maybe_store(self, ctx: RequestContext, st: CacheState, response: Response) -> None:
+        has_auth = "Authorization" in ctx.request.headers
+        # Decide on the headers first; the body is only collected when the answer is yes.
+        probe = make_entry(
+            response.status, response.headers, b"", self.config.default_ttl, has_auth
+        )
+        if probe is None:
+            return
+        length = response.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > self.config.max_object:
+            return
+        secondary = secondary_key(ctx.request.host, probe.vary, ctx.request.headers)
+        key = full_key(st.primary, secondary)
+        body = response.body
+        if isinstance(body, bytes):
+            if len(body) <= self.config.max_object:
+                probe.body = body
+                probe.size += len(body)
+                await self._store_at(st.primary, key, probe)
+            return
+        response.body = self._tee(st.primary, key, probe, body)
+
+    async def _tee(
+        self, primary: str, key: str, entry: Entry, body: AsyncIterator[bytes]
+    ) -> AsyncIterator[bytes]:
+        """Pass the body through while keeping a copy; store it only if it arrived whole and
+        within ``max_object`` (past it, the copy is dropped and the stream goes on)."""
+        parts: list[bytes] | None = []
+        size = 0
+        limit = self.config.max_object
+        try:
+            async for chunk in body:
+                if parts is not None:
+                    size += len(chunk)
+                    if size > limit:
+                        parts = None
+                    else:
+                        parts.append(chunk)
+                yield chunk
+        finally:
+            aclose = getattr(body, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        if parts is not None:
+            entry.body = b"".join(parts)
+            entry.size += size
+            await self._store_at(primary, key, entry)
+
+    async def _store(self, st: CacheState, entry: Entry) -> None:
+        if st.key is not None:
+            await self._store_at(st.primary, st.key, entry)
+
+    async def _store_at(self, primary: str, key: str, entry: Entry) -> None:
+        await self._call("set", primary, key, entry)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self.shared.tasks.add(task)
+        task.add_done_callback(self.shared.tasks.discard)
+
+    async def on_done(self, ctx: RequestContext) -> None:
+        fill_key = ctx.state.get("cache_fill_key")
+        if fill_key is None:
+            return
+        st: CacheState = ctx.state["cache"]
+        fut = self.shared.fills.pop(fill_key, None)
+        if st.fill is not None and not st.fill.done():
+            st.fill.set_result(None)
+        if fut is not None and fut is not st.fill and not fut.done():
+            fut.set_result(None)
+
+    # -- background revalidation (stale-while-revalidate) ----------------------------------
+
+    def _revalidate_later(self, ctx: RequestContext, st: CacheState) -> None:
+        """Serve stale now and refresh in the background: the gateway sends the same request
+        to itself (through the whole chain) with a secret header that makes this plugin
+        revalidate instead of answering from the cache."""
+        key = st.key or st.primary
+        raw = ctx.request.raw
+        shared = self.shared
+        if (
+            key in shared.revalidating
+            or raw is None
+            or raw.transport is None
+            or len(shared.revalidating) >= self.config.max_revalidations
+        ):
+            return
+        sock = raw.transport.get_extra_info("sockname")
+        if not sock:
+            return
+        host = f"[{sock[0]}]" if ":" in sock[0] else sock[0]
+        url = f"{'https' if raw.secure else 'http'}://{host}:{sock[1]}{raw.raw_path}"
+        headers = CIMultiDict(raw.headers)
+        for name in (*CONDITIONALS, "Cache-Control", "Connection", "Content-Length"):
+            headers.popall(name, None)
+        headers[REVALIDATE_HEADER] = shared.token
+        shared.revalidating.add(key)
+        self._spawn(self._revalidate(key, url, headers))
+
+    async def _revalidate(self, key: str, url: str, headers: CIMultiDict[str]) -> None:
+        import aiohttp
+
+        shared = self.shared
+        try:
+            if shared.session is None:
+                shared.session = aiohttp.ClientSession(
+                    timeout=aiohttp.ClientTimeout(total=30),
+                    cookie_jar=aiohttp.DummyCookieJar(),
+                    auto_decompress=False,
+                )
+            async with shared.session.get(url, headers=headers, ssl=False) as resp:
+                await resp.read()
+        except Exception as exc:
+            self.context.logger.warning("background revalidation failed", extra={"error": str(exc)})
+        finally:
+            shared.revalidating.discard(key)
+
+
+def _metric(services: Any, route: str) -> Any:
+    metrics = getattr(services, "metrics", None)
+    extras = getattr(services, "extras", None)
+    if metrics is None or extras is None:
+        return lambda result: None
+    counter = extras.get("cache.counter")
+    if counter is None:
+        from prometheus_client import Counter
+
+        counter = Counter(
+            "gatewayd_cache_total",
+            "Cache lookups, by route and result (HIT, MISS, STALE, BYPASS)",
+            ["route", "result"],
+            registry=metrics.registry,
+        )
+        extras["cache.counter"] = counter
+    children = {r: counter.labels(route, r) for r in ("HIT", "MISS", "STALE", "BYPASS")}
+    return lambda result: children[result].inc()

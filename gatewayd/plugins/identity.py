@@ -1,0 +1,56 @@
+"""What the authentication plugins share: principal headers and the 401 reply.
+
+An auth plugin that establishes a principal may forward it to the backend as headers
+(``forward_headers: true``, the default):
+
+- ``X-Gateway-Auth``: how the caller was authenticated (``key``, ``jwt``, ``introspection``)
+- ``X-Gateway-Subject``, ``X-Gateway-Tenant``, ``X-Gateway-Key-Id``
+- ``X-Gateway-Roles``, ``X-Gateway-Scopes``: space-separated, sorted
+
+Incoming copies of these headers are always removed (by the core before any plugin runs, and
+again by every auth plugin), so a client can never spoof them.
+"""
+
+from __future__ import annotations
+
+import re
+
+from multidict import CIMultiDict
+
+from gatewayd.chain import PRINCIPAL_HEADERS, Principal, RequestContext, Response
+
+_SAFE_VALUE = re.compile(r"[^\x20-\x7e]")
+
+
+def strip_principal_headers(headers: CIMultiDict[str]) -> None:
+    for name in PRINCIPAL_HEADERS:
+        if name in headers:
+            del headers[name]
+
+
+def _clean(value: str) -> str:
+    return _SAFE_VALUE.sub("", value)[:1024]
+
+
+def forward_principal(headers: CIMultiDict[str], principal: Principal) -> None:
+    headers["X-Gateway-Auth"] = principal.kind
+    if principal.subject:
+        headers["X-Gateway-Subject"] = _clean(principal.subject)
+    if principal.tenant:
+        headers["X-Gateway-Tenant"] = _clean(principal.tenant)
+    if principal.key_id:
+        headers["X-Gateway-Key-Id"] = _clean(principal.key_id)
+    if principal.roles:
+        headers["X-Gateway-Roles"] = _clean(" ".join(sorted(principal.roles)))
+    if principal.scopes:
+        headers["X-Gateway-Scopes"] = _clean(" ".join(sorted(principal.scopes)))
+
+
+def unauthorized(
+    ctx: RequestContext, realm: str, message: str, error: str | None = "invalid_token"
+) -> Response:
+    """401 with ``WWW-Authenticate: Bearer`` (RFC 6750) and the standard JSON error body."""
+    challenge = f'Bearer realm="{realm}"'
+    if error:
+        challenge += f', error="{error}", error_description="{message}"'
+    return ctx.error_response(401, "unauthorized", message, {"WWW-Authenticate": challenge})

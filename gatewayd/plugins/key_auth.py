@@ -1,0 +1,95 @@
+"""``key_auth``: API keys from the key store (``gatewayd keys create``).
+
+The key comes from ``Authorization: Bearer <key>`` (default), another header (``header:
+X-API-Key``, where the value is the key itself) or a query parameter (``query: api_key``).
+Missing, malformed, unknown, wrong, expired and revoked keys all get 401 with
+``WWW-Authenticate``. A good key sets ``ctx.principal`` (kind ``key``, subject and key id = the
+key id, the key's tenant and scopes), is removed from the upstream request
+(``hide_credentials``) and is described to the backend with ``X-Gateway-*`` headers
+(``forward_headers``). Verification is the key store's: cached, bcrypt off the event loop.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote_plus
+
+from gatewayd.chain import Plugin, PluginConfig, PluginError, Principal, RequestContext, Response
+from gatewayd.plugins.identity import forward_principal, strip_principal_headers, unauthorized
+
+
+class KeyAuthConfig(PluginConfig):
+    header: str = "Authorization"
+    query: str | None = None
+    realm: str = "gatewayd"
+    hide_credentials: bool = True
+    forward_headers: bool = True
+    optional: bool = False  # no key at all: go on without a principal (for a later plugin)
+
+
+def take_query_param(query: str, name: str) -> tuple[str | None, str]:
+    """The first value of ``name`` in a raw query string, and the query without it."""
+    value: str | None = None
+    kept = []
+    for part in query.split("&") if query else ():
+        key, _, raw = part.partition("=")
+        if unquote_plus(key) == name:
+            if value is None:
+                value = unquote_plus(raw)
+            continue
+        kept.append(part)
+    return value, "&".join(kept)
+
+
+class KeyAuthPlugin(Plugin):
+    name = "key_auth"
+    Config = KeyAuthConfig
+    priority = 1250
+
+    def _presented(self, ctx: RequestContext) -> str | None:
+        cfg: KeyAuthConfig = self.config
+        req = ctx.request
+        value = req.headers.get(cfg.header)
+        if value is not None:
+            scheme, _, rest = value.strip().partition(" ")
+            if scheme.lower() == "bearer":
+                value = rest.strip()
+            elif cfg.header.lower() == "authorization":
+                value = None  # Basic or another scheme: not ours
+            if cfg.hide_credentials:
+                del req.headers[cfg.header]
+            if value:
+                return value
+        if cfg.query:
+            found, rest_query = take_query_param(req.query_string, cfg.query)
+            if found is not None:
+                if cfg.hide_credentials:
+                    req.query_string = rest_query
+                return found
+        return None
+
+    async def on_request(self, ctx: RequestContext) -> Response | None:
+        cfg: KeyAuthConfig = self.config
+        strip_principal_headers(ctx.request.headers)
+        if ctx.principal is not None:  # an earlier auth plugin already knows the caller
+            return None
+        presented = self._presented(ctx)
+        if presented is None:
+            if cfg.optional:
+                return None
+            return unauthorized(ctx, cfg.realm, "an API key is required", error=None)
+        keys = self.context.services.keys if self.context.services is not None else None
+        if keys is None:
+            raise PluginError(500, "key_store_unavailable", "the key store is not available")
+        record = await keys.verify(presented)
+        if record is None:
+            return unauthorized(ctx, cfg.realm, "invalid, expired or revoked API key")
+        ctx.principal = Principal(
+            kind="key",
+            subject=record.key_id,
+            tenant=record.tenant,
+            key_id=record.key_id,
+            scopes=record.scopes,
+        )
+        if cfg.forward_headers:
+            forward_principal(ctx.request.headers, ctx.principal)
+        return None

@@ -1,0 +1,1 @@
+"""Identity and access tests (a package, so its conftest does not shadow tests/conftest)."""
