@@ -50,7 +50,3 @@ async def backend() -> AsyncIterator[BackendFactory]:
 def config(tmp_path: Path) -> Callable[..., dict[str, Any]]:
     """``config(upstreams=..., routes=...)``: a base config with free ports."""
     return lambda **kw: base_config(tmp_path, **kw)
-
-
-def upstream_url(server: TestServer) -> str:
-    return f"http://127.0.0.1:{server.port}"

@@ -22,6 +22,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def upstream_url(server: Any) -> str:
+    """The base URL of a backend started with the ``backend`` fixture."""
+    return f"http://127.0.0.1:{server.port}"
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

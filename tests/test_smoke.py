@@ -1,6 +1,6 @@
 import aiohttp
 from aiohttp import web
-from conftest import upstream_url
+from support import upstream_url
 
 
 async def echo(request: web.Request) -> web.Response:

@@ -14,8 +14,7 @@ import textwrap
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import upstream_url
-from support import rss_bytes
+from support import rss_bytes, upstream_url
 
 
 def named_app(name: str, delay: float = 0.0) -> web.Application:

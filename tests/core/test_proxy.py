@@ -8,7 +8,7 @@ import json
 
 import aiohttp
 from aiohttp import web
-from conftest import upstream_url
+from support import upstream_url
 
 
 async def echo(request: web.Request) -> web.Response:

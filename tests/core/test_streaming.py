@@ -8,8 +8,7 @@ import hashlib
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import upstream_url
-from support import rss_bytes
+from support import rss_bytes, upstream_url
 
 MIB = 1024 * 1024
 SIZE = 256 * MIB

@@ -156,9 +156,7 @@ async def open_sse(
     return resp, SSEReader(resp)
 
 
-async def publish(
-    session: aiohttp.ClientSession, base: str, **params: Any
-) -> tuple[int, int]:
+async def publish(session: aiohttp.ClientSession, base: str, **params: Any) -> tuple[int, int]:
     async with session.get(base + "/publish", params={k: str(v) for k, v in params.items()}) as r:
         assert r.status == 200, await r.text()
         data = await r.json()

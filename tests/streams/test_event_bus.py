@@ -118,7 +118,7 @@ def test_sse_encoding_has_id_for_events_and_none_for_gaps():
     event = bus.publish("breaker.opened", {"route": "api"}, "acme")
     text = encode(event)
     assert text.startswith(f"id: {event.id}\nevent: breaker.opened\ndata: {{")
-    assert text.endswith("\n\n") and "\n" not in text[: -2].split("data: ", 1)[1]
+    assert text.endswith("\n\n") and "\n" not in text[:-2].split("data: ", 1)[1]
     gap = encode(Gap("slow_consumer", 3, 1, 3))
     assert gap.startswith("event: gap\ndata: ") and "id:" not in gap
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ async def test_admin_events_needs_an_admin_token(gateway, config, tmp_path):
         bad = {"Authorization": "Bearer nope"}
         async with s.get(gw.admin_url + "/_admin/events", headers=bad) as r:
             assert r.status == 403
-        async with s.get(gw.admin_url + "/_admin/events?types=a%0a", headers=ADMIN) as r:
+        async with s.get(gw.admin_url + "/_admin/events?types=a%3Cb", headers=ADMIN) as r:
             assert r.status == 400
 
 
@@ -104,7 +105,9 @@ async def test_a_breaker_opening_and_a_key_revocation_appear(gateway, backend, c
                 await r.read()
         msg = await reader.next()
         assert msg.event == "breaker.opened", msg
-        async with s.post(gw.admin_url + "/_admin/keys", json={"tenant": "acme"}, headers=ADMIN) as r:
+        async with s.post(
+            gw.admin_url + "/_admin/keys", json={"tenant": "acme"}, headers=ADMIN
+        ) as r:
             assert r.status == 201
             key_id = (await r.json())["record"]["key_id"]
         msg = await reader.next()
@@ -248,3 +251,20 @@ async def test_a_slow_consumer_is_bounded_and_does_not_slow_the_others(gateway, 
     )
     assert growth < 40 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB"
     assert p99 < 0.25 and delays[-1] < 1.0
+
+
+async def test_event_streams_end_at_shutdown_without_holding_the_drain(gateway, config, tmp_path):
+    gw = await start(gateway, config, tmp_path, server={"drain_timeout": "10s"})
+    async with aiohttp.ClientSession() as s:
+        _, tenant = await open_sse(s, gw.url + "/v1/events", {"X-Test-Tenant": "acme"})
+        _, admin = await open_sse(s, gw.admin_url + "/_admin/events", ADMIN)
+        await publish(s, gw.url, tenant="acme")
+        await tenant.next()
+        await admin.next()
+        started = time.monotonic()
+        gw.signal(signal.SIGTERM)
+        for reader in (tenant, admin):
+            with pytest.raises((EOFError, aiohttp.ClientPayloadError)):
+                await reader.next(timeout=5)
+    assert await gw.wait_exit(10) == 0
+    assert time.monotonic() - started < 5

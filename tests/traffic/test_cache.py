@@ -261,9 +261,10 @@ async def test_redis_cache_is_shared_between_gateways(gateway, backend, config, 
         cfg["state"].update({"redis_url": redis_server.url, "dir": cfg["state"]["dir"] + str(i)})
         cfgs.append(cfg)
     gw1, gw2 = await gateway(cfgs[0]), await gateway(cfgs[1])
+    host = {"Host": "api.example.com"}  # as behind a load balancer: one name, two gateways
     async with aiohttp.ClientSession() as s:
-        async with s.get(gw1.url + "/s") as r:
+        async with s.get(gw1.url + "/s", headers=host) as r:
             assert r.headers["X-Cache"] == "MISS"
-        async with s.get(gw2.url + "/s") as r:
+        async with s.get(gw2.url + "/s", headers=host) as r:
             assert r.headers["X-Cache"] == "HIT" and await r.text() == "shared"
     assert counting.hits == 1

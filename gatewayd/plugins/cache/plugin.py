@@ -39,14 +39,8 @@ CACHEABLE = frozenset({"GET", "HEAD"})
 UNSAFE = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 CONDITIONALS = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since")
 REVALIDATE_HEADER = "X-Gatewayd-Cache-Revalidate"
-NOT_MODIFIED_HEADERS = (
-    "Cache-Control",
-    "Content-Location",
-    "Date",
-    "ETag",
-    "Expires",
-    "Last-Modified",
-    "Vary",
+NOT_MODIFIED_HEADERS = frozenset(
+    ("cache-control", "content-location", "date", "etag", "expires", "last-modified", "vary")
 )
 
 
@@ -215,11 +209,12 @@ class CachePlugin(Plugin):
 
     def _hit(self, ctx: RequestContext, entry: Entry, age: float, how: str) -> Response:
         st: CacheState = ctx.state["cache"]
+        # When revalidating, the request carries our validators: judge the client's own.
+        conditionals = st.client_conditionals if st.mode == "validate" else ctx.request.headers
         st.mode = "hit"
         self.metric(how)
-        req_headers = ctx.request.headers
-        if not_modified(entry, st.client_conditionals or req_headers):
-            headers = CIMultiDict((k, v) for k, v in entry.headers if k in NOT_MODIFIED_HEADERS)
+        if not_modified(entry, conditionals):
+            headers = CIMultiDict((k, v) for k, v in entry.headers if k.lower() in NOT_MODIFIED_HEADERS)
             headers["Age"] = str(int(age))
             headers["X-Cache"] = how
             return Response(304, headers, b"")
