@@ -255,6 +255,20 @@ class RelayConfig(Model):
     stream_window: Size = 256 * 1024
     max_streams: int = Field(1000, ge=1)  # streams in flight per peer connection
 
+    @field_validator("path")
+    @classmethod
+    def _relay_path(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("the relay path must start with '/'")
+        return v
+
+    @field_validator("max_frame", "stream_window")
+    @classmethod
+    def _relay_sizes(cls, v: int) -> int:
+        if not 16 * 1024 <= v <= 2**31 - 1:
+            raise ValueError("must be between 16KiB and 2GiB")
+        return v
+
 
 class EventsConfig(Model):
     """The event bus: ``buffer`` events kept for Last-Event-ID resume, ``queue`` events a

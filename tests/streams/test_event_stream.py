@@ -132,7 +132,6 @@ async def test_a_tenant_sees_only_its_own_events(gateway, config, tmp_path):
         for i, tenant in enumerate(["globex", "", "acme", "globex", "acme", "initech"]):
             await publish(s, gw.url, tenant=tenant, start=i)
         assert [m.json()["payload"]["seq"] for m in await mine.collect(2)] == [2, 4]
-        assert {m.json()["tenant"] for m in await mine.collect(0)} == set()
         assert await mine.nothing_within(0.5)
         assert [m.json()["tenant"] for m in await globex.collect(2)] == ["globex", "globex"]
         assert len(await all_.collect(6)) == 6
@@ -180,7 +179,8 @@ async def test_last_event_id_resumes_exactly(gateway, config, tmp_path):
         url = gw.admin_url + f"/_admin/events?types=test.*&last_event_id={ids[6]}"
         _, reader = await open_sse(s, url, ADMIN)
         assert [m.json()["payload"]["seq"] for m in await reader.collect(3)] == [7, 8, 9]
-        assert await reader.nothing_within(0.3)
+        assert await reader.nothing_within(0.5)
+        assert "ping" in reader.comments  # aiohttp-sse's heartbeat, every events.heartbeat
         # from before what the buffer holds: a gap, then what it has
         await publish(s, gw.url, tenant="acme", n=100, start=100)
         _, reader = await open_sse(s, url, ADMIN)

@@ -12,10 +12,12 @@ from traffic_helpers import Counting, get_many, route, upstream_url
 
 
 def cache_cfg(config, srv, plugin: dict | None = None, **up):
-    return with_admin(config(
-        upstreams={"api": {"targets": [upstream_url(srv)], **up}},
-        routes=[route(plugins=[{"cache": plugin or {}}])],
-    ))
+    return with_admin(
+        config(
+            upstreams={"api": {"targets": [upstream_url(srv)], **up}},
+            routes=[route(plugins=[{"cache": plugin or {}}])],
+        )
+    )
 
 
 async def test_hundred_concurrent_cold_requests_reach_the_backend_once(gateway, backend, config):
@@ -137,19 +139,23 @@ async def test_stale_if_error_when_backend_down_or_breaker_open(gateway, backend
     async def handler(request: web.Request) -> web.Response:
         if state["fail"]:
             return web.Response(status=500)
-        return web.Response(
-            text="good", headers={"Cache-Control": "max-age=1, stale-if-error=60"}
-        )
+        return web.Response(text="good", headers={"Cache-Control": "max-age=1, stale-if-error=60"})
 
     counting = Counting(handler)
     srv = await backend(counting.app)
-    cfg = with_admin(config(
-        upstreams={"api": {"targets": [upstream_url(srv)]}},
-        routes=[route(plugins=[
-            {"circuit_breaker": {"consecutive_failures": 2, "open_for": "1m"}},
-            {"cache": {}},
-        ])],
-    ))
+    cfg = with_admin(
+        config(
+            upstreams={"api": {"targets": [upstream_url(srv)]}},
+            routes=[
+                route(
+                    plugins=[
+                        {"circuit_breaker": {"consecutive_failures": 2, "open_for": "1m"}},
+                        {"cache": {}},
+                    ]
+                )
+            ],
+        )
+    )
     gw = await gateway(cfg)
     async with aiohttp.ClientSession() as s:
         async with s.get(gw.url + "/e") as r:

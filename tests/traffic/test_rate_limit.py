@@ -66,7 +66,9 @@ async def test_quota_window_and_multiple_limits(gateway, backend, config):
 async def test_keys_by_header_give_separate_budgets(gateway, backend, config):
     counting = Counting()
     srv = await backend(counting.app)
-    gw = await gateway(rl_config(config, srv, {"rate": "1/min", "burst": 2, "key": "header:X-Client"}))
+    gw = await gateway(
+        rl_config(config, srv, {"rate": "1/min", "burst": 2, "key": "header:X-Client"})
+    )
     a = await get_many(gw.url + "/x", 3, headers={"X-Client": "a"})
     b = await get_many(gw.url + "/x", 3, headers={"X-Client": "b"})
     assert [s for s, _ in a] == [200, 200, 429]
@@ -79,13 +81,25 @@ async def test_missing_key_falls_back_to_ip_or_denies(gateway, backend, config):
     cfg = config(
         upstreams={"api": {"targets": [upstream_url(srv)]}},
         routes=[
-            route("fallback", path="/a/", plugins=[
-                {"rate_limit": {"rate": "1/min", "burst": 1, "key": "api_key"}}
-            ]),
-            route("strict", path="/b/", plugins=[
-                {"rate_limit": {"rate": "1/min", "burst": 1, "key": "tenant",
-                                "on_missing_key": "deny"}}
-            ]),
+            route(
+                "fallback",
+                path="/a/",
+                plugins=[{"rate_limit": {"rate": "1/min", "burst": 1, "key": "api_key"}}],
+            ),
+            route(
+                "strict",
+                path="/b/",
+                plugins=[
+                    {
+                        "rate_limit": {
+                            "rate": "1/min",
+                            "burst": 1,
+                            "key": "tenant",
+                            "on_missing_key": "deny",
+                        }
+                    }
+                ],
+            ),
         ],
     )
     gw = await gateway(cfg)

@@ -7,9 +7,8 @@ import asyncio
 import aiohttp
 import bcrypt
 from aiohttp import web
-from traffic_helpers import Counting, get_many, route, upstream_url
-
 from support import free_port
+from traffic_helpers import Counting, get_many, route, upstream_url
 
 ADMIN_TOKEN = "traffic-admin-token-0123456789"
 ADMIN_HASH = bcrypt.hashpw(ADMIN_TOKEN.encode(), bcrypt.gensalt(4)).decode()
@@ -22,9 +21,10 @@ def with_admin(cfg: dict) -> dict:
 
 
 async def admin_upstreams(gw) -> dict:
-    async with aiohttp.ClientSession() as s, s.get(
-        gw.admin_url + "/_admin/upstreams", headers=AUTH
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(gw.admin_url + "/_admin/upstreams", headers=AUTH) as r,
+    ):
         assert r.status == 200
         return {u["name"]: u for u in (await r.json())["upstreams"]}
 
@@ -41,10 +41,12 @@ async def test_breaker_opens_then_closes_through_half_open(gateway, backend, con
     counting = Counting(handler)
     srv = await backend(counting.app)
     breaker = {"consecutive_failures": 3, "open_for": "1s", "min_requests": 100}
-    cfg = with_admin(config(
-        upstreams={"api": {"targets": [upstream_url(srv)]}},
-        routes=[route(plugins=[{"circuit_breaker": breaker}])],
-    ))
+    cfg = with_admin(
+        config(
+            upstreams={"api": {"targets": [upstream_url(srv)]}},
+            routes=[route(plugins=[{"circuit_breaker": breaker}])],
+        )
+    )
     gw = await gateway(cfg)
     assert [s for s, _ in await get_many(gw.url + "/x", 3)] == [500, 500, 500]
     assert counting.hits == 3
@@ -64,9 +66,12 @@ async def test_breaker_opens_then_closes_through_half_open(gateway, backend, con
     assert counting.hits == 6
     assert await gw.metric("gatewayd_breaker_state", target=target, upstream="api") == 0
     for state in ("open", "half_open", "closed"):
-        assert await gw.metric(
-            "gatewayd_breaker_transitions_total", state=state, target=target, upstream="api"
-        ) == 1
+        assert (
+            await gw.metric(
+                "gatewayd_breaker_transitions_total", state=state, target=target, upstream="api"
+            )
+            == 1
+        )
 
 
 async def test_breaker_ratio_over_window_and_failed_probe_reopens(gateway, backend, config):
@@ -78,10 +83,12 @@ async def test_breaker_ratio_over_window_and_failed_probe_reopens(gateway, backe
     counting = Counting(handler)
     srv = await backend(counting.app)
     breaker = {"failure_ratio": "50%", "min_requests": 4, "window": "10s", "open_for": "500ms"}
-    gw = await gateway(config(
-        upstreams={"api": {"targets": [upstream_url(srv)]}},
-        routes=[route(plugins=[{"circuit_breaker": breaker}])],
-    ))
+    gw = await gateway(
+        config(
+            upstreams={"api": {"targets": [upstream_url(srv)]}},
+            routes=[route(plugins=[{"circuit_breaker": breaker}])],
+        )
+    )
     assert [s for s, _ in await get_many(gw.url + "/x", 6)] == [503] * 6
     assert counting.hits == 4  # opened at the 4th (4 requests, 100% failed)
     await asyncio.sleep(0.6)
@@ -98,10 +105,14 @@ async def test_breaker_skips_an_open_target_when_another_is_healthy(gateway, bac
     bad = Counting(lambda r: asyncio.sleep(0, web.Response(status=500)))
     good = Counting()
     s1, s2 = await backend(bad.app), await backend(good.app)
-    gw = await gateway(config(
-        upstreams={"api": {"targets": [upstream_url(s1), upstream_url(s2)]}},
-        routes=[route(plugins=[{"circuit_breaker": {"consecutive_failures": 2, "open_for": "1m"}}])],
-    ))
+    gw = await gateway(
+        config(
+            upstreams={"api": {"targets": [upstream_url(s1), upstream_url(s2)]}},
+            routes=[
+                route(plugins=[{"circuit_breaker": {"consecutive_failures": 2, "open_for": "1m"}}])
+            ],
+        )
+    )
     await get_many(gw.url + "/x", 20)
     assert bad.hits == 2
     assert good.hits == 18
@@ -111,8 +122,10 @@ async def test_retries_go_to_another_target_and_respect_idempotency(gateway, bac
     bad = Counting(lambda r: asyncio.sleep(0, web.Response(status=502)))
     good = Counting()
     s1, s2 = await backend(bad.app), await backend(good.app)
-    upstreams = {"targets": [upstream_url(s1), upstream_url(s2)],
-                 "retries": {"attempts": 1, "backoff": "1ms", "budget": "100%"}}
+    upstreams = {
+        "targets": [upstream_url(s1), upstream_url(s2)],
+        "retries": {"attempts": 1, "backoff": "1ms", "budget": "100%"},
+    }
     cfg = config(upstreams={"api": upstreams}, routes=[route()])
     gw = await gateway(cfg)
     assert [s for s, _ in await get_many(gw.url + "/x", 10)] == [200] * 10
@@ -139,8 +152,10 @@ async def test_connect_refused_is_retried_for_any_method(gateway, backend, confi
     good = Counting()
     s2 = await backend(good.app)
     dead = f"http://127.0.0.1:{free_port()}"
-    upstreams = {"targets": [dead, upstream_url(s2)],
-                 "retries": {"attempts": 1, "backoff": "1ms", "budget": "100%"}}
+    upstreams = {
+        "targets": [dead, upstream_url(s2)],
+        "retries": {"attempts": 1, "backoff": "1ms", "budget": "100%"},
+    }
     gw = await gateway(config(upstreams={"api": upstreams}, routes=[route()]))
     async with aiohttp.ClientSession() as s:
         for _ in range(6):
@@ -151,8 +166,10 @@ async def test_connect_refused_is_retried_for_any_method(gateway, backend, confi
 async def test_retry_storm_is_capped_by_the_budget(gateway, backend, config):
     bad = Counting(lambda r: asyncio.sleep(0, web.Response(status=503)))
     s1 = await backend(bad.app)
-    upstreams = {"targets": [upstream_url(s1)],
-                 "retries": {"attempts": 3, "backoff": "1ms", "budget": "10%", "min_retries": 3}}
+    upstreams = {
+        "targets": [upstream_url(s1)],
+        "retries": {"attempts": 3, "backoff": "1ms", "budget": "10%", "min_retries": 3},
+    }
     gw = await gateway(config(upstreams={"api": upstreams}, routes=[route()]))
     results = await get_many(gw.url + "/x", 200, concurrency=10)
     assert [s for s, _ in results] == [503] * 200
@@ -176,10 +193,12 @@ async def test_health_checks_take_a_target_out_and_back(gateway, backend, config
     b = Counting()
     s1, s2 = await backend(a.app), await backend(b.app)
     hc = {"path": "/healthz", "interval": "100ms", "unhealthy_after": 2, "healthy_after": 2}
-    cfg = with_admin(config(
-        upstreams={"api": {"targets": [upstream_url(s1), upstream_url(s2)], "health": hc}},
-        routes=[route()],
-    ))
+    cfg = with_admin(
+        config(
+            upstreams={"api": {"targets": [upstream_url(s1), upstream_url(s2)], "health": hc}},
+            routes=[route()],
+        )
+    )
     gw = await gateway(cfg)
     health["ok"] = False
     await asyncio.sleep(0.5)
@@ -202,7 +221,9 @@ async def test_health_checks_take_a_target_out_and_back(gateway, backend, config
     await asyncio.sleep(0.5)
     await get_many(gw.url + "/x", 10)
     assert a.hits > before
-    assert await gw.metric("gatewayd_upstream_target_up", target=upstream_url(s1), upstream="api") == 1
+    assert (
+        await gw.metric("gatewayd_upstream_target_up", target=upstream_url(s1), upstream="api") == 1
+    )
 
 
 async def test_503_with_retry_after_when_no_target_is_left(gateway, backend, config):
@@ -212,9 +233,9 @@ async def test_503_with_retry_after_when_no_target_is_left(gateway, backend, con
     a = Counting(handler)
     s1 = await backend(a.app)
     hc = {"interval": "100ms", "unhealthy_after": 1}
-    gw = await gateway(config(
-        upstreams={"api": {"targets": [upstream_url(s1)], "health": hc}}, routes=[route()]
-    ))
+    gw = await gateway(
+        config(upstreams={"api": {"targets": [upstream_url(s1)], "health": hc}}, routes=[route()])
+    )
     await asyncio.sleep(0.4)
     results = await get_many(gw.url + "/x", 3)
     assert [s for s, _ in results] == [503] * 3
@@ -226,16 +247,16 @@ async def test_passive_ejection(gateway, backend, config):
     bad = Counting(lambda r: asyncio.sleep(0, web.Response(status=502)))
     good = Counting()
     s1, s2 = await backend(bad.app), await backend(good.app)
-    up = {"targets": [upstream_url(s1), upstream_url(s2)],
-          "passive": {"failures": 2, "eject_for": "1m"}}
+    up = {
+        "targets": [upstream_url(s1), upstream_url(s2)],
+        "passive": {"failures": 2, "eject_for": "1m"},
+    }
     gw = await gateway(config(upstreams={"api": up}, routes=[route()]))
     await get_many(gw.url + "/x", 20)
     assert bad.hits == 2 and good.hits == 18
 
 
-async def test_target_killed_under_load_costs_under_a_tenth_of_a_percent(
-    gateway, backend, config
-):
+async def test_target_killed_under_load_costs_under_a_tenth_of_a_percent(gateway, backend, config):
     async def slowish(request: web.Request) -> web.Response:
         await asyncio.sleep(0.002)
         return web.Response(text="ok")

@@ -214,7 +214,9 @@ class CachePlugin(Plugin):
         st.mode = "hit"
         self.metric(how)
         if not_modified(entry, conditionals):
-            headers = CIMultiDict((k, v) for k, v in entry.headers if k.lower() in NOT_MODIFIED_HEADERS)
+            headers = CIMultiDict(
+                (k, v) for k, v in entry.headers if k.lower() in NOT_MODIFIED_HEADERS
+            )
             headers["Age"] = str(int(age))
             headers["X-Cache"] = how
             return Response(304, headers, b"")
