@@ -36,13 +36,17 @@ class AccessLog:
         self._timer: asyncio.TimerHandle | None = None
         self._second = -1
         self._prefix = ""
+        self._second = -1
+        self._prefix = ""
 
     def record(self, ctx: RequestContext, status: int, upstream: str | None) -> None:
         req = ctx.request
         now = time.time()
-        stamp = (
-            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
-        )
+        second = int(now)
+        if second != self._second:  # format the date once a second, not once a request
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        stamp = f"{self._prefix}.{int(now % 1 * 1000):03d}Z"
         duration = round((time.monotonic() - ctx.started) * 1000, 3)
         if self.fmt == "json":
             # Built by hand (each string escaped by the C encoder): a third of json.dumps' cost.

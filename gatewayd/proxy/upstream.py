@@ -183,6 +183,7 @@ class HttpUpstream:
         self.balancer = BALANCERS[config.balance](self.targets)
         self.hash_header = config.hash_on[7:] if config.hash_on.startswith("header:") else None
         self.session: aiohttp.ClientSession | None = None
+        self._client_timeouts: dict[int, aiohttp.ClientTimeout] = {}
         budget = self.state.budget
         self.retry = (
             RetryPolicy(config.retries, budget)
@@ -320,32 +321,42 @@ class HttpUpstream:
         started = time.monotonic()
         target.inflight += 1
         resp: aiohttp.ClientResponse | None = None
+        client_timeout = self._client_timeouts.get(id(timeouts))
+        if client_timeout is None:
+            client_timeout = self._client_timeouts[id(timeouts)] = aiohttp.ClientTimeout(
+                total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
+            )
+        # ``total`` bounds the time until the response headers (and a small body) are in; a
+        # plain timer handle is a fraction of asyncio.timeout()'s cost on this hot path.
+        deadline = _Deadline(timeouts.total)
         try:
-            async with asyncio.timeout(timeouts.total):
-                resp = await self.session.request(
-                    req.method,
-                    url,
-                    headers=headers,
-                    data=req.body,
-                    allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(
-                        total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
-                    ),
-                )
-                length = resp.content_length
-                small = (
-                    req.method == "HEAD"
-                    or resp.status in NO_BODY_STATUS
-                    or (length is not None and length <= SMALL_BODY)
-                )
-                if small:
-                    body: bytes | AsyncIterator[bytes] = await resp.read()
-                    resp.release()
+            resp = await self.session.request(
+                req.method,
+                url,
+                headers=headers,
+                data=req.body,
+                allow_redirects=False,
+                timeout=client_timeout,
+            )
+            length = resp.content_length
+            small = (
+                req.method == "HEAD"
+                or resp.status in NO_BODY_STATUS
+                or (length is not None and length <= SMALL_BODY)
+            )
+            if small:
+                body: bytes | AsyncIterator[bytes] = await resp.read()
+                resp.release()
+            deadline.cancel()
         except BaseException as exc:
+            deadline.cancel()
             target.inflight -= 1
             attempt.duration = time.monotonic() - started
             if resp is not None:
                 resp.close()
+            if deadline.expired and isinstance(exc, asyncio.CancelledError):
+                deadline.uncancel()
+                exc = TimeoutError()
             mapped = self._map_error(exc, attempt)
             if mapped is exc:
                 raise
@@ -375,6 +386,29 @@ async def _discard(body: Any) -> None:
     aclose = getattr(body, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+class _Deadline:
+    """Cancel the current task after ``seconds`` unless cancelled first (``expired`` tells)."""
+
+    __slots__ = ("expired", "handle", "task")
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self.task = asyncio.current_task()
+        self.handle = asyncio.get_running_loop().call_later(seconds, self._expire)
+
+    def _expire(self) -> None:
+        self.expired = True
+        if self.task is not None:
+            self.task.cancel()
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+    def uncancel(self) -> None:
+        if self.task is not None:
+            self.task.uncancel()
 
 
 async def _stream(
