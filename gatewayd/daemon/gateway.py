@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 from aiohttp import web
 
@@ -21,17 +22,10 @@ class Gateway:
         self._tasks: set[asyncio.Task[None]] = set()
         metrics.generation.set(generation.number)
 
-    async def handle(self, raw: web.BaseRequest) -> web.StreamResponse:
-        gen = self.current  # pinned for the whole request, streaming included
-        relay = gen.dispatcher.relay
-        if relay is not None and raw.path == relay[0]:
-            # A relay peer's WebSocket lives across reloads: it must not hold a generation.
-            return await relay[1](raw)
-        gen.inflight += 1
-        try:
-            return await gen.dispatcher.handle(raw)
-        finally:
-            gen.release()
+    def handle(self, raw: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+        """The listener's handler: the serving generation's dispatcher takes the request and
+        pins its generation until the reply is done (no extra coroutine layer here)."""
+        return self.current.dispatcher.handle(raw)
 
     @property
     def inflight(self) -> int:

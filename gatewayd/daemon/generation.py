@@ -37,6 +37,7 @@ class Generation:
         self.number = number
         self.config = config
         self.dispatcher = dispatcher
+        dispatcher.generation = self
         self.upstreams = upstreams
         self.plugins = plugins
         self.handover = handover

@@ -73,85 +73,94 @@ class Dispatcher:
         # Routes without an upstream (relay by path) ask this object for one.
         self.extra_upstream = extra_upstream
         # (relay.path, handler): the relay's WebSocket endpoint, served before route matching
-        # (by Gateway.handle, which does not pin a generation for these long-lived connections).
+        # (without pinning a generation: these connections live across reloads).
         self.relay = relay
         # The process's open WebSockets (gatewayd.proxy.websocket.WebSocketRegistry).
         self.websockets = websockets
+        # The generation this dispatcher serves (set by it): requests pin it while in flight.
+        self.generation: Any = None
 
     async def handle(self, raw: web.BaseRequest) -> web.StreamResponse:
-        rid = raw.headers.get("X-Request-ID")
-        if rid is None or not valid_request_id(rid):
-            rid = os.urandom(16).hex()
-        target, _, query = raw.raw_path.partition("?")
-        try:
-            path = normalise_path(target)
-        except BadPath as exc:
-            self.metrics.route(NO_ROUTE).count(400)
-            return json_error(400, "bad_request", str(exc), rid)
-        route = self.table.match(raw.host, path, raw.method)
-        if route is None:
-            self.metrics.route(NO_ROUTE).count(404)
-            return json_error(404, "no_route", "no route matches this request", rid)
-        return await self.serve(raw, route, path, query, rid)
+        """Serve one request on this dispatcher's generation (pinned until the reply is done).
 
-    async def serve(
-        self, raw: web.BaseRequest, route: Route, path: str, query: str, rid: str
-    ) -> web.StreamResponse:
-        headers = CIMultiDict(raw.headers)
-        for name in PRINCIPAL_HEADERS:  # only the gateway may set these (auth plugins do)
-            if name in headers:
-                del headers[name]
-        peer = raw.transport.get_extra_info("peername") if raw.transport else None
-        client_ip = peer[0] if peer else ""
-        request = Request(
-            raw.method,
-            path,
-            query,
-            headers,
-            raw.host,
-            raw.scheme,
-            client_ip,
-            None,
-            raw.content_length,
-            raw,
-        )
-        ctx = RequestContext(request, rid, route.info)
-        if raw.body_exists:
-            request.body = client_body(raw, ctx)
-        chain = route.chain
-        rm = self.metrics.route(route.name)
-        rm.inflight.inc()
-        seen = -1
-        status = 500
+        One coroutine from request to reply on purpose: every extra layer of ``await`` costs on
+        each suspension of every request."""
+        relay = self.relay
+        if relay is not None and raw.raw_path.partition("?")[0] == relay[0]:
+            # A relay peer's WebSocket lives across reloads: it must not pin a generation.
+            return await relay[1](raw)
+        gen = self.generation
+        gen.inflight += 1
         try:
-            if chain.request:
-                reply, seen = await run_request(chain, ctx)
-            else:
-                reply, seen = None, len(chain.plugins) - 1
-            if reply is None and request.is_websocket and self.websockets is not None:
-                upgraded = await websocket.pass_through(self, raw, ctx, route)
-                if isinstance(upgraded, web.StreamResponse):  # relayed and closed
-                    status = 101
-                    return upgraded
-                reply = upgraded  # refused before the upgrade: an error reply
-            if reply is None:
-                reply = await self.forward(ctx, route)
-            if chain.response or chain.chunk:
-                reply = await run_response(chain, ctx, reply, seen)
-            ctx.response = reply
-            status = reply.status
-            return await self.write(raw, ctx, reply)
-        except asyncio.CancelledError:
-            status = 499  # the client went away (nginx's convention)
-            raise
+            rid = raw.headers.get("X-Request-ID")
+            if rid is None or not valid_request_id(rid):
+                rid = os.urandom(16).hex()
+            target, _, query = raw.raw_path.partition("?")
+            try:
+                path = normalise_path(target)
+            except BadPath as exc:
+                self.metrics.route(NO_ROUTE).count(400)
+                return json_error(400, "bad_request", str(exc), rid)
+            route = self.table.match(raw.host, path, raw.method)
+            if route is None:
+                self.metrics.route(NO_ROUTE).count(404)
+                return json_error(404, "no_route", "no route matches this request", rid)
+            headers = CIMultiDict(raw.headers)
+            for name in PRINCIPAL_HEADERS:  # only the gateway may set these (auth plugins do)
+                if name in headers:
+                    del headers[name]
+            peer = raw.transport.get_extra_info("peername") if raw.transport else None
+            request = Request(
+                raw.method,
+                path,
+                query,
+                headers,
+                raw.host,
+                raw.scheme,
+                peer[0] if peer else "",
+                None,
+                raw.content_length,
+                raw,
+            )
+            ctx = RequestContext(request, rid, route.info)
+            if raw.body_exists:
+                request.body = client_body(raw, ctx)
+            chain = route.chain
+            rm = self.metrics.route(route.name)
+            rm.inflight.inc()
+            seen = -1
+            status = 500
+            try:
+                if chain.request:
+                    reply, seen = await run_request(chain, ctx)
+                else:
+                    reply, seen = None, len(chain.plugins) - 1
+                if reply is None and request.is_websocket and self.websockets is not None:
+                    upgraded = await websocket.pass_through(self, raw, ctx, route)
+                    if isinstance(upgraded, web.StreamResponse):  # relayed and closed
+                        status = 101
+                        return upgraded
+                    reply = upgraded  # refused before the upgrade: an error reply
+                if reply is None:
+                    reply = await self.forward(ctx, route)
+                if chain.response or chain.chunk:
+                    reply = await run_response(chain, ctx, reply, seen)
+                ctx.response = reply
+                status = reply.status
+                return await self.write(raw, ctx, reply)
+            except asyncio.CancelledError:
+                status = 499  # the client went away (nginx's convention)
+                raise
+            finally:
+                if chain.done:
+                    await run_done(chain, ctx, seen)
+                rm.inflight.dec()
+                rm.count(status)
+                rm.duration.observe(time.monotonic() - ctx.started)
+                if self.access_log is not None:
+                    self.access_log.record(ctx, status, route.info.upstream)
         finally:
-            if chain.done:
-                await run_done(chain, ctx, seen)
-            rm.inflight.dec()
-            rm.count(status)
-            rm.duration.observe(time.monotonic() - ctx.started)
-            if self.access_log is not None:
-                self.access_log.record(ctx, status, route.info.upstream)
+            gen.release()
 
     def upstream_for(self, ctx: RequestContext, route: Route) -> tuple[Any, ...]:
         """(upstream, timeouts) or, from ``extra_upstream``, (upstream, timeouts, path)."""

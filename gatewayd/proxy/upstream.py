@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Protocol
 
 import aiohttp
@@ -231,20 +231,15 @@ class HttpUpstream:
             raise UpstreamUnavailable(f"no healthy target in upstream '{self.name}'")
         return target
 
-    async def send(
+    def send(
         self, ctx: RequestContext, path: str, headers: CIMultiDict[str], timeouts: TimeoutsConfig
-    ) -> Response:
+    ) -> Awaitable[Response]:
+        """The reply of one target, or of several with retries. A plain function handing back
+        the coroutine that does the work: no extra ``await`` layer on the hot path."""
         policy = self.retry
         if policy is None:
-            target = self.pick(ctx)
-            try:
-                reply = await self.send_to(target, ctx, path, headers, timeouts)
-            except UpstreamError:
-                self.state.account(target, True)
-                raise
-            self.state.account(target, reply.status in self.passive_statuses)
-            return reply
-        return await self.send_with_retries(policy, ctx, path, headers, timeouts)
+            return self.send_to(self.pick(ctx), ctx, path, headers, timeouts)
+        return self.send_with_retries(policy, ctx, path, headers, timeouts)
 
     async def send_with_retries(
         self,
@@ -272,12 +267,10 @@ class HttpUpstream:
             try:
                 reply = await self.send_to(target, ctx, path, headers, timeouts)
             except UpstreamError:
-                self.state.account(target, True)
                 error = ctx.attempts[-1].error if ctx.attempts else None
                 if error is None or not self._retry(policy, req, tries, error, None):
                     raise
             else:
-                self.state.account(target, reply.status in self.passive_statuses)
                 if not self._retry(policy, req, tries, None, reply.status):
                     return reply
                 await _discard(reply.body)
@@ -360,8 +353,10 @@ class HttpUpstream:
             mapped = self._map_error(exc, attempt)
             if mapped is exc:
                 raise
+            self.state.account(target, True)  # passive health: a failed attempt
             raise mapped from exc
         attempt.status = resp.status
+        self.state.account(target, resp.status in self.passive_statuses)
         if small:
             target.inflight -= 1
             attempt.duration = time.monotonic() - started
