@@ -22,7 +22,14 @@ from types import FrameType
 from typing import Any
 
 from . import report
-from .procs import Children, StartError, http_get, peak_rss_mib
+from .procs import (
+    Children,
+    StartError,
+    http_get,
+    other_cpu_delta,
+    other_cpu_seconds,
+    peak_rss_mib,
+)
 from .targets import SMALL_BODY, Context, Row, Target, all_rows, nginx_backend
 from .wrk import Load, WrkError, WrkResult, run_wrk
 
@@ -136,11 +143,14 @@ def measure(row: Row, ctx: Context, s: Settings) -> report.RowResult:
         with row.start(ctx) as target:
             smoke_check(target)
             _warm_up(ctx.children, s, target)
+            others, started = other_cpu_seconds(ctx.children), time.monotonic()
             progress(f"{row.name}: {s.duration:g}s of GET /small, {s.connections} connections")
             result.small = _wrk(ctx.children, s, target, "/small", large=False)
             progress(f"{row.name}: {s.large_duration:g}s of GET /large (64 MiB)")
             result.large = _wrk(ctx.children, s, target, "/large", large=True)
             result.peak_rss_mib = peak_rss_mib(target.pid)
+            used = other_cpu_delta(others, other_cpu_seconds(ctx.children))
+            result.other_cpu_cores = used / (time.monotonic() - started)
     except (StartError, SmokeError, WrkError) as err:
         result.error = str(err)
     except Exception as err:  # a broken row must not end the run: report it and go on

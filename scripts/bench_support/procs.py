@@ -118,6 +118,10 @@ class Children:
         with contextlib.suppress(ValueError):
             self._procs.remove(proc)
 
+    def pgids(self) -> set[int]:
+        """The process groups of the running children (each child leads its own)."""
+        return {proc.pid for proc in self._procs if proc.poll() is None}
+
     def stop_all(self) -> None:
         """Stop every child, newest first; a second Ctrl-C cannot cut this short."""
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -185,7 +189,8 @@ def _log_tail(log: Path | None, lines: int = 15) -> str:
     return "\n  | " + "\n  | ".join(tail) if tail else ""
 
 
-def _process_group_members(pgid: int) -> Iterator[int]:
+def _proc_stats() -> Iterator[tuple[int, list[str]]]:
+    """(pid, fields of /proc/<pid>/stat after the command name) for every process."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -193,10 +198,34 @@ def _process_group_members(pgid: int) -> Iterator[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        # Fields after the parenthesised command: state ppid pgrp ...
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid:
-            yield int(entry.name)
+        # After "pid (comm) ": state ppid pgrp session tty tpgid flags minflt cminflt majflt
+        # cmajflt utime stime cutime cstime ...
+        yield int(entry.name), stat[stat.rindex(")") + 2 :].split()
+
+
+def _process_group_members(pgid: int) -> Iterator[int]:
+    return (pid for pid, fields in _proc_stats() if int(fields[2]) == pgid)
+
+
+def other_cpu_seconds(children: Children) -> dict[int, float]:
+    """CPU seconds used so far by each process that is neither the harness nor its children.
+
+    Children's time is counted once reaped (cutime/cstime), so a test run that starts and ends
+    daemons while we measure still shows up. Kernel threads (process group 0) are left out: they
+    mostly do the network work of our own load.
+    """
+    mine = children.pgids()
+    tick = os.sysconf("SC_CLK_TCK")
+    return {
+        pid: sum(int(v) for v in fields[11:15]) / tick
+        for pid, fields in _proc_stats()
+        if int(fields[2]) not in mine and int(fields[2]) != 0 and pid != os.getpid()
+    }
+
+
+def other_cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds others used between two :func:`other_cpu_seconds` snapshots."""
+    return sum(max(0.0, used - before.get(pid, 0.0)) for pid, used in after.items())
 
 
 def _vm_hwm_kib(pid: int) -> int:

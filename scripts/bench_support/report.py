@@ -29,6 +29,7 @@ class RowResult:
     large: WrkResult | None = None
     peak_rss_mib: float | None = None
     error: str | None = None
+    other_cpu_cores: float | None = None  # CPU other processes used while this row ran
 
     def rps(self) -> float | None:
         return self.small.requests_per_sec if self.small else None
@@ -61,6 +62,7 @@ def table_rows(results: Sequence[RowResult]) -> list[dict[str, Any]]:
                 "ratio_to_minimal": _ratio(r.rps(), minimal),
                 "large_mib_per_sec": r.large.mib_per_sec if r.large else None,
                 "peak_rss_mib": r.peak_rss_mib,
+                "other_cpu_cores": r.other_cpu_cores,
                 "error": r.error,
                 "small": asdict(r.small) if r.small else None,
                 "large": asdict(r.large) if r.large else None,
@@ -99,12 +101,17 @@ def render_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join([line(cells[0]), rule, *(line(c) for c in cells[1:])])
 
 
-def notes(results: Sequence[RowResult]) -> list[str]:
-    """Failures and anything that makes a number suspect (errors, non-2xx answers)."""
+def notes(results: Sequence[RowResult], noise: float = 0.05) -> list[str]:
+    """Failures and anything that makes a number suspect (errors, other load on the CPUs)."""
     out = []
     for r in results:
         if r.error:
             out.append(f"{r.name}: {r.error}")
+        if r.other_cpu_cores is not None and r.other_cpu_cores > noise:
+            out.append(
+                f"{r.name}: other processes used {r.other_cpu_cores:.2f} of a core while it ran; "
+                "its numbers are suspect (run the bench on a quiet machine)"
+            )
         for label, res in (("small", r.small), ("large", r.large)):
             if res and (res.non_2xx or res.socket_errors):
                 out.append(
