@@ -3,6 +3,7 @@ results: all bounded by the config, so a flood of odd requests cannot grow the l
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,7 +86,25 @@ class Metrics:
         for result in ("success", "failure"):
             self.reloads.labels(result)
         self._routes: dict[str, RouteMetrics] = {}
+        self._extras: dict[str, Any] = {}
         self._upstreams: dict[str, Any] = {}
+
+    def counter(self, name: str, doc: str, labels: Sequence[str]) -> Counter:
+        """The process's counter called ``name``, made on first use (for plugins: a reload
+        builds new plugin instances, and they must find the same collector again)."""
+        return self._extra(Counter, name, doc, labels)
+
+    def gauge(self, name: str, doc: str, labels: Sequence[str]) -> Gauge:
+        return self._extra(Gauge, name, doc, labels)
+
+    def _extra(self, kind: type[Any], name: str, doc: str, labels: Sequence[str]) -> Any:
+        found = self._extras.get(name)
+        if found is None:
+            found = kind(name, doc, list(labels), registry=self.registry)
+            self._extras[name] = found
+        elif not isinstance(found, kind) or list(found._labelnames) != list(labels):
+            raise ValueError(f"metric {name} already exists with another type or labels")
+        return found
 
     def route(self, name: str) -> RouteMetrics:
         rm = self._routes.get(name)
@@ -103,7 +122,7 @@ class Metrics:
         return child
 
     def close(self) -> None:
-        for name in list(vars(self)):
-            obj = getattr(self, name)
+        collectors = [getattr(self, name) for name in list(vars(self))]
+        for obj in [*collectors, *self._extras.values()]:
             if isinstance(obj, Counter | Gauge | Histogram):
                 self.registry.unregister(obj)

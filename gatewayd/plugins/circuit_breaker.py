@@ -263,26 +263,17 @@ class CircuitBreakerPlugin(Plugin):
 
 def _metrics(services: Any) -> tuple[Any, Any] | None:
     metrics = getattr(services, "metrics", None)
-    extras = getattr(services, "extras", None)
-    if metrics is None or extras is None:
+    if metrics is None:
         return None
-    found = extras.get("circuit_breaker.metrics")
-    if found is None:
-        from prometheus_client import Counter, Gauge
-
-        found = (
-            Gauge(
-                "gatewayd_breaker_state",
-                "Circuit breaker state per upstream target (0 closed, 1 half-open, 2 open)",
-                ["upstream", "target"],
-                registry=metrics.registry,
-            ),
-            Counter(
-                "gatewayd_breaker_transitions_total",
-                "Circuit breaker transitions, by upstream, target and new state",
-                ["upstream", "target", "state"],
-                registry=metrics.registry,
-            ),
-        )
-        extras["circuit_breaker.metrics"] = found
-    return found  # type: ignore[no-any-return]
+    return (
+        metrics.gauge(
+            "gatewayd_breaker_state",
+            "Circuit breaker state per upstream target (0 closed, 1 half-open, 2 open)",
+            ["upstream", "target"],
+        ),
+        metrics.counter(
+            "gatewayd_breaker_transitions_total",
+            "Circuit breaker transitions, by upstream, target and new state",
+            ["upstream", "target", "state"],
+        ),
+    )

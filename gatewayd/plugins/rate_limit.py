@@ -226,19 +226,12 @@ class RateLimitPlugin(Plugin):
 def _metric(services: Any, route: str) -> Any:
     """``metric(result)`` increments gatewayd_ratelimit_total{route, result}."""
     metrics = getattr(services, "metrics", None)
-    extras = getattr(services, "extras", None)
-    if metrics is None or extras is None:
+    if metrics is None:
         return lambda result: None
-    counter = extras.get("rate_limit.counter")
-    if counter is None:
-        from prometheus_client import Counter
-
-        counter = Counter(
-            "gatewayd_ratelimit_total",
-            "Rate-limit decisions, by route and result (allowed, limited, store_error)",
-            ["route", "result"],
-            registry=metrics.registry,
-        )
-        extras["rate_limit.counter"] = counter
+    counter = metrics.counter(
+        "gatewayd_ratelimit_total",
+        "Rate-limit decisions, by route and result (allowed, limited, store_error)",
+        ["route", "result"],
+    )
     children = {r: counter.labels(route, r) for r in ("allowed", "limited", "store_error")}
     return lambda result: children[result].inc()

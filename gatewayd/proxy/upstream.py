@@ -146,29 +146,20 @@ class UpstreamState:
 
 def _metrics(services: Any) -> tuple[Any, Any] | None:
     metrics = getattr(services, "metrics", None)
-    extras = getattr(services, "extras", None)
-    if metrics is None or extras is None:
+    if metrics is None:
         return None
-    found = extras.get("upstream.metrics")
-    if found is None:
-        from prometheus_client import Counter, Gauge
-
-        found = (
-            Gauge(
-                "gatewayd_upstream_target_up",
-                "Whether a target is in the rotation (1) or out: unhealthy or ejected (0)",
-                ["upstream", "target"],
-                registry=metrics.registry,
-            ),
-            Counter(
-                "gatewayd_upstream_retries_total",
-                "Retries, by upstream and outcome (retried, budget_exhausted)",
-                ["upstream", "outcome"],
-                registry=metrics.registry,
-            ),
-        )
-        extras["upstream.metrics"] = found
-    return found  # type: ignore[no-any-return]
+    return (
+        metrics.gauge(
+            "gatewayd_upstream_target_up",
+            "Whether a target is in the rotation (1) or out: unhealthy or ejected (0)",
+            ["upstream", "target"],
+        ),
+        metrics.counter(
+            "gatewayd_upstream_retries_total",
+            "Retries, by upstream and outcome (retried, budget_exhausted)",
+            ["upstream", "outcome"],
+        ),
+    )
 
 
 class HttpUpstream:

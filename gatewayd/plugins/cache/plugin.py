@@ -398,20 +398,14 @@ class CachePlugin(Plugin):
 
 
 def _metric(services: Any, route: str) -> Any:
+    """``metric(result)`` increments gatewayd_cache_total{route, result}."""
     metrics = getattr(services, "metrics", None)
-    extras = getattr(services, "extras", None)
-    if metrics is None or extras is None:
+    if metrics is None:
         return lambda result: None
-    counter = extras.get("cache.counter")
-    if counter is None:
-        from prometheus_client import Counter
-
-        counter = Counter(
-            "gatewayd_cache_total",
-            "Cache lookups, by route and result (HIT, MISS, STALE, BYPASS)",
-            ["route", "result"],
-            registry=metrics.registry,
-        )
-        extras["cache.counter"] = counter
+    counter = metrics.counter(
+        "gatewayd_cache_total",
+        "Cache lookups, by route and result (HIT, MISS, STALE, BYPASS)",
+        ["route", "result"],
+    )
     children = {r: counter.labels(route, r) for r in ("HIT", "MISS", "STALE", "BYPASS")}
     return lambda result: children[result].inc()
