@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -70,6 +71,10 @@ class Daemon:
         await self.listeners.setup()
         await self.listeners.apply(config.listen)
         await self.start_admin(config.admin.listen)
+        # Everything built so far lives as long as the process: move it out of the cyclic
+        # GC's sight, so collections stay short (p99) and cheap (throughput).
+        gc.collect()
+        gc.freeze()
         self.ready = True
         self.notifier.ready()
         self.notifier.status(f"serving generation 1 ({len(config.routes)} routes)")

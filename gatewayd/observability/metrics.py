@@ -3,64 +3,110 @@ results: all bounded by the config, so a flood of odd requests cannot grow the l
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 NO_ROUTE = "_none"
 
 
-@dataclass(slots=True)
-class RouteMetrics:
-    """Pre-bound children for one route, so the hot path does no label lookups but the status."""
+class Histo:
+    """A histogram kept as plain integers: the event loop is the only writer, so it needs none
+    of prometheus_client's locks. Exposed at scrape time by :class:`HotPathCollector`."""
 
-    duration: Any
-    inflight: Any
-    requests: Any
-    route: str
-    by_status: dict[int, Any]
+    __slots__ = ("buckets", "count", "sum")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.count += 1
+        self.sum += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out, total = [], 0
+        for bound, n in zip((*LATENCY_BUCKETS, float("inf")), self.buckets, strict=True):
+            total += n
+            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), total))
+        return out
+
+
+class InFlight:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self) -> None:
+        self.value += 1
+
+    def dec(self) -> None:
+        self.value -= 1
+
+
+class RouteMetrics:
+    """One route's request count by status, duration histogram and in-flight gauge."""
+
+    __slots__ = ("by_status", "duration", "inflight")
+
+    def __init__(self) -> None:
+        self.by_status: dict[int, int] = {}
+        self.duration = Histo()
+        self.inflight = InFlight()
 
     def count(self, status: int) -> None:
-        child = self.by_status.get(status)
-        if child is None:
-            child = self.requests.labels(self.route, str(status))
-            if len(self.by_status) < 64:
-                self.by_status[status] = child
-        child.inc()
+        self.by_status[status] = self.by_status.get(status, 0) + 1
+
+
+class HotPathCollector:
+    """Turns the per-request counters into Prometheus families when /metrics is scraped."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        routes = self.metrics._routes
+        requests = CounterMetricFamily(
+            "gatewayd_requests",
+            "Requests answered, by route and status",
+            labels=["route", "status"],
+        )
+        duration = HistogramMetricFamily(
+            "gatewayd_request_duration_seconds",
+            "Time from request to the end of the response, by route",
+            labels=["route"],
+        )
+        inflight = GaugeMetricFamily(
+            "gatewayd_requests_in_flight", "Requests being served, by route", labels=["route"]
+        )
+        for name, rm in routes.items():
+            for status, n in sorted(rm.by_status.items()):
+                requests.add_metric([name, str(status)], n)
+            duration.add_metric([name], rm.duration.cumulative(), rm.duration.sum)
+            inflight.add_metric([name], rm.inflight.value)
+        upstream = HistogramMetricFamily(
+            "gatewayd_upstream_duration_seconds",
+            "Time to upstream response headers, by upstream",
+            labels=["upstream"],
+        )
+        for name, h in self.metrics._upstreams.items():
+            upstream.add_metric([name], h.cumulative(), h.sum)
+        yield from (requests, duration, inflight, upstream)
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.registry = registry
-        self.requests = Counter(
-            "gatewayd_requests_total",
-            "Requests answered, by route and status",
-            ["route", "status"],
-            registry=registry,
-        )
-        self.duration = Histogram(
-            "gatewayd_request_duration_seconds",
-            "Time from request to the end of the response, by route",
-            ["route"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.inflight = Gauge(
-            "gatewayd_requests_in_flight",
-            "Requests being served, by route",
-            ["route"],
-            registry=registry,
-        )
-        self.upstream_duration = Histogram(
-            "gatewayd_upstream_duration_seconds",
-            "Time to upstream response headers, by upstream",
-            ["upstream"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
         self.upstream_errors = Counter(
             "gatewayd_upstream_errors_total",
             "Upstream failures, by upstream and kind (connect, timeout, disconnect)",
@@ -86,8 +132,10 @@ class Metrics:
         for result in ("success", "failure"):
             self.reloads.labels(result)
         self._routes: dict[str, RouteMetrics] = {}
+        self._upstreams: dict[str, Histo] = {}
         self._extras: dict[str, Any] = {}
-        self._upstreams: dict[str, Any] = {}
+        self._hot = HotPathCollector(self)
+        registry.register(self._hot)
 
     def counter(self, name: str, doc: str, labels: Sequence[str]) -> Counter:
         """The process's counter called ``name``, made on first use (for plugins: a reload
@@ -109,20 +157,17 @@ class Metrics:
     def route(self, name: str) -> RouteMetrics:
         rm = self._routes.get(name)
         if rm is None:
-            rm = RouteMetrics(
-                self.duration.labels(name), self.inflight.labels(name), self.requests, name, {}
-            )
-            self._routes[name] = rm
+            rm = self._routes[name] = RouteMetrics()
         return rm
 
-    def upstream(self, name: str) -> Any:
-        child = self._upstreams.get(name)
-        if child is None:
-            child = self._upstreams[name] = self.upstream_duration.labels(name)
-        return child
+    def upstream(self, name: str) -> Histo:
+        h = self._upstreams.get(name)
+        if h is None:
+            h = self._upstreams[name] = Histo()
+        return h
 
     def close(self) -> None:
         collectors = [getattr(self, name) for name in list(vars(self))]
         for obj in [*collectors, *self._extras.values()]:
-            if isinstance(obj, Counter | Gauge | Histogram):
+            if isinstance(obj, Counter | Gauge | Histogram | HotPathCollector):
                 self.registry.unregister(obj)

@@ -99,12 +99,10 @@ class Dispatcher:
             try:
                 path = normalise_path(target)
             except BadPath as exc:
-                self.metrics.route(NO_ROUTE).count(400)
-                return json_error(400, "bad_request", str(exc), rid)
+                return self.refuse(raw, rid, target, 400, "bad_request", str(exc))
             route = self.table.match(raw.host, path, raw.method)
             if route is None:
-                self.metrics.route(NO_ROUTE).count(404)
-                return json_error(404, "no_route", "no route matches this request", rid)
+                return self.refuse(raw, rid, path, 404, "no_route", "no route matches this request")
             headers = CIMultiDict(raw.headers)
             for name in PRINCIPAL_HEADERS:  # only the gateway may set these (auth plugins do)
                 if name in headers:
@@ -161,6 +159,20 @@ class Dispatcher:
                     self.access_log.record(ctx, status, route.info.upstream)
         finally:
             gen.release()
+
+    def refuse(
+        self, raw: web.BaseRequest, rid: str, path: str, status: int, code: str, message: str
+    ) -> web.Response:
+        """An error before any route was chosen: counted and access-logged like the rest."""
+        self.metrics.route(NO_ROUTE).count(status)
+        if self.access_log is not None:
+            peer = raw.transport.get_extra_info("peername") if raw.transport else None
+            request = Request(
+                raw.method, path, "", CIMultiDict(), raw.host, raw.scheme,
+                peer[0] if peer else "", None, None,
+            )  # fmt: skip
+            self.access_log.record(RequestContext(request, rid, NO_ROUTE_INFO), status, None)
+        return json_error(status, code, message, rid)
 
     def upstream_for(self, ctx: RequestContext, route: Route) -> tuple[Any, ...]:
         """(upstream, timeouts) or, from ``extra_upstream``, (upstream, timeouts, path)."""

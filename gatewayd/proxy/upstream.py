@@ -308,11 +308,13 @@ class HttpUpstream:
         client_timeout = self._client_timeouts.get(id(timeouts))
         if client_timeout is None:
             client_timeout = self._client_timeouts[id(timeouts)] = aiohttp.ClientTimeout(
-                total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
+                total=None, sock_connect=timeouts.connect
             )
-        # ``total`` bounds the time until the response headers (and a small body) are in; a
-        # plain timer handle is a fraction of asyncio.timeout()'s cost on this hot path.
-        deadline = _Deadline(timeouts.total)
+        # One timer until the headers (and a small body) are in: ``total``, or ``read`` when
+        # there is no request body to upload first. A plain timer handle costs a fraction of
+        # asyncio.timeout() and of aiohttp's per-read timer; streamed bodies time each read.
+        wait = timeouts.total if req.body is not None else min(timeouts.total, timeouts.read)
+        deadline = _Deadline(wait)
         try:
             resp = await self.session.request(
                 req.method,
@@ -352,7 +354,7 @@ class HttpUpstream:
             target.inflight -= 1
             attempt.duration = time.monotonic() - started
         else:
-            body = _stream(resp, target, attempt, started)
+            body = _stream(resp, target, attempt, started, timeouts.read)
         return Response(resp.status, response_headers(resp.headers), body, resp.reason)
 
     def _map_error(self, exc: BaseException, attempt: Attempt) -> BaseException:
@@ -398,20 +400,35 @@ class _Deadline:
 
 
 async def _stream(
-    resp: aiohttp.ClientResponse, target: Target, attempt: Attempt, started: float
+    resp: aiohttp.ClientResponse, target: Target, attempt: Attempt, started: float, read: float
 ) -> AsyncIterator[bytes]:
     """The response body, chunk by chunk as it arrives; the connection is released (or closed,
-    if the body was not read to the end) whatever happens."""
+    if the body was not read to the end) whatever happens. Each read may wait at most ``read``
+    seconds (the time spent writing to a slow client does not count)."""
+    content = resp.content
     try:
-        async for chunk in resp.content.iter_any():
+        while True:
+            deadline = _Deadline(read)
+            try:
+                chunk = await content.readany()
+            except asyncio.CancelledError:
+                if not deadline.expired:
+                    raise
+                deadline.uncancel()
+                attempt.error = "timeout"
+                raise UpstreamTimeout("upstream read timed out mid-response") from None
+            finally:
+                deadline.cancel()
+            if not chunk:
+                return
             yield chunk
     except aiohttp.ClientError as exc:
-        attempt.error = "timeout" if isinstance(exc, TimeoutError) else "disconnect"
+        attempt.error = "disconnect"
         raise UpstreamError(502, "upstream_error", "upstream failed mid-response") from exc
     finally:
         target.inflight -= 1
         attempt.duration = time.monotonic() - started
-        if resp.content.at_eof():
+        if content.at_eof():
             resp.release()
         else:
             resp.close()
