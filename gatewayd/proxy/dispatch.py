@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any
 
 import aiohttp
@@ -140,11 +140,22 @@ class Dispatcher:
                         return upgraded
                     reply = upgraded  # refused before the upgrade: an error reply
                 if reply is None:
-                    reply = await self.forward(ctx, route)
+                    started = time.monotonic()
+                    try:
+                        reply = await self.send(ctx, route)
+                    except (UpstreamError, PluginError) as exc:
+                        reply = self.failed(ctx, route, exc)
+                    else:
+                        if route.info.upstream:
+                            self.metrics.upstream(route.info.upstream).observe(
+                                time.monotonic() - started
+                            )
                 if chain.response or chain.chunk:
                     reply = await run_response(chain, ctx, reply, seen)
                 ctx.response = reply
                 status = reply.status
+                if isinstance(reply.body, bytes | bytearray):
+                    return self.reply(raw, ctx, reply)
                 return await self.write(raw, ctx, reply)
             except asyncio.CancelledError:
                 status = 499  # the client went away (nginx's convention)
@@ -193,48 +204,54 @@ class Dispatcher:
             headers.popall("Host", None)
         return headers
 
-    async def forward(self, ctx: RequestContext, route: Route) -> Response:
-        started = time.monotonic()
-        try:
-            upstream, timeouts, *path_override = self.upstream_for(ctx, route)
-            headers = self.upstream_headers(ctx, route)
-            path = path_override[0] if path_override else route.upstream_path(ctx.request.path)
-            reply: Response = await upstream.send(ctx, path, headers, timeouts)
-        except UpstreamError as exc:
-            ctx.error = ctx.error or exc
-            if isinstance(ctx.error, PluginError):  # e.g. the body grew past a limit
-                return failure_response(ctx, "request", ctx.error)
-            retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-            if ctx.attempts and ctx.attempts[-1].error and route.info.upstream:
-                self.metrics.upstream_errors.labels(
-                    route.info.upstream, ctx.attempts[-1].error
-                ).inc()
-            return ctx.error_response(exc.status, exc.code, exc.message, retry)
-        except PluginError as exc:
-            ctx.error = exc
-            return failure_response(ctx, "request", exc)
-        if route.info.upstream:
-            self.metrics.upstream(route.info.upstream).observe(time.monotonic() - started)
+    def send(self, ctx: RequestContext, route: Route) -> Awaitable[Response]:
+        """The upstream's reply, as the awaitable the upstream hands back (no extra layer).
+        Raises UpstreamError/PluginError, now or when awaited: see :meth:`failed`."""
+        upstream, timeouts, *path_override = self.upstream_for(ctx, route)
+        headers = self.upstream_headers(ctx, route)
+        path = path_override[0] if path_override else route.upstream_path(ctx.request.path)
+        reply: Awaitable[Response] = upstream.send(ctx, path, headers, timeouts)
         return reply
 
-    async def write(
-        self, raw: web.BaseRequest, ctx: RequestContext, reply: Response
-    ) -> web.StreamResponse:
+    def failed(self, ctx: RequestContext, route: Route, exc: Exception) -> Response:
+        """The error reply for an upstream failure (or a body that broke a plugin's limit)."""
+        if isinstance(exc, PluginError):
+            ctx.error = exc
+            return failure_response(ctx, "request", exc)
+        assert isinstance(exc, UpstreamError)
+        ctx.error = ctx.error or exc
+        if isinstance(ctx.error, PluginError):  # e.g. the body grew past a limit
+            return failure_response(ctx, "request", ctx.error)
+        retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        if ctx.attempts and ctx.attempts[-1].error and route.info.upstream:
+            self.metrics.upstream_errors.labels(route.info.upstream, ctx.attempts[-1].error).inc()
+        return ctx.error_response(exc.status, exc.code, exc.message, retry)
+
+    def reply(self, raw: web.BaseRequest, ctx: RequestContext, reply: Response) -> web.Response:
+        """A reply whose body is bytes, as one aiohttp response."""
         headers = reply.headers
         headers["X-Request-ID"] = ctx.request_id
         close = headers.popall("Connection", None) is not None
         body = reply.body
-        resp: web.StreamResponse
+        assert isinstance(body, bytes | bytearray)
+        if raw.method != "HEAD":
+            headers.popall("Content-Length", None)
+        ctx.bytes_out = len(body)
+        resp = web.Response(status=reply.status, reason=reply.reason, headers=headers, body=body)
+        if close:
+            resp.force_close()
+        return resp
+
+    async def write(
+        self, raw: web.BaseRequest, ctx: RequestContext, reply: Response
+    ) -> web.StreamResponse:
+        """Stream a reply whose body is an async iterator, chunk by chunk."""
+        headers = reply.headers
+        headers["X-Request-ID"] = ctx.request_id
+        close = headers.popall("Connection", None) is not None
+        body = reply.body
         if isinstance(body, bytes | bytearray):
-            if raw.method != "HEAD":
-                headers.popall("Content-Length", None)
-            ctx.bytes_out = len(body)
-            resp = web.Response(
-                status=reply.status, reason=reply.reason, headers=headers, body=body
-            )
-            if close:
-                resp.force_close()
-            return resp
+            return self.reply(raw, ctx, reply)
         resp = web.StreamResponse(status=reply.status, reason=reply.reason, headers=headers)
         if close:
             resp.force_close()
