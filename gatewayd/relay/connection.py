@@ -237,14 +237,18 @@ class PeerConnection:
         except Disconnected:
             reason = "connection lost"
         finally:
+            # Mark the connection closed and fail its streams before the first await: the
+            # listener cancels this handler when the peer's socket goes (handler_cancellation),
+            # and a CancelledError at an await below must not skip this, or the streams whose
+            # HEADERS the leaving peer never read would wait for the total timeout (504).
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if self._closer is not None:
-                await asyncio.gather(self._closer, return_exceptions=True)
             self.closed = True
             self.close_reason = self.close_reason or reason
             self.fail_all(Disconnected(self.close_reason))
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self._closer is not None:
+                await asyncio.gather(self._closer, return_exceptions=True)
 
     def fail_all(self, exc: StreamReset) -> None:
         streams, self.streams = self.streams, {}

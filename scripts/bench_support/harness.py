@@ -22,6 +22,7 @@ from types import FrameType
 from typing import Any
 
 from . import report
+from .extras import EXTRAS, Extra, ExtraResult, ExtraSettings, measure_extra
 from .procs import (
     Children,
     StartError,
@@ -53,7 +54,7 @@ class Settings:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    names = ", ".join(r.name for r in all_rows())
+    names = ", ".join([r.name for r in all_rows()] + [e.name for e in EXTRAS])
     parser = argparse.ArgumentParser(
         prog="scripts/bench",
         description="Benchmark gatewayd against nginx and a minimal aiohttp proxy "
@@ -69,7 +70,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--large-connections", type=int, default=1, help="parallel 64 MiB downloads (1)"
     )
-    parser.add_argument("--only", help=f"comma-separated rows to run, of: {names}")
+    parser.add_argument(
+        "--ws-duration", type=float, default=5.0, help="seconds of WebSocket echo, each way (5)"
+    )
+    parser.add_argument(
+        "--ws-connections", type=int, default=50, help="WebSocket echo connections (50)"
+    )
+    parser.add_argument(
+        "--sse-clients", default="1000,3000", help="SSE fan-out client counts (1000,3000)"
+    )
+    parser.add_argument(
+        "--relay-peers", type=int, default=1000, help="idle relay peer connections (1000)"
+    )
+    parser.add_argument("--only", help=f"comma-separated rows and parts to run, of: {names}")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument(
         "--python",
@@ -83,15 +96,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def select_rows(rows: list[Row], only: str | None) -> list[Row]:
+def select_rows(
+    rows: list[Row], extras: list[Extra], only: str | None
+) -> tuple[list[Row], list[Extra]]:
     if not only:
-        return rows
+        return rows, extras
     wanted = [name.strip() for name in only.split(",") if name.strip()]
-    unknown = sorted(set(wanted) - {r.name for r in rows})
+    known = [r.name for r in rows] + [e.name for e in extras]
+    unknown = sorted(set(wanted) - set(known))
     if unknown:
-        known = ", ".join(r.name for r in rows)
-        raise SystemExit(f"scripts/bench: unknown row(s) {', '.join(unknown)} (known: {known})")
-    return [r for r in rows if r.name in wanted]
+        raise SystemExit(
+            f"scripts/bench: unknown row(s) {', '.join(unknown)} (known: {', '.join(known)})"
+        )
+    return [r for r in rows if r.name in wanted], [e for e in extras if e.name in wanted]
 
 
 def pick_cores() -> tuple[int | None, int | None]:
@@ -161,8 +178,12 @@ def measure(row: Row, ctx: Context, s: Settings) -> report.RowResult:
 
 
 def run_rows(
-    rows: Sequence[Row], tmp: Path, args: argparse.Namespace, cores: tuple[int | None, int | None]
-) -> list[report.RowResult]:
+    rows: Sequence[Row],
+    extras: Sequence[Extra],
+    tmp: Path,
+    args: argparse.Namespace,
+    cores: tuple[int | None, int | None],
+) -> tuple[list[report.RowResult], list[ExtraResult]]:
     client_core, proxy_core = cores
     settings = Settings(
         duration=args.duration,
@@ -172,6 +193,14 @@ def run_rows(
         large_duration=args.large_duration,
         large_connections=args.large_connections,
         client_core=client_core,
+    )
+    extra_settings = ExtraSettings(
+        ws_duration=args.ws_duration,
+        ws_connections=args.ws_connections,
+        ws_size=64,
+        sse_clients=args.sse_clients,
+        relay_peers=args.relay_peers,
+        relay_hold=5.0,
     )
     with Children() as children:
         progress(f"backend: nginx on core {client_core}, 64 MiB file in {tmp}")
@@ -184,8 +213,16 @@ def run_rows(
                 python=args.python,
                 gatewayd=args.gatewayd,
                 proxy_core=proxy_core,
+                client_core=client_core,
             )
-            return [measure(row, ctx, settings) for row in rows]
+            results = [measure(row, ctx, settings) for row in rows]
+            extra_results = []
+            for extra in extras:
+                progress(f"{extra.name}: starting")
+                extra_results.append(measure_extra(extra, ctx, extra_settings))
+                if extra_results[-1].error:
+                    progress(f"{extra.name}: FAILED: {extra_results[-1].error}")
+            return results, extra_results
 
 
 def _version(argv: Sequence[str]) -> str:
@@ -257,7 +294,7 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    rows = select_rows(all_rows(), args.only)
+    rows, extras = select_rows(all_rows(), EXTRAS, args.only)
     missing = _missing_tools()
     if missing:
         print(f"scripts/bench: not on PATH: {', '.join(missing)}", file=sys.stderr)
@@ -273,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress(f"warning: the CPUs were {busy:.0%} busy before we started: expect noise")
     tmp = Path(tempfile.mkdtemp(prefix="gatewayd-bench-"))
     try:
-        results = run_rows(rows, tmp, args, cores)
+        results, extra_results = run_rows(rows, extras, tmp, args, cores)
     except KeyboardInterrupt:
         print("scripts/bench: interrupted; every child process was stopped", file=sys.stderr)
         return 130
@@ -282,11 +319,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    return _print_report(results, meta, args.json)
+    return _print_report(results, extra_results, meta, args.json)
 
 
 def _print_report(
-    results: Sequence[report.RowResult], meta: dict[str, Any], json_path: Path | None
+    results: Sequence[report.RowResult],
+    extras: Sequence[ExtraResult],
+    meta: dict[str, Any],
+    json_path: Path | None,
 ) -> int:
     rows = report.table_rows(results)
     print(
@@ -295,9 +335,14 @@ def _print_report(
         f"proxy on core {meta['cores']['proxy']}; {meta['cpu']}; "
         f"CPUs {meta['cpu_busy_before_start']:.0%} busy before start\n"
     )
-    print(report.render_table(rows))
-    for note in report.notes(results):
+    if rows:
+        print(report.render_table(rows))
+    for extra in extras:
+        print(f"\n{extra.title or extra.name}\n")
+        print(report.render_extra(extra.columns, extra.rows) if extra.rows else "FAILED")
+    for note in report.notes(results) + report.extra_notes(extras):
         print(f"\n* {note}")
     if json_path is not None:
-        report.write_json(json_path, meta, rows)
-    return 1 if any(r.error for r in results) else 0
+        report.write_json(json_path, meta, rows, report.extra_json(extras))
+    failed = any(r.error for r in results) or any(e.error for e in extras)
+    return 1 if failed else 0

@@ -87,8 +87,13 @@ def _cells(row: dict[str, Any]) -> list[str]:
 
 
 def render_table(rows: Sequence[dict[str, Any]]) -> str:
-    cells = [list(COLUMNS), *(_cells(r) for r in rows)]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    return render_extra(COLUMNS, [_cells(r) for r in rows])
+
+
+def render_extra(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table: the first column left-aligned, the others right-aligned."""
+    cells = [list(columns), *(list(r) for r in rows)]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
 
     def line(values: Sequence[str]) -> str:
         padded = [
@@ -121,5 +126,32 @@ def notes(results: Sequence[RowResult], noise: float = 0.05) -> list[str]:
     return out
 
 
-def write_json(path: Path, meta: dict[str, Any], rows: Sequence[dict[str, Any]]) -> None:
-    path.write_text(json.dumps({"meta": meta, "rows": list(rows)}, indent=2) + "\n")
+def extra_notes(extras: Sequence[Any], noise: float = 0.05) -> list[str]:
+    """The same notes for the extra parts (WebSocket, SSE, relay idle)."""
+    out = []
+    for e in extras:
+        if e.error:
+            out.append(f"{e.name}: {e.error}")
+        if e.other_cpu_cores is not None and e.other_cpu_cores > noise:
+            out.append(
+                f"{e.name}: other processes used {e.other_cpu_cores:.2f} of a core while it ran; "
+                "its numbers are suspect (run the bench on a quiet machine)"
+            )
+    return out
+
+
+def extra_json(extras: Sequence[Any]) -> dict[str, Any]:
+    return {
+        e.name: {"data": e.data, "error": e.error, "other_cpu_cores": e.other_cpu_cores}
+        for e in extras
+    }
+
+
+def write_json(
+    path: Path,
+    meta: dict[str, Any],
+    rows: Sequence[dict[str, Any]],
+    extras: dict[str, Any] | None = None,
+) -> None:
+    doc = {"meta": meta, "rows": list(rows), "extras": extras or {}}
+    path.write_text(json.dumps(doc, indent=2) + "\n")

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .procs import Children, StartError, free_port, wait_ready
+from .procs import Children, StartError, free_port, http_get, wait_ready
 
 SUPPORT = Path(__file__).resolve().parent
 SMALL_BODY = (
@@ -36,6 +36,7 @@ class Context:
     python: str
     gatewayd: Path
     proxy_core: int | None
+    client_core: int | None = None
 
 
 @dataclass(frozen=True)
@@ -164,12 +165,30 @@ def minimal_proxy(ctx: Context) -> Iterator[Target]:
 
 
 @dataclass(frozen=True)
+class Gatewayd:
+    """A running daemon, as a ``started`` hook sees it."""
+
+    url: str
+    admin_url: str
+    pid: int
+    config_path: Path
+    workdir: Path
+
+
+@dataclass(frozen=True)
 class RowSetup:
-    """Extra set-up for a gatewayd row: config merged in, env for the daemon, client headers."""
+    """Extra set-up for a gatewayd row: config merged in, env for the daemon, client headers.
+
+    ``prefix`` is put in front of the paths wrk loads (``/peer/bench`` + ``/small``);
+    ``started(ctx, gw)`` is entered once the daemon is ready and left before it stops (start a
+    peer, warm a cache, ...).
+    """
 
     config: Mapping[str, Any] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
+    prefix: str = ""
+    started: Callable[[Context, Gatewayd], AbstractContextManager[None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -193,10 +212,83 @@ HEADERS = {
         "response": {"add": {"X-Served-By": "gatewayd"}},
     }
 }
+RELAY_LEASE = "bench"
+RELAY_ROUTES = [{"name": "peers", "match": {"path": "/peer/"}, "relay": "by_path"}]
 
-# One line per row. A row that needs keys or other state passes setup=, e.g.
-#   GatewaydVariant("gatewayd+key_auth", [{"key_auth": {}}], setup=make_bench_key),
-# where make_bench_key(ctx, state_dir) creates a key and returns RowSetup(headers={...}).
+
+def create_key(ctx: Context, state_dir: Path, *args: str) -> str:
+    """``gatewayd keys create ARGS`` on the row's key store; returns the key (never printed)."""
+    config = state_dir.parent / "keys.yaml"
+    config.write_text(json.dumps({"state": {"dir": str(state_dir)}}) + "\n")
+    argv = [str(ctx.gatewayd), "keys", "create", "-c", str(config), *args]
+    try:
+        out = ctx.children.run(argv, core=None, timeout=60)
+    except RuntimeError as err:
+        raise StartError(f"creating a key failed: {err}") from None
+    return out.splitlines()[0].strip()
+
+
+@contextmanager
+def _refuses_without_key(ctx: Context, gw: Gatewayd) -> Iterator[None]:
+    """The plugin is on: the same request without the key is refused."""
+    status = http_get(f"{gw.url}/small").status
+    if status != 401:
+        raise StartError(f"GET /small without a key answered {status}, not 401")
+    yield
+
+
+def key_auth_setup(ctx: Context, state_dir: Path) -> RowSetup:
+    key = create_key(ctx, state_dir, "--tenant", "bench", "--id", "bench-1")
+    headers = {"Authorization": f"Bearer {key}"}
+    return RowSetup(headers=headers, started=_refuses_without_key)
+
+
+@contextmanager
+def _warm_cache(ctx: Context, gw: Gatewayd) -> Iterator[None]:
+    """One request fills the cache, so the smoke check's must be a HIT."""
+    first = http_get(f"{gw.url}/small")
+    if first.status != 200 or first.headers.get("x-cache") != "MISS":
+        got = first.headers.get("x-cache")
+        raise StartError(f"the first GET /small answered {first.status}, X-Cache {got!r}")
+    yield
+
+
+def cache_setup(ctx: Context, state_dir: Path) -> RowSetup:
+    return RowSetup(started=_warm_cache)
+
+
+@contextmanager
+def _relay_peer(ctx: Context, gw: Gatewayd, key: str) -> Iterator[None]:
+    """``gatewayd peer`` next to the backend (the client core), until the tunnel answers."""
+    ws_url = gw.url.replace("http://", "ws://", 1) + "/_relay/connect"
+    argv = [str(ctx.gatewayd), "peer", "--gateway", ws_url, "--lease", RELAY_LEASE]
+    argv += ["--target", ctx.backend_url, "--key", key, "--log-level", "warning"]
+    log = gw.workdir / "peer.log"
+    proc = ctx.children.spawn(argv, core=ctx.client_core, log=log, env=_daemon_env({}))
+    try:
+        wait_ready(f"{gw.url}/peer/{RELAY_LEASE}/small", proc, log=log)
+        yield
+    except StartError as err:
+        raise StartError(f"gatewayd peer failed to connect: {err}") from None
+    finally:
+        ctx.children.stop(proc)
+
+
+def relay_setup(ctx: Context, state_dir: Path) -> RowSetup:
+    key = create_key(ctx, state_dir, "--tenant", "bench", "--scope", f"relay:{RELAY_LEASE}")
+    return RowSetup(
+        # connect_rate given explicitly: the default ("10/min") is not parsed when the relay
+        # section is absent (AttributeError in RelayRegistry.admit; reported).
+        config={"routes": RELAY_ROUTES, "relay": {"connect_rate": "100/s"}},
+        prefix=f"/peer/{RELAY_LEASE}",
+        started=partial(_relay_peer, key=key),
+    )
+
+
+RATE_LIMIT = {"rate_limit": {"rate": "1000000/s", "burst": 1000000, "key": "ip"}}
+
+# One line per row. A row that needs keys or other state passes setup=, which runs before the
+# daemon starts and returns a RowSetup (config, client headers, a hook run once it is up).
 GATEWAYD_VARIANTS: list[GatewaydVariant] = [
     GatewaydVariant("gatewayd"),
     GatewaydVariant(
@@ -204,6 +296,17 @@ GATEWAYD_VARIANTS: list[GatewaydVariant] = [
         [HEADERS],
         expect_headers={"X-Served-By": "gatewayd", "X-Seen-Env": "bench"},
     ),
+    GatewaydVariant("gatewayd+key_auth", [{"key_auth": {}}], setup=key_auth_setup),
+    GatewaydVariant(
+        "gatewayd+rate_limit", [RATE_LIMIT], expect_headers={"RateLimit-Limit": "1000000"}
+    ),
+    GatewaydVariant(
+        "gatewayd+cache",
+        [{"cache": {"default_ttl": "60s"}}],
+        setup=cache_setup,
+        expect_headers={"X-Cache": "HIT"},
+    ),
+    GatewaydVariant("gatewayd+relay", setup=relay_setup),
 ]
 
 
@@ -250,34 +353,50 @@ def gatewayd_row(variant: GatewaydVariant) -> Row:
 
 @contextmanager
 def _gatewayd(ctx: Context, variant: GatewaydVariant) -> Iterator[Target]:
-    if not os.access(ctx.gatewayd, os.X_OK):
-        raise StartError(
-            f"gatewayd failed to start: {ctx.gatewayd} not found (pip install -e . into .venv)"
-        )
     workdir = ctx.tmp / variant.name
     state_dir = workdir / "state"
     state_dir.mkdir(parents=True)
     extra = variant.setup(ctx, state_dir) if variant.setup else RowSetup()
+    with ExitStack() as stack:
+        gw = stack.enter_context(start_gatewayd(ctx, workdir, variant.plugins, extra))
+        if extra.started is not None:
+            stack.enter_context(extra.started(ctx, gw))
+        yield Target(
+            url=gw.url + extra.prefix,
+            pid=gw.pid,
+            headers=extra.headers,
+            expect_headers=variant.expect_headers,
+        )
+
+
+@contextmanager
+def start_gatewayd(
+    ctx: Context, workdir: Path, plugins: Sequence[Any], extra: RowSetup
+) -> Iterator[Gatewayd]:
+    """Write the config (the bench route with ``plugins``, ``extra.config`` merged in), start
+    the daemon on the proxy core, wait for ``/_ready``, stop it afterwards."""
+    if not os.access(ctx.gatewayd, os.X_OK):
+        raise StartError(
+            f"gatewayd failed to start: {ctx.gatewayd} not found (pip install -e . into .venv)"
+        )
+    state_dir = workdir / "state"
+    state_dir.mkdir(parents=True, exist_ok=True)
     port, admin_port = free_port(), free_port()
-    config = gatewayd_config(port, admin_port, state_dir, ctx.backend_url, variant.plugins)
+    config = gatewayd_config(port, admin_port, state_dir, ctx.backend_url, plugins)
     config_path = workdir / "gatewayd.yaml"
     # JSON is valid YAML, and keeps the harness free of third-party imports.
     config_path.write_text(json.dumps(merge(config, extra.config), indent=2) + "\n")
+    admin_url = f"http://127.0.0.1:{admin_port}"
     with serving(
         ctx.children,
         [str(ctx.gatewayd), "run", "-c", str(config_path)],
         what="gatewayd",
         core=ctx.proxy_core,
         log=workdir / "gatewayd.log",
-        ready_url=f"http://127.0.0.1:{admin_port}/_ready",
+        ready_url=f"{admin_url}/_ready",
         env=_daemon_env(extra.env),
     ) as pid:
-        yield Target(
-            url=f"http://127.0.0.1:{port}",
-            pid=pid,
-            headers=extra.headers,
-            expect_headers=variant.expect_headers,
-        )
+        yield Gatewayd(f"http://127.0.0.1:{port}", admin_url, pid, config_path, workdir)
 
 
 def all_rows() -> list[Row]:

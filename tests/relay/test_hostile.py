@@ -248,3 +248,46 @@ async def test_a_peer_that_stops_reading_is_dropped(tmp_path, gateway, config):
         assert await alive(gw)
     finally:
         sock.close()
+
+
+async def test_streams_a_leaving_peer_never_read_are_retried_at_once(
+    tmp_path, gateway, config, backend, peer_proc
+):
+    """A peer says "going away" and closes 1000 while HEADERS it will never read are in flight:
+    those requests go to the lease's other connection at once (not a 504 after the timeout)."""
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", ok)
+    srv = await backend(app)
+    cfg = relay_config(tmp_path, config)
+    cfg["routes"][0]["timeouts"] = {"total": "10s"}  # a stuck stream fails in 10 s, not 60
+    gw = await gateway(cfg)
+    key, _ = await make_key(state_dir(gw), "relay:*")
+    for _round in range(5):
+        s, ws = await dial(gw, key)
+        await ws.receive()  # HELLO_ACK
+        async with aiohttp.ClientSession() as client:
+            pending = [asyncio.create_task(client.get(gw.url + f"/peer/app/{i}")) for i in range(4)]
+            seen = 0
+            while seen < len(pending):  # the fake peer takes every stream and answers none
+                frame = p.decode((await ws.receive()).data, 1 << 20)
+                seen += frame.type == FrameType.HEADERS
+            peer = await peer_proc(gw, "app", key, upstream_url(srv))
+            started = time.monotonic()
+            await ws.send_bytes(p.reset(0, "going_away", "peer is leaving"))
+            await ws.close(code=1000, message=b"peer stopped")
+            await s.close()
+            for task in pending:
+                async with await task as r:
+                    assert r.status == 200, await r.text()
+            assert time.monotonic() - started < 3.0
+        peer.kill()
+        await peer.wait(5)
+
+        async def forgotten() -> bool:
+            return (await relay_stats(gw))["connections"] == 0
+
+        await wait_for(forgotten, 3)
