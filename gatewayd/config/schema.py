@@ -12,7 +12,7 @@ from gatewayd.config.units import Duration, Rate, Ratio, Size
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 def parse_address(value: str) -> tuple[str, int]:

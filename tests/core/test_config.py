@@ -163,3 +163,9 @@ def test_check_command_ok_and_error(tmp_path):
     assert "Traceback" not in r.stderr
     r = run_cli("check", "-c", str(tmp_path / "missing.yaml"))
     assert r.returncode == 1 and "cannot read config" in r.stderr
+
+
+def test_defaults_are_parsed_like_written_values():
+    """A default given in human form (``10/min``) is parsed as if it were in the file."""
+    cfg = validate_data({}, registry(), env={})
+    assert cfg.relay.connect_rate.count == 10 and cfg.relay.connect_rate.period == 60
