@@ -45,11 +45,6 @@ class Generation:
         self.retired = False
         self.drained = asyncio.Event()
 
-    def release(self) -> None:
-        self.inflight -= 1
-        if self.inflight == 0 and self.retired:
-            self.drained.set()
-
     def retire(self) -> None:
         self.retired = True
         if self.inflight == 0:

@@ -100,7 +100,8 @@ class Dispatcher:
                 path = normalise_path(target)
             except BadPath as exc:
                 return self.refuse(raw, rid, target, 400, "bad_request", str(exc))
-            route = self.table.match(raw.host, path, raw.method)
+            host = raw.host
+            route = self.table.match(host, path, raw.method)
             if route is None:
                 return self.refuse(raw, rid, path, 404, "no_route", "no route matches this request")
             headers = CIMultiDict(raw.headers)
@@ -113,7 +114,7 @@ class Dispatcher:
                 path,
                 query,
                 headers,
-                raw.host,
+                host,
                 raw.scheme,
                 peer[0] if peer else "",
                 None,
@@ -169,7 +170,9 @@ class Dispatcher:
                 if self.access_log is not None:
                     self.access_log.record(ctx, status, route.info.upstream)
         finally:
-            gen.release()
+            gen.inflight -= 1
+            if gen.retired and gen.inflight == 0:
+                gen.drained.set()
 
     def refuse(
         self, raw: web.BaseRequest, rid: str, path: str, status: int, code: str, message: str
@@ -197,7 +200,8 @@ class Dispatcher:
 
     def upstream_headers(self, ctx: RequestContext, route: Route) -> CIMultiDict[str]:
         req = ctx.request
-        headers = strip_hop_by_hop(req.headers.copy())
+        # In place: what the request carried hop by hop is of no use to the plugins after this.
+        headers = strip_hop_by_hop(req.headers)
         add_forwarded(headers, req.client_ip, req.scheme, req.host)
         headers["X-Request-ID"] = ctx.request_id
         if not route.config.preserve_host:

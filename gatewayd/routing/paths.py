@@ -14,6 +14,7 @@ import re
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _ESCAPE_RE = re.compile(r"%(.{0,2})")
 _SLASHES_RE = re.compile(r"/{2,}")
+_CONTROL_RE = re.compile(r"[\x00-\x20\x7f]")
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 
@@ -54,9 +55,8 @@ def normalise_path(raw: str) -> str:
         if raw == "*" or not raw:
             raise BadPath("request target must be an absolute path")
         raise BadPath("request target must start with '/'")
-    for ch in raw:
-        if ord(ch) < 0x21 or ord(ch) == 0x7F:
-            raise BadPath("control character or space in path")
+    if _CONTROL_RE.search(raw):
+        raise BadPath("control character or space in path")
     path = _ESCAPE_RE.sub(_unescape, raw) if "%" in raw else raw
     if "//" in path:
         path = _SLASHES_RE.sub("/", path)
