@@ -14,10 +14,11 @@ again by every auth plugin), so a client can never spoof them.
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote_plus
 
 from multidict import CIMultiDict
 
-from gatewayd.chain import PRINCIPAL_HEADERS, Principal, RequestContext, Response
+from gatewayd.chain import PRINCIPAL_HEADERS, Principal, Request, RequestContext, Response
 
 _SAFE_VALUE = re.compile(r"[^\x20-\x7e]")
 
@@ -54,3 +55,43 @@ def unauthorized(
     if error:
         challenge += f', error="{error}", error_description="{message}"'
     return ctx.error_response(401, "unauthorized", message, {"WWW-Authenticate": challenge})
+
+
+def take_credential(req: Request, header: str, query: str | None, hide: bool) -> str | None:
+    """The credential a client presented: ``<header>: Bearer <value>`` (or the bare value in a
+    header other than Authorization), else the ``query`` parameter. With ``hide`` it is removed
+    from what is forwarded; a header that is not ours (``Authorization: Basic``) is left alone."""
+    value = req.headers.get(header)
+    if value is not None:
+        scheme, _, rest = value.strip().partition(" ")
+        if scheme.lower() == "bearer" and rest.strip():
+            found: str | None = rest.strip()
+        elif header.lower() != "authorization" and value.strip():
+            found = value.strip()
+        else:
+            found = None
+        if found:
+            if hide:
+                del req.headers[header]
+            return found
+    if query:
+        taken, rest_query = take_query_param(req.query_string, query)
+        if taken:
+            if hide:
+                req.query_string = rest_query
+            return taken
+    return None
+
+
+def take_query_param(query: str, name: str) -> tuple[str | None, str]:
+    """The first value of ``name`` in a raw query string, and the query without it."""
+    value: str | None = None
+    kept = []
+    for part in query.split("&") if query else ():
+        key, _, raw = part.partition("=")
+        if unquote_plus(key) == name:
+            if value is None:
+                value = unquote_plus(raw)
+            continue
+        kept.append(part)
+    return value, "&".join(kept)

@@ -11,10 +11,13 @@ key id, the key's tenant and scopes), is removed from the upstream request
 
 from __future__ import annotations
 
-from urllib.parse import unquote_plus
-
 from gatewayd.chain import Plugin, PluginConfig, PluginError, Principal, RequestContext, Response
-from gatewayd.plugins.identity import forward_principal, strip_principal_headers, unauthorized
+from gatewayd.plugins.identity import (
+    forward_principal,
+    strip_principal_headers,
+    take_credential,
+    unauthorized,
+)
 
 
 class KeyAuthConfig(PluginConfig):
@@ -26,46 +29,14 @@ class KeyAuthConfig(PluginConfig):
     optional: bool = False  # no key at all: go on without a principal (for a later plugin)
 
 
-def take_query_param(query: str, name: str) -> tuple[str | None, str]:
-    """The first value of ``name`` in a raw query string, and the query without it."""
-    value: str | None = None
-    kept = []
-    for part in query.split("&") if query else ():
-        key, _, raw = part.partition("=")
-        if unquote_plus(key) == name:
-            if value is None:
-                value = unquote_plus(raw)
-            continue
-        kept.append(part)
-    return value, "&".join(kept)
-
-
 class KeyAuthPlugin(Plugin):
     name = "key_auth"
     Config = KeyAuthConfig
     priority = 1250
 
     def _presented(self, ctx: RequestContext) -> str | None:
-        cfg: KeyAuthConfig = self.config
-        req = ctx.request
-        value = req.headers.get(cfg.header)
-        if value is not None:
-            scheme, _, rest = value.strip().partition(" ")
-            if scheme.lower() == "bearer":
-                value = rest.strip()
-            elif cfg.header.lower() == "authorization":
-                value = None  # Basic or another scheme: not ours
-            if cfg.hide_credentials:
-                del req.headers[cfg.header]
-            if value:
-                return value
-        if cfg.query:
-            found, rest_query = take_query_param(req.query_string, cfg.query)
-            if found is not None:
-                if cfg.hide_credentials:
-                    req.query_string = rest_query
-                return found
-        return None
+        cfg = self.config
+        return take_credential(ctx.request, cfg.header, cfg.query, cfg.hide_credentials)
 
     async def on_request(self, ctx: RequestContext) -> Response | None:
         cfg: KeyAuthConfig = self.config

@@ -7,11 +7,15 @@ from typing import Any
 import jwt
 
 from gatewayd.chain import Plugin, PluginContext, Principal, RequestContext, Response
-from gatewayd.plugins.identity import forward_principal, strip_principal_headers, unauthorized
+from gatewayd.plugins.identity import (
+    forward_principal,
+    strip_principal_headers,
+    take_credential,
+    unauthorized,
+)
 from gatewayd.plugins.jwt_auth.config import HMAC_ALGS, ClaimsMap, JwtAuthConfig
 from gatewayd.plugins.jwt_auth.introspection import IntrospectionUnavailable, Introspector
 from gatewayd.plugins.jwt_auth.keys import JwksSource, family, load_public_keys
-from gatewayd.plugins.key_auth import take_query_param
 
 ERRORS: list[tuple[type[Exception], str]] = [
     (jwt.ExpiredSignatureError, "token has expired"),
@@ -86,26 +90,8 @@ class JwtAuthPlugin(Plugin):
             await self.jwks.refresh()  # a failure is logged; tokens fail closed until it works
 
     def _token(self, ctx: RequestContext) -> str | None:
-        cfg: JwtAuthConfig = self.config
-        req = ctx.request
-        value = req.headers.get(cfg.header)
-        if value is not None:
-            scheme, _, rest = value.strip().partition(" ")
-            if scheme.lower() == "bearer" and rest.strip():
-                if cfg.hide_credentials:
-                    del req.headers[cfg.header]
-                return rest.strip()
-            if cfg.header.lower() != "authorization" and value.strip():
-                if cfg.hide_credentials:
-                    del req.headers[cfg.header]
-                return value.strip()
-        if cfg.query:
-            found, rest_query = take_query_param(req.query_string, cfg.query)
-            if found:
-                if cfg.hide_credentials:
-                    req.query_string = rest_query
-                return found
-        return None
+        cfg = self.config
+        return take_credential(ctx.request, cfg.header, cfg.query, cfg.hide_credentials)
 
     async def on_request(self, ctx: RequestContext) -> Response | None:
         cfg: JwtAuthConfig = self.config
