@@ -276,7 +276,11 @@ class PeerConnection:
                 raise ProtocolError("HELLO after the handshake")
             return
         stream = self.streams.get(frame.stream)
-        if stream is None:
+        if stream is None or stream.head.cancelled():
+            # Unknown, finished or reset; or its request stopped waiting for the head (timeout,
+            # client gone): cancelling that wait cancels ``head`` at once, but the request's
+            # cleanup (forget and reset the stream) runs a moment later, and the peer's answer
+            # may be read in between. That is the reset race, not a second HEADERS.
             self.unknown_stream_frames += 1
             return
         if t == FrameType.DATA:

@@ -86,8 +86,10 @@ class RelayUpstream:
                     "body": req.body is not None,
                     "headers": [[k, v] for k, v in headers.items()],
                 }
-                await conn.send(p.encode_json(stream.id, FrameType.HEADERS, head))
+                # Set first: the frame is written before send() can be cancelled (while it waits
+                # for the buffer to drain), and then the peer has the stream and needs its RESET.
                 head_sent = True
+                await conn.send(p.encode_json(stream.id, FrameType.HEADERS, head))
                 pump = asyncio.create_task(_pump(conn, stream, req.body, ctx))
                 reply = await stream.head
         except BaseException as exc:
