@@ -248,18 +248,20 @@ class KeyStore:
 
     async def verify(self, presented: str) -> KeyRecord | None:
         """The key's record, or None for a malformed, unknown, wrong, expired or revoked key."""
-        parsed = parse_key(presented)
-        if parsed is None:
+        if not presented or len(presented) > MAX_KEY_LENGTH:
             return None
         now = time.time()
         digest = self._digest(presented)
         record = self._cache.get(digest, now)
-        if record is not None:
+        if record is not None:  # verified before: no need to parse it again
             if record.expires_at is not None and now >= record.expires_at:
                 self._cache.drop(digest)
                 return None
             self.stats["cache_hits"] += 1
             return record
+        parsed = parse_key(presented)
+        if parsed is None:
+            return None
         failed_until = self._failed.get(digest)
         if failed_until is not None:
             if now < failed_until:
