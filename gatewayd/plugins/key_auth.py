@@ -51,7 +51,7 @@ class KeyAuthPlugin(Plugin):
         keys = self.context.services.keys if self.context.services is not None else None
         if keys is None:
             raise PluginError(500, "key_store_unavailable", "the key store is not available")
-        record = await keys.verify(presented)
+        record = keys.cached(presented) or await keys.verify(presented)
         if record is None:
             return unauthorized(ctx, cfg.realm, "invalid, expired or revoked API key")
         ctx.principal = Principal(

@@ -246,6 +246,17 @@ class KeyStore:
     def _digest(self, presented: str) -> bytes:
         return hashlib.blake2b(presented.encode(), key=self._pepper, digest_size=20).digest()
 
+    def cached(self, presented: str) -> KeyRecord | None:
+        """The record of a key verified recently and still valid, without awaiting anything;
+        None means "not known here": ask :meth:`verify`."""
+        if not presented or len(presented) > MAX_KEY_LENGTH:
+            return None
+        hit = self._cache.get(self._digest(presented), time.time())
+        if hit is None or (hit.expires_at is not None and time.time() >= hit.expires_at):
+            return None
+        self.stats["cache_hits"] += 1
+        return hit
+
     async def verify(self, presented: str) -> KeyRecord | None:
         """The key's record, or None for a malformed, unknown, wrong, expired or revoked key."""
         if not presented or len(presented) > MAX_KEY_LENGTH:
