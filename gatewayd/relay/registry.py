@@ -121,15 +121,7 @@ class RelayRegistry:
         self.connections[conn.id] = conn
         self.leases.setdefault(conn.lease, []).append(conn)
         self.counters["connects"] += 1
-        log.info(
-            "relay peer connected",
-            extra={"lease": conn.lease, "connection": conn.id, "client_ip": conn.client_ip},
-        )
-        self.publish(
-            "relay.peer.connected",
-            {"lease": conn.lease, "connection": conn.id, "client_ip": conn.client_ip},
-            conn.tenant,
-        )
+        self._announce(conn, "connected", client_ip=conn.client_ip)
 
     def remove(self, conn: PeerConnection) -> None:
         if self.connections.pop(conn.id, None) is None:
@@ -140,15 +132,13 @@ class RelayRegistry:
         if not conns:
             self.leases.pop(conn.lease, None)
         self.counters["disconnects"] += 1
-        log.info(
-            "relay peer disconnected",
-            extra={"lease": conn.lease, "connection": conn.id, "reason": conn.close_reason},
-        )
-        self.publish(
-            "relay.peer.disconnected",
-            {"lease": conn.lease, "connection": conn.id, "reason": conn.close_reason},
-            conn.tenant,
-        )
+        self._announce(conn, "disconnected", reason=conn.close_reason)
+
+    def _announce(self, conn: PeerConnection, what: str, **detail: Any) -> None:
+        """Log a peer's arrival or departure and publish it as ``relay.peer.<what>``."""
+        payload = {"lease": conn.lease, "connection": conn.id, **detail}
+        log.info(f"relay peer {what}", extra=payload)
+        self.publish(f"relay.peer.{what}", payload, conn.tenant)
 
     def new_id(self) -> str:
         return uuid.uuid4().hex[:16]
