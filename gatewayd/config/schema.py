@@ -74,7 +74,9 @@ class ServerConfig(Model):
     pid_file: Path | None = None  # default: <state.dir>/gatewayd.pid
     drain_timeout: Duration = 30.0
     max_header_size: Size = 16384
-    client_max_body: Size | None = None  # no default cap; use the request_limits plugin
+    # A client connection with no complete request for this long is closed: idle keep-alive
+    # connections and clients that trickle their headers (slowloris) alike.
+    keepalive_timeout: Duration = 75.0
 
 
 class PoolConfig(Model):

@@ -25,6 +25,7 @@ class Listeners:
             handler_cancellation=True,
             max_line_size=server.max_header_size,
             max_field_size=server.max_header_size,
+            keepalive_timeout=server.keepalive_timeout,
             access_log=None,
         )
         self.runner = web.ServerRunner(self.server, handle_signals=False, shutdown_timeout=1.0)

@@ -298,3 +298,42 @@ async def test_metrics_and_access_log(gateway, backend, config):
     ):
         assert field in entry, field
     assert entry["route"] == "api" and entry["status"] == 200
+
+
+async def test_slow_and_idle_clients_are_cut_off(gateway, backend, config):
+    srv = await backend(echo_app())
+    cfg = one_route(config, upstream_url(srv))
+    cfg["server"]["keepalive_timeout"] = "1s"
+    gw = await gateway(cfg)
+    host, port = gw.url.removeprefix("http://").split(":")
+    loop = asyncio.get_running_loop()
+
+    # A client that trickles its headers a byte at a time never gets to hold the connection.
+    reader, writer = await asyncio.open_connection(host, int(port))
+    started = loop.time()
+    closed_after = None
+    for byte in b"GET /x HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100:
+        try:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            if await asyncio.wait_for(reader.read(1), 0.1) == b"":
+                closed_after = loop.time() - started
+                break
+        except TimeoutError:
+            continue
+        except ConnectionError:
+            closed_after = loop.time() - started
+            break
+    writer.close()
+    assert closed_after is not None and closed_after < 3, closed_after
+
+    # An idle keep-alive connection is closed too.
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200")
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    await reader.readexactly(length)
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+    writer.close()
