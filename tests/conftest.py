@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from support import Daemon, base_config
+from support import REDIS_SERVER, Daemon, RedisServer, base_config
 
 GatewayFactory = Callable[..., Awaitable[Daemon]]
 BackendFactory = Callable[[web.Application], Awaitable[TestServer]]
@@ -50,3 +50,13 @@ async def backend() -> AsyncIterator[BackendFactory]:
 def config(tmp_path: Path) -> Callable[..., dict[str, Any]]:
     """``config(upstreams=..., routes=...)``: a base config with free ports."""
     return lambda **kw: base_config(tmp_path, **kw)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A throwaway redis-server on a free port (skips when the binary is missing)."""
+    if not Path(REDIS_SERVER).exists():
+        pytest.skip("redis-server not installed (apt-get install redis-server)")
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()

@@ -7,8 +7,9 @@ import asyncio
 import aiohttp
 import pytest
 from aiohttp import web
+from support import upstream_url
 from test_resilience import AUTH, with_admin
-from traffic_helpers import Counting, get_many, route, upstream_url
+from traffic_helpers import Counting, get_many, route
 
 
 def cache_cfg(config, srv, plugin: dict | None = None, **up):

@@ -11,8 +11,8 @@ import asyncio
 
 import aiohttp
 import pytest
-from support import rss_bytes
-from traffic_helpers import Counting, route, upstream_url
+from support import rss_bytes, upstream_url
+from traffic_helpers import Counting, route
 
 from gatewayd.stores.memory import MemoryLimiter
 

@@ -6,7 +6,8 @@ import asyncio
 
 import aiohttp
 import pytest
-from traffic_helpers import Counting, get_many, route, upstream_url
+from support import upstream_url
+from traffic_helpers import Counting, get_many, route
 
 
 def rl_config(config, srv, plugin: dict, state: dict | None = None):

@@ -7,8 +7,8 @@ import asyncio
 import aiohttp
 import bcrypt
 from aiohttp import web
-from support import free_port
-from traffic_helpers import Counting, get_many, route, upstream_url
+from support import free_port, upstream_url
+from traffic_helpers import Counting, get_many, route
 
 ADMIN_TOKEN = "traffic-admin-token-0123456789"
 ADMIN_HASH = bcrypt.hashpw(ADMIN_TOKEN.encode(), bcrypt.gensalt(4)).decode()
