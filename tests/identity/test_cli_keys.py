@@ -43,7 +43,7 @@ async def test_create_list_rotate_revoke(tmp_path):
     assert "shown once" in out.stderr
     listed = cli("keys", "list", "-c", c)
     assert "ci-1" in listed.stdout and "acme" in listed.stdout and "api:read" in listed.stdout
-    assert key.split("_")[2] not in listed.stdout
+    assert key.split("_", 2)[2] not in listed.stdout
     store = sqlite_store(tmp_path / "state")
     assert (await store.verify(key)) is not None
     rotated = cli("keys", "rotate", "-c", c, "ci-1", "--grace", "0s", "--json")
