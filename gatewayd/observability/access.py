@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from typing import TextIO
@@ -84,7 +85,17 @@ class AccessLog:
         self._buffer.clear()
         self._size = 0
         try:
-            self.stream.write(data)
-            self.stream.flush()
+            fd = self.stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            fd = -1
+        try:
+            if fd < 0:
+                self.stream.write(data)
+                self.stream.flush()
+                return
+            self.stream.flush()  # whatever the logging module wrote first goes first
+            view = memoryview(data.encode())
+            while view:  # straight to the descriptor: no text layer on the way
+                view = view[os.write(fd, view) :]
         except (OSError, ValueError):
             pass  # a closed or broken log stream must never fail a request
