@@ -46,11 +46,11 @@ async def run_response(
         except Exception as exc:
             return failure_response(ctx, name, exc)
     if chain.chunk:
-        response.body = _chunked(chain, ctx, response.body, seen)
+        response.body = chunked(chain, ctx, response.body, seen)
     return response
 
 
-async def _chunked(
+async def chunked(
     chain: Chain, ctx: RequestContext, body: bytes | AsyncIterator[bytes], seen: int
 ) -> AsyncIterator[bytes]:
     fns = [(n, fn) for pos, n, fn in chain.chunk if pos <= seen]

@@ -13,6 +13,7 @@ again by every auth plugin), so a client can never spoof them.
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import unquote_plus
 
@@ -34,17 +35,40 @@ def _clean(value: str) -> str:
 
 
 def forward_principal(headers: CIMultiDict[str], principal: Principal) -> None:
-    headers["X-Gateway-Auth"] = principal.kind
-    if principal.subject:
-        headers["X-Gateway-Subject"] = _clean(principal.subject)
-    if principal.tenant:
-        headers["X-Gateway-Tenant"] = _clean(principal.tenant)
-    if principal.key_id:
-        headers["X-Gateway-Key-Id"] = _clean(principal.key_id)
-    if principal.roles:
-        headers["X-Gateway-Roles"] = _clean(" ".join(sorted(principal.roles)))
-    if principal.scopes:
-        headers["X-Gateway-Scopes"] = _clean(" ".join(sorted(principal.scopes)))
+    """Set the X-Gateway-* headers that tell the backend who is calling."""
+    for name, value in _principal_headers(
+        principal.kind,
+        principal.subject,
+        principal.tenant,
+        principal.key_id,
+        principal.roles,
+        principal.scopes,
+    ):
+        headers[name] = value
+
+
+@functools.lru_cache(maxsize=4096)
+def _principal_headers(
+    kind: str,
+    subject: str | None,
+    tenant: str | None,
+    key_id: str | None,
+    roles: frozenset[str],
+    scopes: frozenset[str],
+) -> tuple[tuple[str, str], ...]:
+    """The header values for one caller, cleaned once (the same key calls again and again)."""
+    out = [("X-Gateway-Auth", kind)]
+    if subject:
+        out.append(("X-Gateway-Subject", _clean(subject)))
+    if tenant:
+        out.append(("X-Gateway-Tenant", _clean(tenant)))
+    if key_id:
+        out.append(("X-Gateway-Key-Id", _clean(key_id)))
+    if roles:
+        out.append(("X-Gateway-Roles", _clean(" ".join(sorted(roles)))))
+    if scopes:
+        out.append(("X-Gateway-Scopes", _clean(" ".join(sorted(scopes)))))
+    return tuple(out)
 
 
 def unauthorized(
