@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import MutableMapping
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -193,16 +194,21 @@ class RateLimitPlugin(Plugin):
 
     async def on_response(self, ctx: RequestContext, response: Response) -> None:
         seen = ctx.state.get("rate_limit")
-        if seen is not None and "RateLimit-Limit" not in response.headers:
-            response.headers.update(self._headers(seen[0], seen[1]))
+        headers = response.headers
+        if seen is not None and "RateLimit-Limit" not in headers:
+            self._set_headers(headers, seen[0], seen[1])
 
     def _headers(self, d: Any, policy: str | None = None) -> dict[str, str]:
-        return {
-            "RateLimit-Limit": str(d.limit),
-            "RateLimit-Remaining": str(d.remaining),
-            "RateLimit-Reset": str(max(0, math.ceil(d.reset))),
-            "RateLimit-Policy": policy or self.policy,
-        }
+        headers: dict[str, str] = {}
+        self._set_headers(headers, d, policy)
+        return headers
+
+    def _set_headers(self, headers: MutableMapping[str, str], d: Any, policy: str | None) -> None:
+        """The IETF RateLimit-* fields, set in place (no intermediate dict on the hot path)."""
+        headers["RateLimit-Limit"] = str(d.limit)
+        headers["RateLimit-Remaining"] = str(d.remaining)
+        headers["RateLimit-Reset"] = str(max(0, math.ceil(d.reset)))
+        headers["RateLimit-Policy"] = policy or self.policy
 
     def _exceeded(self, ctx: RequestContext, limit: Limit) -> None:
         self.counters["exceeded"] += 1
