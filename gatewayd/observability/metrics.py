@@ -4,7 +4,7 @@ results: all bounded by the config, so a flood of odd requests cannot grow the l
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -141,6 +141,15 @@ class Metrics:
         """The process's counter called ``name``, made on first use (for plugins: a reload
         builds new plugin instances, and they must find the same collector again)."""
         return self._extra(Counter, name, doc, labels)
+
+    def results(
+        self, name: str, doc: str, route: str, results: Sequence[str]
+    ) -> Callable[[str], None]:
+        """``count(result)`` for a counter labelled by route and a fixed set of results, its
+        children bound once (for plugins that count outcomes per request)."""
+        counter = self.counter(name, doc, ["route", "result"])
+        children = {r: counter.labels(route, r) for r in results}
+        return lambda result: children[result].inc()
 
     def gauge(self, name: str, doc: str, labels: Sequence[str]) -> Gauge:
         return self._extra(Gauge, name, doc, labels)

@@ -234,10 +234,9 @@ def _metric(services: Any, route: str) -> Any:
     metrics = getattr(services, "metrics", None)
     if metrics is None:
         return lambda result: None
-    counter = metrics.counter(
+    return metrics.results(
         "gatewayd_ratelimit_total",
         "Rate-limit decisions, by route and result (allowed, limited, store_error)",
-        ["route", "result"],
+        route,
+        ("allowed", "limited", "store_error"),
     )
-    children = {r: counter.labels(route, r) for r in ("allowed", "limited", "store_error")}
-    return lambda result: children[result].inc()

@@ -402,10 +402,9 @@ def _metric(services: Any, route: str) -> Any:
     metrics = getattr(services, "metrics", None)
     if metrics is None:
         return lambda result: None
-    counter = metrics.counter(
+    return metrics.results(
         "gatewayd_cache_total",
         "Cache lookups, by route and result (HIT, MISS, STALE, BYPASS)",
-        ["route", "result"],
+        route,
+        ("HIT", "MISS", "STALE", "BYPASS"),
     )
-    children = {r: counter.labels(route, r) for r in ("HIT", "MISS", "STALE", "BYPASS")}
-    return lambda result: children[result].inc()
