@@ -15,7 +15,7 @@ from yarl import URL
 from gatewayd.chain.api import Attempt, RequestContext, Response
 from gatewayd.config.schema import TimeoutsConfig, UpstreamConfig
 from gatewayd.proxy.balancer import BALANCERS, Target
-from gatewayd.proxy.client import ProxyClientRequest
+from gatewayd.proxy.client import Fetcher, ProxyClientRequest
 from gatewayd.proxy.errors import (
     UpstreamConnectError,
     UpstreamError,
@@ -174,6 +174,7 @@ class HttpUpstream:
         self.balancer = BALANCERS[config.balance](self.targets)
         self.hash_header = config.hash_on[7:] if config.hash_on.startswith("header:") else None
         self.session: aiohttp.ClientSession | None = None
+        self.fetcher: Fetcher | None = None
         self._client_timeouts: dict[int, aiohttp.ClientTimeout] = {}
         budget = self.state.budget
         self.retry = (
@@ -201,6 +202,7 @@ class HttpUpstream:
             timeout=aiohttp.ClientTimeout(total=None),
             requote_redirect_url=False,
         )
+        self.fetcher = Fetcher(self.session)
         self.state.start()
 
     async def close(self) -> None:
@@ -295,7 +297,8 @@ class HttpUpstream:
         headers: CIMultiDict[str],
         timeouts: TimeoutsConfig,
     ) -> Response:
-        assert self.session is not None, "upstream not started"
+        fetcher = self.fetcher
+        assert fetcher is not None, "upstream not started"
         req = ctx.request
         qs = req.query_string
         url = URL(f"{target.url}{path}?{qs}" if qs else f"{target.url}{path}", encoded=True)
@@ -316,14 +319,7 @@ class HttpUpstream:
         wait = timeouts.total if req.body is not None else min(timeouts.total, timeouts.read)
         deadline = _Deadline(wait)
         try:
-            resp = await self.session.request(
-                req.method,
-                url,
-                headers=headers,
-                data=req.body,
-                allow_redirects=False,
-                timeout=client_timeout,
-            )
+            resp = await fetcher.fetch(req.method, url, headers, req.body, client_timeout)
             length = resp.content_length
             small = (
                 req.method == "HEAD"

@@ -337,3 +337,45 @@ async def test_slow_and_idle_clients_are_cut_off(gateway, backend, config):
     await reader.readexactly(length)
     assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
     writer.close()
+
+
+async def test_a_pooled_connection_closed_by_the_target_is_retried_for_idempotent_methods(
+    gateway, config
+):
+    """The target answers the first request on each connection and drops the connection on the
+    second without answering (a keep-alive race). A GET is sent again on a new connection; a
+    POST, which the target may have acted on, is not: 502."""
+    seen: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served = 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                seen.append(head.split(b" ", 1)[0])
+                if served:
+                    break  # the second request on this connection: drop it
+                served += 1
+                body = b"fresh"
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        gw = await gateway(one_route(config, f"http://127.0.0.1:{port}"))
+        async with aiohttp.ClientSession() as s:
+            for _ in range(3):
+                async with s.get(gw.url + "/x") as r:
+                    assert r.status == 200
+                    assert await r.text() == "fresh"
+            async with s.post(gw.url + "/x") as r:
+                assert r.status == 502
+        # GET: 1 + (dropped, retried) + (dropped, retried); POST: dropped, not retried
+        assert seen == [b"GET", b"GET", b"GET", b"GET", b"GET", b"POST"]
+    finally:
+        server.close()
+        await server.wait_closed()
