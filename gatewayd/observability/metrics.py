@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -102,6 +103,26 @@ class HotPathCollector:
         for name, h in self.metrics._upstreams.items():
             upstream.add_metric([name], h.cumulative(), h.sum)
         yield from (requests, duration, inflight, upstream)
+        for family in self.metrics._outcomes.values():
+            yield family.collect()
+
+
+@dataclass
+class Outcomes:
+    """One ``results`` counter family: per route, a count per result."""
+
+    name: str  # e.g. gatewayd_ratelimit_total
+    doc: str
+    routes: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def collect(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(
+            self.name.removesuffix("_total"), self.doc, labels=["route", "result"]
+        )
+        for route, counts in self.routes.items():
+            for result, n in counts.items():
+                family.add_metric([route, result], n)
+        return family
 
 
 class Metrics:
@@ -134,6 +155,7 @@ class Metrics:
         self._routes: dict[str, RouteMetrics] = {}
         self._upstreams: dict[str, Histo] = {}
         self._extras: dict[str, Any] = {}
+        self._outcomes: dict[str, Outcomes] = {}
         self._hot = HotPathCollector(self)
         registry.register(self._hot)
 
@@ -145,11 +167,24 @@ class Metrics:
     def results(
         self, name: str, doc: str, route: str, results: Sequence[str]
     ) -> Callable[[str], None]:
-        """``count(result)`` for a counter labelled by route and a fixed set of results, its
-        children bound once (for plugins that count outcomes per request)."""
-        counter = self.counter(name, doc, ["route", "result"])
-        children = {r: counter.labels(route, r) for r in results}
-        return lambda result: children[result].inc()
+        """``count(result)`` for a counter labelled by route and a fixed set of results (for
+        plugins that count outcomes per request): plain integers bumped without a lock, turned
+        into the ``name`` family when /metrics is scraped, kept across reloads."""
+        family = self._outcomes.get(name)
+        if family is None:
+            family = self._outcomes[name] = Outcomes(name, doc)
+        elif family.doc != doc:
+            raise ValueError(f"metric {name} already exists with another description")
+        counts = family.routes.get(route)
+        if counts is None:
+            counts = family.routes[route] = dict.fromkeys(results, 0)
+        for result in results:
+            counts.setdefault(result, 0)
+
+        def count(result: str) -> None:
+            counts[result] += 1
+
+        return count
 
     def gauge(self, name: str, doc: str, labels: Sequence[str]) -> Gauge:
         return self._extra(Gauge, name, doc, labels)

@@ -32,7 +32,10 @@ def valid_request_id(value: str | None) -> bool:
 def _connection_tokens(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> set[str]:
     tokens: set[str] = set()
     for value in headers.getall("Connection", ()):
-        tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+        for token in value.split(","):
+            token = token.strip()
+            if token:
+                tokens.add(token.lower())
     return tokens
 
 

@@ -16,6 +16,7 @@ from gatewayd.chain.api import Attempt, RequestContext, Response
 from gatewayd.config.schema import TimeoutsConfig, UpstreamConfig
 from gatewayd.proxy.balancer import BALANCERS, Target
 from gatewayd.proxy.client import Fetcher, ProxyClientRequest
+from gatewayd.proxy.deadlines import Deadlines
 from gatewayd.proxy.errors import (
     UpstreamConnectError,
     UpstreamError,
@@ -175,6 +176,7 @@ class HttpUpstream:
         self.hash_header = config.hash_on[7:] if config.hash_on.startswith("header:") else None
         self.session: aiohttp.ClientSession | None = None
         self.fetcher: Fetcher | None = None
+        self.deadlines: Deadlines | None = None
         self._client_timeouts: dict[int, aiohttp.ClientTimeout] = {}
         budget = self.state.budget
         self.retry = (
@@ -203,6 +205,7 @@ class HttpUpstream:
             requote_redirect_url=False,
         )
         self.fetcher = Fetcher(self.session)
+        self.deadlines = Deadlines(asyncio.get_running_loop())
         self.state.start()
 
     async def close(self) -> None:
@@ -298,7 +301,8 @@ class HttpUpstream:
         timeouts: TimeoutsConfig,
     ) -> Response:
         fetcher = self.fetcher
-        assert fetcher is not None, "upstream not started"
+        deadlines = self.deadlines
+        assert fetcher is not None and deadlines is not None, "upstream not started"
         req = ctx.request
         qs = req.query_string
         url = URL(f"{target.url}{path}?{qs}" if qs else f"{target.url}{path}", encoded=True)
@@ -313,11 +317,11 @@ class HttpUpstream:
             client_timeout = self._client_timeouts[id(timeouts)] = aiohttp.ClientTimeout(
                 total=None, sock_connect=timeouts.connect
             )
-        # One timer until the headers (and a small body) are in: ``total``, or ``read`` when
-        # there is no request body to upload first. A plain timer handle costs a fraction of
-        # asyncio.timeout() and of aiohttp's per-read timer; streamed bodies time each read.
+        # One deadline until the headers (and a small body) are in: ``total``, or ``read`` when
+        # there is no request body to upload first (see gatewayd.proxy.deadlines: a fraction of
+        # asyncio.timeout()'s and aiohttp's per-read timer's cost); streamed bodies time each read.
         wait = timeouts.total if req.body is not None else min(timeouts.total, timeouts.read)
-        deadline = _Deadline(wait)
+        deadline = deadlines.start(wait)
         try:
             resp = await fetcher.fetch(req.method, url, headers, req.body, client_timeout)
             length = resp.content_length
@@ -350,7 +354,7 @@ class HttpUpstream:
             target.inflight -= 1
             attempt.duration = time.monotonic() - started
         else:
-            body = _stream(resp, target, attempt, started, timeouts.read)
+            body = _stream(resp, target, attempt, started, deadlines, timeouts.read)
         return Response(resp.status, response_headers(resp.headers), body, resp.reason)
 
     def _map_error(self, exc: BaseException, attempt: Attempt) -> BaseException:
@@ -372,31 +376,13 @@ async def _discard(body: Any) -> None:
         await aclose()
 
 
-class _Deadline:
-    """Cancel the current task after ``seconds`` unless cancelled first (``expired`` tells)."""
-
-    __slots__ = ("expired", "handle", "task")
-
-    def __init__(self, seconds: float) -> None:
-        self.expired = False
-        self.task = asyncio.current_task()
-        self.handle = asyncio.get_running_loop().call_later(seconds, self._expire)
-
-    def _expire(self) -> None:
-        self.expired = True
-        if self.task is not None:
-            self.task.cancel()
-
-    def cancel(self) -> None:
-        self.handle.cancel()
-
-    def uncancel(self) -> None:
-        if self.task is not None:
-            self.task.uncancel()
-
-
 async def _stream(
-    resp: aiohttp.ClientResponse, target: Target, attempt: Attempt, started: float, read: float
+    resp: aiohttp.ClientResponse,
+    target: Target,
+    attempt: Attempt,
+    started: float,
+    deadlines: Deadlines,
+    read: float,
 ) -> AsyncIterator[bytes]:
     """The response body, chunk by chunk as it arrives; the connection is released (or closed,
     if the body was not read to the end) whatever happens. Each read may wait at most ``read``
@@ -404,7 +390,7 @@ async def _stream(
     content = resp.content
     try:
         while True:
-            deadline = _Deadline(read)
+            deadline = deadlines.start(read)
             try:
                 chunk = await content.readany()
             except asyncio.CancelledError:

@@ -13,9 +13,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
-    """The answer for one request against one limit."""
+    """The answer for one request against one limit (one per request: not frozen, which would
+    cost a third of a microsecond more to build)."""
 
     allowed: bool
     limit: int  # requests the limit admits at once (burst, or the quota)
