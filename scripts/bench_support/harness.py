@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -51,6 +52,7 @@ class Settings:
     large_duration: float
     large_connections: int
     client_core: int | None
+    rounds: int = 3
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -60,12 +62,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Benchmark gatewayd against nginx and a minimal aiohttp proxy "
         "(docs/benchmarks.md). Load generator and backend on one core, proxy on the other.",
     )
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per row (10)")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per row and round (8)")
+    parser.add_argument(
+        "--rounds",
+        type=_positive,
+        default=3,
+        help="rounds of GET /small over all rows; figures are medians (3)",
+    )
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (64)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (1)")
     parser.add_argument("--warmup", type=float, default=2.0, help="unrecorded seconds first (2)")
     parser.add_argument(
-        "--large-duration", type=float, default=5.0, help="seconds of 64 MiB downloads (5)"
+        "--large-duration",
+        type=float,
+        default=4.0,
+        help="seconds of 64 MiB downloads per row and round (4)",
     )
     parser.add_argument(
         "--large-connections", type=int, default=1, help="parallel 64 MiB downloads (1)"
@@ -94,6 +105,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--keep-tmp", action="store_true", help="keep configs and logs")
     return parser.parse_args(argv)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def select_rows(
@@ -152,29 +170,69 @@ def _warm_up(children: Children, s: Settings, target: Target) -> None:
         run_wrk(children, load, core=s.client_core)
 
 
-def measure(row: Row, ctx: Context, s: Settings) -> report.RowResult:
-    """Start the row's target, smoke-check it, load it, read its peak RSS, stop it."""
-    result = report.RowResult(row.name)
+def _start(row: Row, ctx: Context, stack: ExitStack, result: report.RowResult) -> Target | None:
+    """Start the row's target and smoke-check it; None (and ``result.error``) if that failed.
+    The target stays up until ``stack`` closes."""
     progress(f"{row.name}: starting")
     try:
-        with row.start(ctx) as target:
-            smoke_check(target)
-            _warm_up(ctx.children, s, target)
-            others, started = other_cpu_seconds(ctx.children), time.monotonic()
-            progress(f"{row.name}: {s.duration:g}s of GET /small, {s.connections} connections")
-            result.small = _wrk(ctx.children, s, target, "/small", large=False)
-            progress(f"{row.name}: {s.large_duration:g}s of GET /large (64 MiB)")
-            result.large = _wrk(ctx.children, s, target, "/large", large=True)
-            result.peak_rss_mib = peak_rss_mib(target.pid)
-            used = other_cpu_delta(others, other_cpu_seconds(ctx.children))
-            result.other_cpu_cores = used / (time.monotonic() - started)
+        target = stack.enter_context(row.start(ctx))
+        smoke_check(target)
+        return target
     except (StartError, SmokeError, WrkError) as err:
         result.error = str(err)
     except Exception as err:  # a broken row must not end the run: report it and go on
         result.error = f"{type(err).__name__}: {err}"
-    if result.error:
-        progress(f"{row.name}: FAILED: {result.error}")
-    return result
+    progress(f"{row.name}: FAILED: {result.error}")
+    return None
+
+
+def _load(result: report.RowResult, ctx: Context, s: Settings, target: Target, what: str) -> None:
+    """One measured wrk run on the row (``small``: a round of GET /small; ``large``: the 64 MiB
+    download), with the CPU time other processes used meanwhile."""
+    others, started = other_cpu_seconds(ctx.children), time.monotonic()
+    try:
+        if what == "small":
+            result.rounds.append(_wrk(ctx.children, s, target, "/small", large=False))
+        else:
+            result.large_rounds.append(_wrk(ctx.children, s, target, "/large", large=True))
+    except WrkError as err:
+        result.error = str(err)
+        progress(f"{result.name}: FAILED: {err}")
+    except Exception as err:
+        result.error = f"{type(err).__name__}: {err}"
+        progress(f"{result.name}: FAILED: {result.error}")
+    result.other_cpu_seconds += other_cpu_delta(others, other_cpu_seconds(ctx.children))
+    result.measured_seconds += time.monotonic() - started
+
+
+def measure(rows: Sequence[Row], ctx: Context, s: Settings) -> list[report.RowResult]:
+    """Start every row's target (each idle while the others are loaded), then ``s.rounds``
+    rounds over all of them (GET /small, then the 64 MiB download), each round in a rotated
+    order, so that the machine's drift and bursts of noise fall on every row alike; then each
+    row's peak RSS. A row's figures are the medians of its rounds."""
+    results = [report.RowResult(row.name) for row in rows]
+    with ExitStack() as stack:
+        live: list[tuple[report.RowResult, Target]] = []
+        for row, result in zip(rows, results, strict=True):
+            target = _start(row, ctx, stack, result)
+            if target is not None:
+                if s.warmup > 0:
+                    _warm_up(ctx.children, s, target)
+                live.append((result, target))
+        for n in range(s.rounds):
+            order = live[n % len(live) :] + live[: n % len(live)] if live else []
+            for result, target in order:
+                if result.error:
+                    continue
+                progress(
+                    f"round {n + 1}/{s.rounds}: {result.name}: {s.duration:g}s of GET /small "
+                    f"({s.connections} connections), {s.large_duration:g}s of GET /large (64 MiB)"
+                )
+                _load(result, ctx, s, target, "small")
+                _load(result, ctx, s, target, "large")
+        for result, target in live:
+            result.peak_rss_mib = peak_rss_mib(target.pid)
+    return results
 
 
 def run_rows(
@@ -193,6 +251,7 @@ def run_rows(
         large_duration=args.large_duration,
         large_connections=args.large_connections,
         client_core=client_core,
+        rounds=args.rounds,
     )
     extra_settings = ExtraSettings(
         ws_duration=args.ws_duration,
@@ -215,7 +274,7 @@ def run_rows(
                 proxy_core=proxy_core,
                 client_core=client_core,
             )
-            results = [measure(row, ctx, settings) for row in rows]
+            results = measure(rows, ctx, settings)
             extra_results = []
             for extra in extras:
                 progress(f"{extra.name}: starting")
@@ -247,6 +306,7 @@ def metadata(args: argparse.Namespace, cores: tuple[int | None, int | None]) -> 
         "cores": {"client_and_backend": client_core, "proxy": proxy_core},
         "cpu_busy_before_start": round(cpu_busy(), 2),
         "duration_s": args.duration,
+        "rounds": args.rounds,
         "warmup_s": args.warmup,
         "connections": args.connections,
         "threads": args.threads,
@@ -330,7 +390,8 @@ def _print_report(
 ) -> int:
     rows = report.table_rows(results)
     print(
-        f"\ngatewayd bench: {meta['duration_s']:g}s per row, {meta['connections']} connections, "
+        f"\ngatewayd bench: {meta['rounds']} rounds of {meta['duration_s']:g}s per row (figures "
+        f"are medians), {meta['connections']} connections, "
         f"wrk + backend on core {meta['cores']['client_and_backend']}, "
         f"proxy on core {meta['cores']['proxy']}; {meta['cpu']}; "
         f"CPUs {meta['cpu_busy_before_start']:.0%} busy before start\n"
@@ -340,6 +401,11 @@ def _print_report(
     for extra in extras:
         print(f"\n{extra.title or extra.name}\n")
         print(report.render_extra(extra.columns, extra.rows) if extra.rows else "FAILED")
+    checks = report.floors(results)
+    if checks:
+        print("\nFloors (docs/benchmarks.md):")
+        for check in checks:
+            print(f"  {check}")
     for note in report.notes(results) + report.extra_notes(extras):
         print(f"\n* {note}")
     if json_path is not None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from .wrk import WrkResult
@@ -13,6 +14,7 @@ from .wrk import WrkResult
 COLUMNS = (
     "row",
     "req/s",
+    "spread",
     "p50 ms",
     "p99 ms",
     "x nginx",
@@ -25,14 +27,37 @@ COLUMNS = (
 @dataclass
 class RowResult:
     name: str
-    small: WrkResult | None = None
-    large: WrkResult | None = None
+    rounds: list[WrkResult] = field(default_factory=list)  # GET /small, one per round
+    large_rounds: list[WrkResult] = field(default_factory=list)  # GET /large, one per round
     peak_rss_mib: float | None = None
     error: str | None = None
-    other_cpu_cores: float | None = None  # CPU other processes used while this row ran
+    other_cpu_seconds: float = 0.0  # CPU time other processes used while this row was loaded
+    measured_seconds: float = 0.0
+
+    @property
+    def other_cpu_cores(self) -> float | None:
+        if not self.measured_seconds:
+            return None
+        return self.other_cpu_seconds / self.measured_seconds
 
     def rps(self) -> float | None:
-        return self.small.requests_per_sec if self.small else None
+        return median([r.requests_per_sec for r in self.rounds]) if self.rounds else None
+
+    def p50(self) -> float | None:
+        return median([r.p50_ms for r in self.rounds]) if self.rounds else None
+
+    def p99(self) -> float | None:
+        return median([r.p99_ms for r in self.rounds]) if self.rounds else None
+
+    def large_mib(self) -> float | None:
+        if not self.large_rounds:
+            return None
+        return median([r.mib_per_sec for r in self.large_rounds])
+
+    def spread(self) -> float | None:
+        """(max - min) / median of the rounds' requests/s: how far to trust the row."""
+        rps = [r.requests_per_sec for r in self.rounds]
+        return (max(rps) - min(rps)) / median(rps) if len(rps) > 1 else None
 
 
 def _ratio(value: float | None, base: float | None) -> float | None:
@@ -56,16 +81,19 @@ def table_rows(results: Sequence[RowResult]) -> list[dict[str, Any]]:
             {
                 "row": r.name,
                 "requests_per_sec": r.rps(),
-                "p50_ms": r.small.p50_ms if r.small else None,
-                "p99_ms": r.small.p99_ms if r.small else None,
+                "spread": r.spread(),
+                "p50_ms": r.p50(),
+                "p99_ms": r.p99(),
                 "ratio_to_nginx": _ratio(r.rps(), nginx),
                 "ratio_to_minimal": _ratio(r.rps(), minimal),
-                "large_mib_per_sec": r.large.mib_per_sec if r.large else None,
+                "large_mib_per_sec": r.large_mib(),
                 "peak_rss_mib": r.peak_rss_mib,
                 "other_cpu_cores": r.other_cpu_cores,
                 "error": r.error,
-                "small": asdict(r.small) if r.small else None,
-                "large": asdict(r.large) if r.large else None,
+                "rounds": [asdict(w) | {"requests_per_sec": w.requests_per_sec} for w in r.rounds],
+                "large_rounds": [
+                    asdict(w) | {"mib_per_sec": w.mib_per_sec} for w in r.large_rounds
+                ],
             }
         )
     return rows
@@ -77,6 +105,7 @@ def _cells(row: dict[str, Any]) -> list[str]:
     return [
         row["row"],
         _fmt(row["requests_per_sec"], ",.0f"),
+        "-" if row["spread"] is None else f"{row['spread']:.0%}",
         _fmt(row["p50_ms"], ".2f"),
         _fmt(row["p99_ms"], ".2f"),
         _fmt(row["ratio_to_nginx"], ".2f"),
@@ -117,12 +146,63 @@ def notes(results: Sequence[RowResult], noise: float = 0.05) -> list[str]:
                 f"{r.name}: other processes used {r.other_cpu_cores:.2f} of a core while it ran; "
                 "its numbers are suspect (run the bench on a quiet machine)"
             )
-        for label, res in (("small", r.small), ("large", r.large)):
+        runs = [("small", w) for w in r.rounds] + [("large", w) for w in r.large_rounds]
+        for label, res in runs:
             if res and (res.non_2xx or res.socket_errors):
                 out.append(
                     f"{r.name} ({label}): {res.non_2xx} non-2xx responses, "
                     f"{res.socket_errors} socket errors out of {res.requests} requests"
                 )
+    return out
+
+
+def _row(results: Sequence[RowResult], name: str) -> RowResult | None:
+    return next((r for r in results if r.name == name and r.rounds), None)
+
+
+def _per_round(a: RowResult, b: RowResult) -> str:
+    pairs = zip(a.rounds, b.rounds, strict=False)
+    return ", ".join(f"{x.requests_per_sec / y.requests_per_sec:.2f}" for x, y in pairs)
+
+
+def floors(results: Sequence[RowResult]) -> list[str]:
+    """The project's performance floors (docs/benchmarks.md), checked on this run's medians,
+    with the per-round ratios (rounds are interleaved, so round k of two rows ran close in
+    time)."""
+    out = []
+    gw, minimal = _row(results, "gatewayd"), _row(results, "minimal")
+
+    def line(ok: bool, text: str) -> None:
+        out.append(f"[{'ok' if ok else 'BELOW'}] {text}")
+
+    if gw is not None and minimal is not None:
+        ratio = (gw.rps() or 0) / (minimal.rps() or 1)
+        line(
+            ratio >= 0.9,
+            f"gatewayd / minimal req/s = {ratio:.2f} (floor 0.90; rounds: "
+            f"{_per_round(gw, minimal)})",
+        )
+        g, m = gw.large_mib(), minimal.large_mib()
+        if g is not None and m is not None:
+            line(
+                g >= m,
+                f"gatewayd streams 64 MiB at {g:,.0f} MiB/s, minimal {m:,.0f} "
+                "(floor: at least as fast)",
+            )
+    if gw is not None:
+        p99 = gw.p99() or 0
+        line(p99 < 20, f"gatewayd p99 = {p99:.1f} ms (floor < 20 ms)")
+        for name, floor, text in (
+            ("gatewayd+rate_limit", 0.9, "rate_limit costs {cost:.1%} of req/s (floor < 10 %)"),
+            ("gatewayd+key_auth", 0.9, "key_auth costs {cost:.1%} of req/s (floor < 10 %)"),
+            ("gatewayd+cache", 1.0, "the cache hit path serves {x:.2f}x gatewayd (floor > 1)"),
+        ):
+            row = _row(results, name)
+            if row is None:
+                continue
+            x = (row.rps() or 0) / (gw.rps() or 1)
+            ok = x > floor if floor == 1.0 else x >= floor
+            line(ok, text.format(cost=1 - x, x=x) + f"; rounds: {_per_round(row, gw)}")
     return out
 
 
