@@ -82,6 +82,16 @@ class ServerConfig(Model):
 class PoolConfig(Model):
     max_connections: int = Field(256, ge=1)
     keepalive: Duration = 30.0
+    # Response bodies are read in chunks up to this size; reading pauses while about twice this
+    # waits for a slow client (so about 4x this is held per stalled response, all told).
+    read_buffer: Size = 256 * 1024
+
+    @field_validator("read_buffer")
+    @classmethod
+    def _read_buffer_range(cls, value: int) -> int:
+        if not 16 * 1024 <= value <= 16 * 1024 * 1024:
+            raise ValueError("must be between 16KiB and 16MiB")
+        return value
 
 
 class TimeoutsConfig(Model):

@@ -30,11 +30,6 @@ from yarl import URL
 _SKIP: CIMultiDict[None] = CIMultiDict({"Content-Type": None})
 _SKIP_VIEW = CIMultiDictProxy(_SKIP)
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-# A response body is read in chunks of up to this size, and reading from the target pauses
-# while twice this much waits for a slow client: at most 1 MiB buffered per response (Envoy's
-# default per-connection buffer limit). aiohttp's default (256 KiB) streams about 5 % slower:
-# each pause ends the socket's read loop, so fewer, larger writes go to the client this way.
-READ_BUFSIZE = 2**19
 MAX_LINE = 8190
 MAX_FIELD = 8190
 MAX_HEADERS = 128
@@ -60,8 +55,11 @@ class ProxyClientRequest(ClientRequest):
 class Fetcher:
     """One upstream's pooled client (see the module's text)."""
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, read_buffer: int) -> None:
         self.session = session
+        # Response bodies are read in chunks of up to ``read_buffer`` bytes; reading from the
+        # target pauses while twice that waits for a slow client (``pool.read_buffer``).
+        self.read_buffer = read_buffer
         connector = session.connector
         assert connector is not None
         self.connector = connector
@@ -122,7 +120,7 @@ class Fetcher:
             skip_payload=req.method == "HEAD",
             read_until_eof=True,
             auto_decompress=False,
-            read_bufsize=READ_BUFSIZE,
+            read_bufsize=self.read_buffer,
             timeout_ceil_threshold=connector._timeout_ceil_threshold,
             max_line_size=MAX_LINE,
             max_field_size=MAX_FIELD,

@@ -204,7 +204,7 @@ class HttpUpstream:
             timeout=aiohttp.ClientTimeout(total=None),
             requote_redirect_url=False,
         )
-        self.fetcher = Fetcher(self.session)
+        self.fetcher = Fetcher(self.session, pool.read_buffer)
         self.deadlines = Deadlines(asyncio.get_running_loop())
         self.state.start()
 

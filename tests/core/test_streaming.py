@@ -97,3 +97,69 @@ async def test_256_mib_upload_and_download_with_flat_memory(gateway, backend, co
     growth = max(up_rss.peak, down_rss.peak) - base
     print(f"RSS base {base / MIB:.1f} MiB, growth {growth / MIB:.1f} MiB")
     assert growth < 50 * MIB, f"RSS grew by {growth / MIB:.1f} MiB"
+
+
+@pytest.mark.parametrize(("read_buffer", "bound_mib"), [(None, 48), ("64KiB", 20)])
+async def test_clients_that_stop_reading_hold_bounded_memory_and_slow_the_target(
+    gateway, config, read_buffer, bound_mib
+):
+    """20 clients ask for 64 MiB each and then read nothing. The gateway holds a few times its
+    ``pool.read_buffer`` per response (256 KiB by default) and stops reading from the target,
+    so the target's writes stall too (once the kernel's socket buffers fill) instead of the
+    gateway buffering 1.25 GiB."""
+    clients, size = 20, 64 * MIB
+    sent: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        index = len(sent)
+        sent.append(0)
+        try:
+            while sent[index] < size:
+                writer.write(CHUNK)
+                sent[index] += len(CHUNK)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    streams: list[asyncio.StreamWriter] = []
+    pool = {"read_buffer": read_buffer} if read_buffer else {}
+    try:
+        gw = await gateway(
+            config(
+                upstreams={"big": {"targets": [f"http://127.0.0.1:{port}"], "pool": pool}},
+                routes=[{"name": "big", "match": {"path": "/"}, "upstream": "big"}],
+            )
+        )
+        host, gw_port = gw.url.removeprefix("http://").split(":")
+        base = rss_bytes(gw.pid)
+        with PeakRSS(gw.pid) as rss:
+            for _ in range(clients):
+                _, w = await asyncio.open_connection(host, int(gw_port))
+                w.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+                streams.append(w)
+            # Wait until every target connection has stalled (no progress for 0.5 s).
+            before = -1
+            for _ in range(40):
+                await asyncio.sleep(0.5)
+                if len(sent) == clients and sum(sent) == before:
+                    break
+                before = sum(sent)
+        growth = rss.peak - base
+        stalled = sum(sent)
+        print(f"RSS growth {growth / MIB:.1f} MiB; target sent {stalled / MIB:.0f} MiB in all")
+        assert len(sent) == clients
+        assert growth < bound_mib * MIB, f"RSS grew by {growth / MIB:.1f} MiB"
+        # What left the target sits in the kernel's socket buffers and the gateway's read
+        # buffers; far from the 1,280 MiB asked for.
+        assert stalled < clients * 24 * MIB
+        assert all(n < size for n in sent)
+    finally:
+        for w in streams:
+            w.close()
+        server.close()
+        await server.wait_closed()
