@@ -4,7 +4,7 @@ results: all bounded by the config, so a flood of odd requests cannot grow the l
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,12 +164,11 @@ class Metrics:
         builds new plugin instances, and they must find the same collector again)."""
         return self._extra(Counter, name, doc, labels)
 
-    def results(
-        self, name: str, doc: str, route: str, results: Sequence[str]
-    ) -> Callable[[str], None]:
-        """``count(result)`` for a counter labelled by route and a fixed set of results (for
-        plugins that count outcomes per request): plain integers bumped without a lock, turned
-        into the ``name`` family when /metrics is scraped, kept across reloads."""
+    def results(self, name: str, doc: str, route: str, results: Sequence[str]) -> dict[str, int]:
+        """The counts of a counter labelled by route and a fixed set of results, for plugins
+        that count outcomes per request (``counts[result] += 1``): plain integers bumped without
+        a lock or a call, turned into the ``name`` family when /metrics is scraped. The same
+        dict is handed out again after a reload, so counts carry on."""
         family = self._outcomes.get(name)
         if family is None:
             family = self._outcomes[name] = Outcomes(name, doc)
@@ -177,14 +176,10 @@ class Metrics:
             raise ValueError(f"metric {name} already exists with another description")
         counts = family.routes.get(route)
         if counts is None:
-            counts = family.routes[route] = dict.fromkeys(results, 0)
+            counts = family.routes[route] = {}
         for result in results:
             counts.setdefault(result, 0)
-
-        def count(result: str) -> None:
-            counts[result] += 1
-
-        return count
+        return counts
 
     def gauge(self, name: str, doc: str, labels: Sequence[str]) -> Gauge:
         return self._extra(Gauge, name, doc, labels)

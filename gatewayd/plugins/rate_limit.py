@@ -111,12 +111,6 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
-def _store_key(limit: Limit, kind: str, value: str) -> str:
-    if len(value) > MAX_KEY_CHARS:
-        value = hashlib.sha256(value.encode()).hexdigest()
-    return f"{limit.index}:{kind}:{value}"
-
-
 class RateLimitPlugin(Plugin):
     name = "rate_limit"
     Config = RateLimitConfig
@@ -142,11 +136,14 @@ class RateLimitPlugin(Plugin):
             self.limiter = context.keep(
                 "buckets", lambda: stores.memory_limiter(config.max_entries)
             )
+        self.awaits = bool(self.limiter.is_async)
         self.events = getattr(services, "events", None)
-        self.metric = _metric(services, context.route or "_global")
+        # gatewayd_ratelimit_total{route, result}: plain counts, exposed when scraped
+        self.counts = _counts(services, context.route or "_global")
 
     async def on_request(self, ctx: RequestContext) -> Response | None:
         worst = None
+        limiter = self.limiter
         for limit in self.limits:
             value = limit.value(ctx)
             kind = limit.kind
@@ -156,16 +153,18 @@ class RateLimitPlugin(Plugin):
                         403, "rate_limit_key_missing", f"this route is rate limited by {limit.key}"
                     )
                 kind, value = "ip", ctx.request.client_ip
-            key = _store_key(limit, kind, value)
+            if len(value) > MAX_KEY_CHARS:
+                value = hashlib.sha256(value.encode()).hexdigest()
+            key = f"{limit.index}:{kind}:{value}"
             try:
                 if limit.quota:
-                    d = self.limiter.window(key, limit.quota, limit.period)
+                    d = limiter.window(key, limit.quota, limit.period)
                 else:
-                    d = self.limiter.gcra(key, limit.interval, limit.burst)
-                if self.limiter.is_async:
+                    d = limiter.gcra(key, limit.interval, limit.burst)
+                if self.awaits:
                     d = await d
             except Exception as exc:
-                self.metric("store_error")
+                self.counts["store_error"] += 1
                 self.context.logger.warning(
                     "rate-limit store failed", extra={"error": str(exc), "route": ctx.route.name}
                 )
@@ -178,25 +177,27 @@ class RateLimitPlugin(Plugin):
                     )
                 continue
             if not d.allowed:
-                self.metric("limited")
+                self.counts["limited"] += 1
                 self._exceeded(ctx, limit)
                 headers = self._headers(d)
                 headers["Retry-After"] = str(max(1, math.ceil(d.retry_after)))
                 return ctx.error_response(429, "rate_limited", "too many requests", headers)
             if worst is None or d.remaining < worst.remaining:
                 worst = d
-        self.metric("allowed")
+        self.counts["allowed"] += 1
         if worst is not None:
-            prev = ctx.state.get("rate_limit")
+            state = ctx.state
+            prev = state.get("rate_limit")
             if prev is None or worst.remaining < prev[0].remaining:
-                ctx.state["rate_limit"] = (worst, self.policy)
+                state["rate_limit"] = (worst, self.policy)
         return None
 
     async def on_response(self, ctx: RequestContext, response: Response) -> None:
         seen = ctx.state.get("rate_limit")
-        headers = response.headers
-        if seen is not None and "RateLimit-Limit" not in headers:
-            self._set_headers(headers, seen[0], seen[1])
+        if seen is not None:
+            headers = response.headers
+            if "RateLimit-Limit" not in headers:
+                self._set_headers(headers, seen[0], seen[1])
 
     def _headers(self, d: Any, policy: str | None = None) -> dict[str, str]:
         headers: dict[str, str] = {}
@@ -229,14 +230,14 @@ class RateLimitPlugin(Plugin):
             self.context.logger.exception("publishing ratelimit.exceeded failed")
 
 
-def _metric(services: Any, route: str) -> Any:
-    """``metric(result)`` increments gatewayd_ratelimit_total{route, result}."""
+def _counts(services: Any, route: str) -> dict[str, int]:
+    results = ("allowed", "limited", "store_error")
     metrics = getattr(services, "metrics", None)
     if metrics is None:
-        return lambda result: None
+        return dict.fromkeys(results, 0)
     return metrics.results(
         "gatewayd_ratelimit_total",
         "Rate-limit decisions, by route and result (allowed, limited, store_error)",
         route,
-        ("allowed", "limited", "store_error"),
+        results,
     )

@@ -30,15 +30,17 @@ def gcra_decision(
 ) -> tuple[Decision, float | None]:
     """GCRA for one key: the decision and the new TAT to store (None when denied)."""
     tolerance = interval * burst
-    base = max(tat, now)
+    base = tat if tat > now else now
     new_tat = base + interval * cost
     diff = new_tat - now
     if diff > tolerance + 1e-9:
         used = base - now
-        remaining = max(0, math.floor((tolerance - used) / interval + 1e-9))
-        return Decision(False, burst, remaining, used, diff - tolerance), None
-    remaining = max(0, math.floor((tolerance - diff) / interval + 1e-9))
-    return Decision(True, burst, remaining, diff, 0.0), new_tat
+        remaining = math.floor((tolerance - used) / interval + 1e-9)
+        return Decision(
+            False, burst, remaining if remaining > 0 else 0, used, diff - tolerance
+        ), None
+    remaining = math.floor((tolerance - diff) / interval + 1e-9)
+    return Decision(True, burst, remaining if remaining > 0 else 0, diff, 0.0), new_tat
 
 
 class MemoryLimiter:
@@ -73,12 +75,17 @@ class MemoryLimiter:
 
     def gcra(self, key: str, interval: float, burst: int, cost: int = 1) -> Decision:
         now = time.time()
-        tat = self._entries.get(key, 0.0)
+        entries = self._entries
+        tat = entries.get(key)
         decision, new_tat = gcra_decision(
-            tat if isinstance(tat, float) else 0.0, now, interval, burst, cost
+            tat if tat.__class__ is float else 0.0, now, interval, burst, cost
         )
         if new_tat is not None:
-            self._put(key, new_tat)
+            if tat is None:
+                self._put(key, new_tat)
+            else:  # known key: refresh in place (the common case)
+                entries[key] = new_tat
+                entries.move_to_end(key)
         return decision
 
     def window(self, key: str, limit: int, period: float, cost: int = 1) -> Decision:

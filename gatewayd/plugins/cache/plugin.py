@@ -112,7 +112,8 @@ class CachePlugin(Plugin):
         else:
             self.shared = context.keep("cache", lambda: Shared(MemoryCacheStore(config.max_bytes)))
         self.store = self.shared.store
-        self.metric = _metric(context.services, context.route or "_global")
+        # gatewayd_cache_total{route, result}: plain counts, exposed when scraped
+        self.counts = _counts(context.services, context.route or "_global")
 
     # -- purge (admin API) ---------------------------------------------------------------
 
@@ -212,7 +213,7 @@ class CachePlugin(Plugin):
         # When revalidating, the request carries our validators: judge the client's own.
         conditionals = st.client_conditionals if st.mode == "validate" else ctx.request.headers
         st.mode = "hit"
-        self.metric(how)
+        self.counts[how] += 1
         if not_modified(entry, conditionals):
             headers = CIMultiDict(
                 (k, v) for k, v in entry.headers if k.lower() in NOT_MODIFIED_HEADERS
@@ -237,7 +238,7 @@ class CachePlugin(Plugin):
             return
         if st.mode == "bypass":
             response.headers["X-Cache"] = "BYPASS"
-            self.metric("BYPASS")
+            self.counts["BYPASS"] += 1
             return
         entry = st.entry
         if st.mode == "validate" and entry is not None:
@@ -256,7 +257,7 @@ class CachePlugin(Plugin):
                 self._replace(ctx, response, old, "STALE")
                 return
         response.headers["X-Cache"] = "MISS"
-        self.metric("MISS")
+        self.counts["MISS"] += 1
         if ctx.request.method != "GET":
             return
         await self._maybe_store(ctx, st, response)
@@ -397,14 +398,14 @@ class CachePlugin(Plugin):
             shared.revalidating.discard(key)
 
 
-def _metric(services: Any, route: str) -> Any:
-    """``metric(result)`` increments gatewayd_cache_total{route, result}."""
+def _counts(services: Any, route: str) -> dict[str, int]:
+    results = ("HIT", "MISS", "STALE", "BYPASS")
     metrics = getattr(services, "metrics", None)
     if metrics is None:
-        return lambda result: None
+        return dict.fromkeys(results, 0)
     return metrics.results(
         "gatewayd_cache_total",
         "Cache lookups, by route and result (HIT, MISS, STALE, BYPASS)",
         route,
-        ("HIT", "MISS", "STALE", "BYPASS"),
+        results,
     )
