@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import Callable
@@ -16,13 +17,21 @@ from gatewayd.config.schema import PluginSpec
 
 log = logging.getLogger("gatewayd.chain")
 
-Phase = tuple[tuple[int, str, Callable[..., Any]], ...]
+Phase = tuple[tuple[int, str, Callable[..., Any], bool], ...]
+
+
+def awaits(fn: Callable[..., Any]) -> bool:
+    """Whether a phase's result must be awaited: always, unless ``fn`` is a plain (not async)
+    function or method, which the chain calls without the cost of a coroutine."""
+    plain = inspect.isfunction(fn) or inspect.ismethod(fn)
+    return not plain or inspect.iscoroutinefunction(fn)
 
 
 @dataclass(frozen=True, slots=True)
 class Chain:
     """The plugins of one route in run order, and one tuple per phase holding only the plugins
-    that implement it: ``(position, plugin name, bound method)``. Response phases are reversed."""
+    that implement it: ``(position, plugin name, bound method, awaits)``. Response phases are
+    reversed. ``on_request``, ``on_response`` and ``on_done`` may be async or plain functions."""
 
     plugins: tuple[Any, ...]
     names: tuple[str, ...]
@@ -38,9 +47,9 @@ class Chain:
 
         def phase(attr: str, reverse: bool) -> Phase:
             items = [
-                (i, n, getattr(p, attr))
+                (i, n, fn, awaits(fn))
                 for i, (n, p) in enumerate(entries)
-                if callable(getattr(p, attr, None))
+                if callable(fn := getattr(p, attr, None))
             ]
             return tuple(reversed(items)) if reverse else tuple(items)
 

@@ -25,9 +25,11 @@ def failure_response(ctx: RequestContext, plugin: str, exc: BaseException) -> Re
 async def run_request(chain: Chain, ctx: RequestContext) -> tuple[Response | None, int]:
     """Run ``on_request`` in order. Returns a local reply (or None) and the position of the last
     plugin that saw the request (response phases run over positions up to it)."""
-    for pos, name, fn in chain.request:
+    for pos, name, fn, awaited in chain.request:
         try:
-            reply = await fn(ctx)
+            reply = fn(ctx)
+            if awaited:
+                reply = await reply
         except Exception as exc:
             return failure_response(ctx, name, exc), pos
         if reply is not None:
@@ -38,11 +40,13 @@ async def run_request(chain: Chain, ctx: RequestContext) -> tuple[Response | Non
 async def run_response(
     chain: Chain, ctx: RequestContext, response: Response, seen: int
 ) -> Response:
-    for pos, name, fn in chain.response:
+    for pos, name, fn, awaited in chain.response:
         if pos > seen:
             continue
         try:
-            await fn(ctx, response)
+            result = fn(ctx, response)
+            if awaited:
+                await result
         except Exception as exc:
             return failure_response(ctx, name, exc)
     if chain.chunk:
@@ -53,7 +57,7 @@ async def run_response(
 async def chunked(
     chain: Chain, ctx: RequestContext, body: bytes | AsyncIterator[bytes], seen: int
 ) -> AsyncIterator[bytes]:
-    fns = [(n, fn) for pos, n, fn in chain.chunk if pos <= seen]
+    fns = [(n, fn) for pos, n, fn, _ in chain.chunk if pos <= seen]
     if isinstance(body, bytes):
         for _, fn in fns:
             body = fn(ctx, body)
@@ -66,11 +70,13 @@ async def chunked(
 
 
 async def run_done(chain: Chain, ctx: RequestContext, seen: int) -> None:
-    for pos, name, fn in chain.done:
+    for pos, name, fn, awaited in chain.done:
         if pos > seen:
             continue
         try:
-            await fn(ctx)
+            result = fn(ctx)
+            if awaited:
+                await result
         except Exception:
             log.exception(
                 "plugin on_done failed", extra={"plugin": name, "request_id": ctx.request_id}

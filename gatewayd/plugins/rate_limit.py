@@ -136,63 +136,110 @@ class RateLimitPlugin(Plugin):
             self.limiter = context.keep(
                 "buckets", lambda: stores.memory_limiter(config.max_entries)
             )
-        self.awaits = bool(self.limiter.is_async)
         self.events = getattr(services, "events", None)
         # gatewayd_ratelimit_total{route, result}: plain counts, exposed when scraped
         self.counts = _counts(services, context.route or "_global")
+        if not self.limiter.is_async:
+            # The memory store never waits: the chain calls a plain method without the cost of
+            # a coroutine (the Redis store's decisions are awaited in on_request).
+            self.on_request = self.check  # type: ignore[method-assign]
 
-    async def on_request(self, ctx: RequestContext) -> Response | None:
+    def check(self, ctx: RequestContext) -> Response | None:
+        """on_request for a store that answers at once."""
         worst = None
         limiter = self.limiter
         for limit in self.limits:
-            value = limit.value(ctx)
-            kind = limit.kind
-            if value is None:
-                if self.config.on_missing_key == "deny":
-                    return ctx.error_response(
-                        403, "rate_limit_key_missing", f"this route is rate limited by {limit.key}"
-                    )
-                kind, value = "ip", ctx.request.client_ip
-            if len(value) > MAX_KEY_CHARS:
-                value = hashlib.sha256(value.encode()).hexdigest()
-            key = f"{limit.index}:{kind}:{value}"
+            key = self._key(ctx, limit)
+            if key is None:
+                return self._key_missing(ctx, limit)
             try:
                 if limit.quota:
                     d = limiter.window(key, limit.quota, limit.period)
                 else:
                     d = limiter.gcra(key, limit.interval, limit.burst)
-                if self.awaits:
-                    d = await d
             except Exception as exc:
-                self.counts["store_error"] += 1
-                self.context.logger.warning(
-                    "rate-limit store failed", extra={"error": str(exc), "route": ctx.route.name}
-                )
-                if self.config.on_store_error == "deny":
-                    return ctx.error_response(
-                        503,
-                        "rate_limit_unavailable",
-                        "rate limiting is unavailable",
-                        {"Retry-After": "1"},
-                    )
+                if (reply := self._store_failed(ctx, exc)) is not None:
+                    return reply
                 continue
             if not d.allowed:
-                self.counts["limited"] += 1
-                self._exceeded(ctx, limit)
-                headers = self._headers(d)
-                headers["Retry-After"] = str(max(1, math.ceil(d.retry_after)))
-                return ctx.error_response(429, "rate_limited", "too many requests", headers)
+                return self._limited(ctx, limit, d)
             if worst is None or d.remaining < worst.remaining:
                 worst = d
+        self._passed(ctx, worst)
+        return None
+
+    async def on_request(self, ctx: RequestContext) -> Response | None:
+        """The same for a store whose every decision is awaited (Redis)."""
+        worst = None
+        limiter = self.limiter
+        for limit in self.limits:
+            key = self._key(ctx, limit)
+            if key is None:
+                return self._key_missing(ctx, limit)
+            try:
+                if limit.quota:
+                    d = await limiter.window(key, limit.quota, limit.period)
+                else:
+                    d = await limiter.gcra(key, limit.interval, limit.burst)
+            except Exception as exc:
+                if (reply := self._store_failed(ctx, exc)) is not None:
+                    return reply
+                continue
+            if not d.allowed:
+                return self._limited(ctx, limit, d)
+            if worst is None or d.remaining < worst.remaining:
+                worst = d
+        self._passed(ctx, worst)
+        return None
+
+    def _key(self, ctx: RequestContext, limit: Limit) -> str | None:
+        """The store key for this request under ``limit``; None when it has no value for the
+        limit's key and ``on_missing_key`` is ``deny``."""
+        value = limit.value(ctx)
+        kind = limit.kind
+        if value is None:
+            if self.config.on_missing_key == "deny":
+                return None
+            kind, value = "ip", ctx.request.client_ip
+        if len(value) > MAX_KEY_CHARS:  # a hostile header cannot grow memory
+            value = hashlib.sha256(value.encode()).hexdigest()
+        return f"{limit.index}:{kind}:{value}"
+
+    def _key_missing(self, ctx: RequestContext, limit: Limit) -> Response:
+        return ctx.error_response(
+            403, "rate_limit_key_missing", f"this route is rate limited by {limit.key}"
+        )
+
+    def _store_failed(self, ctx: RequestContext, exc: Exception) -> Response | None:
+        """``on_store_error``: a 503 (deny), or None to let the request through (allow)."""
+        self.counts["store_error"] += 1
+        self.context.logger.warning(
+            "rate-limit store failed", extra={"error": str(exc), "route": ctx.route.name}
+        )
+        if self.config.on_store_error == "deny":
+            return ctx.error_response(
+                503, "rate_limit_unavailable", "rate limiting is unavailable", {"Retry-After": "1"}
+            )
+        return None
+
+    def _limited(self, ctx: RequestContext, limit: Limit, d: Any) -> Response:
+        self.counts["limited"] += 1
+        self._exceeded(ctx, limit)
+        headers = self._headers(d)
+        headers["Retry-After"] = str(max(1, math.ceil(d.retry_after)))
+        return ctx.error_response(429, "rate_limited", "too many requests", headers)
+
+    def _passed(self, ctx: RequestContext, worst: Any) -> None:
+        """Remember the tightest budget left, for the response's RateLimit-* fields (the
+        tightest over every rate_limit plugin on the chain)."""
         self.counts["allowed"] += 1
         if worst is not None:
             state = ctx.state
             prev = state.get("rate_limit")
             if prev is None or worst.remaining < prev[0].remaining:
                 state["rate_limit"] = (worst, self.policy)
-        return None
 
-    async def on_response(self, ctx: RequestContext, response: Response) -> None:
+    def on_response(self, ctx: RequestContext, response: Response) -> None:
         seen = ctx.state.get("rate_limit")
         if seen is not None:
             headers = response.headers

@@ -135,9 +135,11 @@ class Dispatcher:
                 # local reply stops the chain, later phases only for the plugins that saw it).
                 reply = None
                 seen = len(chain.plugins) - 1
-                for pos, name, on_request in chain.request:
+                for pos, name, on_request, awaited in chain.request:
                     try:
-                        reply = await on_request(ctx)
+                        reply = on_request(ctx)
+                        if awaited:
+                            reply = await reply
                     except Exception as exc:
                         reply = failure_response(ctx, name, exc)
                     if reply is not None:
@@ -160,10 +162,12 @@ class Dispatcher:
                             self.metrics.upstream(route.info.upstream).observe(
                                 time.monotonic() - started
                             )
-                for pos, name, on_response in chain.response:
+                for pos, name, on_response, awaited in chain.response:
                     if pos <= seen:
                         try:
-                            await on_response(ctx, reply)
+                            result = on_response(ctx, reply)
+                            if awaited:
+                                await result
                         except Exception as exc:
                             reply = failure_response(ctx, name, exc)
                             break

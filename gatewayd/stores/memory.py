@@ -25,24 +25,6 @@ class Decision:
     retry_after: float  # seconds until a request would be admitted (0 when allowed)
 
 
-def gcra_decision(
-    tat: float, now: float, interval: float, burst: int, cost: int = 1
-) -> tuple[Decision, float | None]:
-    """GCRA for one key: the decision and the new TAT to store (None when denied)."""
-    tolerance = interval * burst
-    base = tat if tat > now else now
-    new_tat = base + interval * cost
-    diff = new_tat - now
-    if diff > tolerance + 1e-9:
-        used = base - now
-        remaining = math.floor((tolerance - used) / interval + 1e-9)
-        return Decision(
-            False, burst, remaining if remaining > 0 else 0, used, diff - tolerance
-        ), None
-    remaining = math.floor((tolerance - diff) / interval + 1e-9)
-    return Decision(True, burst, remaining if remaining > 0 else 0, diff, 0.0), new_tat
-
-
 class MemoryLimiter:
     """GCRA buckets and window counters for one plugin instance, at most ``max_entries`` keys.
 
@@ -74,19 +56,26 @@ class MemoryLimiter:
         entries[key] = value
 
     def gcra(self, key: str, interval: float, burst: int, cost: int = 1) -> Decision:
+        """GCRA: admit if the key's theoretical arrival time (TAT), pushed by ``cost``
+        intervals, stays within ``burst`` intervals of now; store the new TAT if admitted."""
         now = time.time()
         entries = self._entries
         tat = entries.get(key)
-        decision, new_tat = gcra_decision(
-            tat if tat.__class__ is float else 0.0, now, interval, burst, cost
-        )
-        if new_tat is not None:
-            if tat is None:
-                self._put(key, new_tat)
-            else:  # known key: refresh in place (the common case)
-                entries[key] = new_tat
-                entries.move_to_end(key)
-        return decision
+        tolerance = interval * burst
+        base = tat if tat.__class__ is float and tat > now else now  # type: ignore[operator]
+        new_tat = base + interval * cost
+        diff = new_tat - now
+        if diff > tolerance + 1e-9:
+            used = base - now
+            left = math.floor((tolerance - used) / interval + 1e-9)
+            return Decision(False, burst, left if left > 0 else 0, used, diff - tolerance)
+        if tat is None:
+            self._put(key, new_tat)
+        else:  # a known key: refreshed in place (the common case)
+            entries[key] = new_tat
+            entries.move_to_end(key)
+        left = math.floor((tolerance - diff) / interval + 1e-9)
+        return Decision(True, burst, left if left > 0 else 0, diff, 0.0)
 
     def window(self, key: str, limit: int, period: float, cost: int = 1) -> Decision:
         now = time.time()

@@ -72,8 +72,8 @@ async def test_priority_order_override_and_reverse_done():
     )
     assert chain.names == ("late", "auth", "acl", "limit", "only_response")
     # Phase lists hold only the plugins that implement the phase.
-    assert [n for _, n, _ in chain.request] == ["late", "auth", "acl", "limit"]
-    assert [n for _, n, _ in chain.response] == ["only_response"]
+    assert [n for _, n, _, _ in chain.request] == ["late", "auth", "acl", "limit"]
+    assert [n for _, n, _, _ in chain.response] == ["only_response"]
     c = ctx()
     reply, seen = await run_request(chain, c)
     assert reply is None
@@ -137,3 +137,50 @@ def test_handover_keeps_only_what_is_kept_again():
     new = Handover(old)
     assert new.keep("x", dict) is a
     assert old.abandoned_by(new) == [b]
+
+
+async def test_plain_function_phases_run_without_a_coroutine_and_fail_closed():
+    """on_request, on_response and on_done may be plain methods (no coroutine per request);
+    they answer, change the response, run in order and fail closed like async ones."""
+    log: list[str] = []
+
+    class Sync(Plugin):
+        name = "sync"
+        priority = 200
+
+        def on_request(self, ctx):
+            log.append("req:sync")
+            if ctx.request.path == "/deny":
+                return ctx.error_response(403, "no", "no")
+            if ctx.request.path == "/boom":
+                raise RuntimeError("boom")
+            return None
+
+        def on_response(self, ctx, response):
+            response.headers["X-Sync"] = "1"
+
+        def on_done(self, ctx):
+            log.append("done:sync")
+
+    reg = PluginRegistry()
+    reg.add("sync", Sync)
+    reg.add("late", make("late", 100, log))
+    chain = build(reg, [], [{"sync": {}}, {"late": {}}])
+    assert [awaited for *_, awaited in chain.request] == [False, True]
+
+    def at(path: str) -> RequestContext:
+        req = Request("GET", path, "", CIMultiDict(), "h", "http", "127.0.0.1", None, None)
+        return RequestContext(req, "rid", RouteInfo("r", "u", ""))
+
+    c = at("/")
+    reply, seen = await run_request(chain, c)
+    assert reply is None
+    resp = await run_response(chain, c, Response(200), seen)
+    assert resp.headers["X-Sync"] == "1"
+    await run_done(chain, c, seen)
+    assert log == ["req:sync", "req:late", "done:late", "done:sync"]
+
+    denied, seen = await run_request(chain, at("/deny"))
+    assert denied is not None and denied.status == 403 and seen == 0
+    failed, _ = await run_request(chain, at("/boom"))
+    assert failed is not None and failed.status == 500
