@@ -74,7 +74,7 @@ class AclPlugin(Plugin):
         self.allow = [Rule.parse(r) for r in config.allow]
         self.deny = [Rule.parse(r) for r in config.deny]
 
-    async def on_request(self, ctx: RequestContext) -> Response | None:
+    def on_request(self, ctx: RequestContext) -> Response | None:
         p = ctx.principal
         if p is None:
             if self.config.allow_anonymous and not self.allow:

@@ -194,7 +194,7 @@ class CircuitBreakerPlugin(Plugin):
                 self.metrics[0].labels(upstream, target).set(0)
         return b
 
-    async def on_request(self, ctx: RequestContext) -> Response | None:
+    def on_request(self, ctx: RequestContext) -> Response | None:
         upstream = ctx.route.upstream
         if upstream is None or not self.board.breakers:
             return None
@@ -214,7 +214,7 @@ class CircuitBreakerPlugin(Plugin):
             ctx.state["breaker_probes"] = probes
         return None
 
-    async def on_response(self, ctx: RequestContext, response: Response) -> None:
+    def on_response(self, ctx: RequestContext, response: Response) -> None:
         if response.status != 503 or getattr(ctx.error, "code", None) != "upstream_unavailable":
             return
         upstream = ctx.route.upstream
@@ -227,7 +227,7 @@ class CircuitBreakerPlugin(Plugin):
         if waits:
             response.headers["Retry-After"] = str(max(1, math.ceil(min(waits))))
 
-    async def on_done(self, ctx: RequestContext) -> None:
+    def on_done(self, ctx: RequestContext) -> None:
         upstream = ctx.route.upstream
         probes: list[Breaker] = ctx.state.get("breaker_probes", [])
         for b in probes:  # slots reserved in on_request; the request may have gone elsewhere

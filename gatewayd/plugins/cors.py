@@ -60,7 +60,7 @@ class CorsPlugin(Plugin):
     def _allow_origin(self, origin: str) -> str:
         return "*" if self.any_origin and not self.config.credentials else origin
 
-    async def on_request(self, ctx: RequestContext) -> Response | None:
+    def on_request(self, ctx: RequestContext) -> Response | None:
         req = ctx.request
         origin = req.headers.get("Origin")
         if origin is None:
@@ -93,7 +93,7 @@ class CorsPlugin(Plugin):
             headers["Access-Control-Allow-Credentials"] = "true"
         return Response(204, headers)
 
-    async def on_response(self, ctx: RequestContext, response: Response) -> None:
+    def on_response(self, ctx: RequestContext, response: Response) -> None:
         origin = ctx.state.get("cors_origin")
         if origin is None:
             return

@@ -68,9 +68,9 @@ class HeadersPlugin(Plugin):
         self.request_ops = config.request
         self.response_ops = config.response
 
-    async def on_request(self, ctx: RequestContext) -> Response | None:
+    def on_request(self, ctx: RequestContext) -> Response | None:
         self.request_ops.apply(ctx.request.headers)
         return None
 
-    async def on_response(self, ctx: RequestContext, response: Response) -> None:
+    def on_response(self, ctx: RequestContext, response: Response) -> None:
         self.response_ops.apply(response.headers)

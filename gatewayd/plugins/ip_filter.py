@@ -86,7 +86,7 @@ class IpFilterPlugin(Plugin):
                 return addr
         return addr
 
-    async def on_request(self, ctx: RequestContext) -> Response | None:
+    def on_request(self, ctx: RequestContext) -> Response | None:
         addr = self.client_address(ctx)
         if addr is None:
             return ctx.error_response(403, "forbidden", "client address not allowed")

@@ -18,7 +18,7 @@ class RequestLimitsPlugin(Plugin):
     Config = RequestLimitsConfig
     priority = 2000  # before authentication: refuse what is too big before any work
 
-    async def on_request(self, ctx: RequestContext) -> Response | None:
+    def on_request(self, ctx: RequestContext) -> Response | None:
         cfg: RequestLimitsConfig = self.config
         req = ctx.request
         if cfg.max_headers is not None and len(req.headers) > cfg.max_headers:
