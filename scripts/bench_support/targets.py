@@ -277,9 +277,7 @@ def _relay_peer(ctx: Context, gw: Gatewayd, key: str) -> Iterator[None]:
 def relay_setup(ctx: Context, state_dir: Path) -> RowSetup:
     key = create_key(ctx, state_dir, "--tenant", "bench", "--scope", f"relay:{RELAY_LEASE}")
     return RowSetup(
-        # connect_rate given explicitly: the default ("10/min") is not parsed when the relay
-        # section is absent (AttributeError in RelayRegistry.admit; reported).
-        config={"routes": RELAY_ROUTES, "relay": {"connect_rate": "100/s"}},
+        config={"routes": RELAY_ROUTES},
         prefix=f"/peer/{RELAY_LEASE}",
         started=partial(_relay_peer, key=key),
     )
