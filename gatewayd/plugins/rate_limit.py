@@ -169,7 +169,9 @@ class RateLimitPlugin(Plugin):
         return None
 
     async def on_request(self, ctx: RequestContext) -> Response | None:
-        """The same for a store whose every decision is awaited (Redis)."""
+        """check() for a store whose every decision is awaited (Redis). The loop is written
+        twice on purpose: one shared as a generator or coroutine would cost the memory store's
+        path what calling it without a coroutine saves."""
         worst = None
         limiter = self.limiter
         for limit in self.limits:
