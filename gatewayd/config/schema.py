@@ -84,7 +84,7 @@ class PoolConfig(Model):
     keepalive: Duration = 30.0
     # Response bodies are read in chunks up to this size; reading pauses while about twice this
     # waits for a slow client (so about 4x this is held per stalled response, all told).
-    read_buffer: Size = 256 * 1024
+    read_buffer: Size = 512 * 1024
 
     @field_validator("read_buffer")
     @classmethod

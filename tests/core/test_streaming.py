@@ -99,12 +99,12 @@ async def test_256_mib_upload_and_download_with_flat_memory(gateway, backend, co
     assert growth < 50 * MIB, f"RSS grew by {growth / MIB:.1f} MiB"
 
 
-@pytest.mark.parametrize(("read_buffer", "bound_mib"), [(None, 48), ("64KiB", 20)])
+@pytest.mark.parametrize(("read_buffer", "bound_mib"), [(None, 80), ("64KiB", 20)])
 async def test_clients_that_stop_reading_hold_bounded_memory_and_slow_the_target(
     gateway, config, read_buffer, bound_mib
 ):
     """20 clients ask for 64 MiB each and then read nothing. The gateway holds a few times its
-    ``pool.read_buffer`` per response (256 KiB by default) and stops reading from the target,
+    ``pool.read_buffer`` per response (512 KiB by default) and stops reading from the target,
     so the target's writes stall too (once the kernel's socket buffers fill) instead of the
     gateway buffering 1.25 GiB."""
     clients, size = 20, 64 * MIB
