@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any
@@ -79,6 +79,9 @@ class Dispatcher:
         self.websockets = websockets
         # The generation this dispatcher serves (set by it): requests pin it while in flight.
         self.generation: Any = None
+        # Request ids: 128 random bits from a generator seeded from os.urandom, without a
+        # system call per request (ids must be unique, not secret).
+        self._ids = random.Random()
 
     async def handle(self, raw: web.BaseRequest) -> web.StreamResponse:
         """Serve one request on this dispatcher's generation (pinned until the reply is done).
@@ -94,7 +97,7 @@ class Dispatcher:
         try:
             rid = raw.headers.get("X-Request-ID")
             if rid is None or not valid_request_id(rid):
-                rid = os.urandom(16).hex()
+                rid = f"{self._ids.getrandbits(128):032x}"
             target, _, query = raw.raw_path.partition("?")
             try:
                 path = normalise_path(target)
