@@ -23,6 +23,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import ClientRequest, ClientResponse, hdrs
+from aiohttp.helpers import TimerNoop
+from aiohttp.http import HttpVersion11
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -30,12 +32,73 @@ from yarl import URL
 _SKIP: CIMultiDict[None] = CIMultiDict({"Content-Type": None})
 _SKIP_VIEW = CIMultiDictProxy(_SKIP)
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+BODILESS = frozenset(ClientRequest.GET_METHODS)  # what aiohttp sends without a body
+_NO_TIMER = TimerNoop()  # stateless: one for every request
 MAX_LINE = 8190
 MAX_FIELD = 8190
 MAX_HEADERS = 128
 
 
 class ProxyClientRequest(ClientRequest):
+    def __init__(
+        self,
+        method: str,
+        url: URL,
+        *,
+        headers: Any = None,
+        data: Any = None,
+        loop: asyncio.AbstractEventLoop,
+        response_class: type[ClientResponse] = ClientResponse,
+        session: aiohttp.ClientSession,
+        **more: Any,
+    ) -> None:
+        """A bodiless GET/HEAD/OPTIONS/TRACE with the forwarder's headers (nearly every proxied
+        request) is set up directly: the attributes ``ClientRequest.__init__`` would give it,
+        without its dozen update steps (cookies, auth, proxy, compression, body) that have
+        nothing to do here. Anything else goes through ``ClientRequest.__init__``."""
+        if (
+            data is not None
+            or more
+            or method not in BODILESS
+            or not isinstance(headers, CIMultiDict)
+            or url.raw_user
+            or url.raw_password
+            or url.raw_fragment
+            or loop.get_debug()
+        ):
+            super().__init__(
+                method,
+                url,
+                headers=headers,
+                data=data,
+                loop=loop,
+                response_class=response_class,
+                session=session,
+                **more,
+            )
+            return
+        self._session = session
+        self.original_url = self.url = url
+        self.method = method
+        self.chunked = None
+        self.compress = None
+        self.loop = loop
+        self.length = None
+        self.response_class = response_class
+        self._timer = _NO_TIMER
+        self._ssl = True
+        self.server_hostname = None
+        self.version = HttpVersion11
+        self.update_headers(headers)
+        self._skip_auto_headers = _SKIP_VIEW  # type: ignore[assignment]
+        self.proxy = None
+        self.proxy_auth = None
+        self.proxy_headers = None
+        self._body = None
+        if hdrs.EXPECT in headers:
+            self.update_expect_continue(False)
+        self._traces = []
+
     def update_headers(self, headers: Any) -> None:
         """Take the forwarder's multidict as the request's own (it is a private copy already);
         a ``Host`` it carries (``preserve_host``) wins over the target's."""
