@@ -31,7 +31,8 @@ def awaits(fn: Callable[..., Any]) -> bool:
 class Chain:
     """The plugins of one route in run order, and one tuple per phase holding only the plugins
     that implement it: ``(position, plugin name, bound method, awaits)``. Response phases are
-    reversed. ``on_request``, ``on_response`` and ``on_done`` may be async or plain functions."""
+    reversed. ``on_request``, ``on_response`` and ``on_done`` may be async or plain functions;
+    a plain ``on_request`` may also return a coroutine (its slow path), which is awaited."""
 
     plugins: tuple[Any, ...]
     names: tuple[str, ...]

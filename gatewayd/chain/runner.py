@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from types import CoroutineType
 
 from gatewayd.chain.api import PluginError, RequestContext, Response
 from gatewayd.chain.builder import Chain
@@ -28,8 +29,8 @@ async def run_request(chain: Chain, ctx: RequestContext) -> tuple[Response | Non
     for pos, name, fn, awaited in chain.request:
         try:
             reply = fn(ctx)
-            if awaited:
-                reply = await reply
+            if awaited or reply.__class__ is CoroutineType:
+                reply = await reply  # a plain method may finish in a coroutine
         except Exception as exc:
             return failure_response(ctx, name, exc), pos
         if reply is not None:

@@ -11,6 +11,9 @@ key id, the key's tenant and scopes), is removed from the upstream request
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+from typing import Any
+
 from gatewayd.chain import Plugin, PluginConfig, PluginError, Principal, RequestContext, Response
 from gatewayd.plugins.identity import (
     forward_principal,
@@ -38,7 +41,9 @@ class KeyAuthPlugin(Plugin):
         cfg = self.config
         return take_credential(ctx.request, cfg.header, cfg.query, cfg.hide_credentials)
 
-    async def on_request(self, ctx: RequestContext) -> Response | None:
+    def on_request(self, ctx: RequestContext) -> Response | Awaitable[Response | None] | None:
+        """A key verified recently is admitted at once, without a coroutine; any other key is
+        handed to :meth:`_verify`, a coroutine the chain awaits (store lookup, bcrypt)."""
         cfg: KeyAuthConfig = self.config
         strip_principal_headers(ctx.request.headers)
         if ctx.principal is not None:  # an earlier auth plugin already knows the caller
@@ -51,9 +56,18 @@ class KeyAuthPlugin(Plugin):
         keys = self.context.services.keys if self.context.services is not None else None
         if keys is None:
             raise PluginError(500, "key_store_unavailable", "the key store is not available")
-        record = keys.cached(presented) or await keys.verify(presented)
+        record = keys.cached(presented)
         if record is None:
-            return unauthorized(ctx, cfg.realm, "invalid, expired or revoked API key")
+            return self._verify(ctx, keys, presented)
+        return self._admit(ctx, record)
+
+    async def _verify(self, ctx: RequestContext, keys: Any, presented: str) -> Response | None:
+        record = await keys.verify(presented)
+        if record is None:
+            return unauthorized(ctx, self.config.realm, "invalid, expired or revoked API key")
+        return self._admit(ctx, record)
+
+    def _admit(self, ctx: RequestContext, record: Any) -> None:
         ctx.principal = Principal(
             kind="key",
             subject=record.key_id,
@@ -61,6 +75,6 @@ class KeyAuthPlugin(Plugin):
             key_id=record.key_id,
             scopes=record.scopes,
         )
-        if cfg.forward_headers:
+        if self.config.forward_headers:
             forward_principal(ctx.request.headers, ctx.principal)
         return None

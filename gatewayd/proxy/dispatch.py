@@ -7,6 +7,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
+from types import CoroutineType
 from typing import Any
 
 import aiohttp
@@ -141,8 +142,8 @@ class Dispatcher:
                 for pos, name, on_request, awaited in chain.request:
                     try:
                         reply = on_request(ctx)
-                        if awaited:
-                            reply = await reply
+                        if awaited or reply.__class__ is CoroutineType:
+                            reply = await reply  # a plain method may finish in a coroutine
                     except Exception as exc:
                         reply = failure_response(ctx, name, exc)
                     if reply is not None:

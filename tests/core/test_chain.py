@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from multidict import CIMultiDict
 
 from gatewayd.chain import Plugin, PluginError, Request, RequestContext, Response, RouteInfo
@@ -154,7 +156,15 @@ async def test_plain_function_phases_run_without_a_coroutine_and_fail_closed():
                 return ctx.error_response(403, "no", "no")
             if ctx.request.path == "/boom":
                 raise RuntimeError("boom")
+            if ctx.request.path.startswith("/slow"):
+                return self.slow(ctx)  # a coroutine for the slow path: the chain awaits it
             return None
+
+        async def slow(self, ctx):
+            await asyncio.sleep(0)
+            if ctx.request.path == "/slow-boom":
+                raise RuntimeError("slow boom")
+            return ctx.error_response(401, "later", "decided later")
 
         def on_response(self, ctx, response):
             response.headers["X-Sync"] = "1"
@@ -184,3 +194,7 @@ async def test_plain_function_phases_run_without_a_coroutine_and_fail_closed():
     assert denied is not None and denied.status == 403 and seen == 0
     failed, _ = await run_request(chain, at("/boom"))
     assert failed is not None and failed.status == 500
+    later, seen = await run_request(chain, at("/slow"))
+    assert later is not None and later.status == 401 and seen == 0
+    failed_later, _ = await run_request(chain, at("/slow-boom"))
+    assert failed_later is not None and failed_later.status == 500
