@@ -210,3 +210,15 @@ class Metrics:
         for obj in [*collectors, *self._extras.values()]:
             if isinstance(obj, Counter | Gauge | Histogram | HotPathCollector):
                 self.registry.unregister(obj)
+
+
+def outcome_counts(
+    services: Any, name: str, doc: str, route: str, results: Sequence[str]
+) -> dict[str, int]:
+    """A plugin's per-route outcome counts (:meth:`Metrics.results`), or unexported counts
+    when it runs without the daemon's metrics (the plugin test harness)."""
+    metrics = getattr(services, "metrics", None)
+    if metrics is None:
+        return dict.fromkeys(results, 0)
+    counts: dict[str, int] = metrics.results(name, doc, route, results)
+    return counts

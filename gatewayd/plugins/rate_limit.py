@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from gatewayd.chain import Plugin, PluginConfig, PluginContext, Rate, RequestContext, Response
+from gatewayd.observability.metrics import outcome_counts
 
 KEY_KINDS = ("global", "ip", "api_key", "tenant", "route")
 MAX_KEY_CHARS = 128  # longer key values are hashed, so a hostile header cannot grow memory
@@ -280,13 +281,10 @@ class RateLimitPlugin(Plugin):
 
 
 def _counts(services: Any, route: str) -> dict[str, int]:
-    results = ("allowed", "limited", "store_error")
-    metrics = getattr(services, "metrics", None)
-    if metrics is None:
-        return dict.fromkeys(results, 0)
-    return metrics.results(
+    return outcome_counts(
+        services,
         "gatewayd_ratelimit_total",
         "Rate-limit decisions, by route and result (allowed, limited, store_error)",
         route,
-        results,
+        ("allowed", "limited", "store_error"),
     )

@@ -24,6 +24,7 @@ from gatewayd.chain import (
     Response,
     Size,
 )
+from gatewayd.observability.metrics import outcome_counts
 from gatewayd.plugins.cache.policy import (
     Entry,
     make_entry,
@@ -399,13 +400,10 @@ class CachePlugin(Plugin):
 
 
 def _counts(services: Any, route: str) -> dict[str, int]:
-    results = ("HIT", "MISS", "STALE", "BYPASS")
-    metrics = getattr(services, "metrics", None)
-    if metrics is None:
-        return dict.fromkeys(results, 0)
-    return metrics.results(
+    return outcome_counts(
+        services,
         "gatewayd_cache_total",
         "Cache lookups, by route and result (HIT, MISS, STALE, BYPASS)",
         route,
-        results,
+        ("HIT", "MISS", "STALE", "BYPASS"),
     )
