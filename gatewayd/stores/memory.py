@@ -59,8 +59,7 @@ class MemoryLimiter:
         """GCRA: admit if the key's theoretical arrival time (TAT), pushed by ``cost``
         intervals, stays within ``burst`` intervals of now; store the new TAT if admitted."""
         now = time.time()
-        entries = self._entries
-        tat = entries.get(key)
+        tat = self._entries.get(key)
         tolerance = interval * burst
         base = tat if tat.__class__ is float and tat > now else now  # type: ignore[operator]
         new_tat = base + interval * cost
@@ -69,11 +68,7 @@ class MemoryLimiter:
             used = base - now
             left = math.floor((tolerance - used) / interval + 1e-9)
             return Decision(False, burst, left if left > 0 else 0, used, diff - tolerance)
-        if tat is None:
-            self._put(key, new_tat)
-        else:  # a known key: refreshed in place (the common case)
-            entries[key] = new_tat
-            entries.move_to_end(key)
+        self._put(key, new_tat)
         left = math.floor((tolerance - diff) / interval + 1e-9)
         return Decision(True, burst, left if left > 0 else 0, diff, 0.0)
 
