@@ -38,7 +38,7 @@ async def list_upstreams(request: web.Request) -> web.Response:
         cfg = upstream.config
         item: dict[str, Any] = {
             "name": name,
-            "kind": "relay" if cfg.relay else "http",
+            "kind": "relay" if getattr(cfg, "relay", None) else "http",
             "balance": cfg.balance,
             "health_checks": cfg.health is not None,
             "retries": cfg.retries.attempts if cfg.retries else 0,

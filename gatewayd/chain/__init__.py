@@ -17,6 +17,21 @@ from gatewayd.chain.api import (
     RouteInfo,
     error_body,
 )
+from gatewayd.chain.upstream import (
+    HealthConfig,
+    PassiveConfig,
+    RetriesConfig,
+    Target,
+    TimeoutsConfig,
+    UpstreamConfig,
+    UpstreamConnectError,
+    UpstreamContext,
+    UpstreamError,
+    UpstreamKind,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    WebSocketChannel,
+)
 from gatewayd.config.units import Duration, Rate, RateValue, Ratio, Size
 
 __all__ = [
@@ -26,6 +41,8 @@ __all__ = [
     "BodyTooLarge",
     "Duration",
     "EmptyConfig",
+    "HealthConfig",
+    "PassiveConfig",
     "Plugin",
     "PluginConfig",
     "PluginContext",
@@ -37,7 +54,18 @@ __all__ = [
     "Request",
     "RequestContext",
     "Response",
+    "RetriesConfig",
     "RouteInfo",
     "Size",
+    "Target",
+    "TimeoutsConfig",
+    "UpstreamConfig",
+    "UpstreamConnectError",
+    "UpstreamContext",
+    "UpstreamError",
+    "UpstreamKind",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+    "WebSocketChannel",
     "error_body",
 ]

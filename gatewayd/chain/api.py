@@ -206,12 +206,16 @@ class RequestContext:
         "started",
         "state",
         "target",
+        "upstream",
     )
 
     def __init__(self, request: Request, request_id: str, route: RouteInfo) -> None:
         self.request = request
         self.request_id = request_id
         self.route = route
+        # The upstream this request goes to: the route's, or the one an ``on_request`` phase
+        # chose with :meth:`use_upstream` (``relay:<lease>`` for ``relay:`` routes).
+        self.upstream: str | None = route.upstream
         self.principal: Principal | None = None
         self.state: dict[str, Any] = {}
         self.response: Response | None = None
@@ -222,6 +226,14 @@ class RequestContext:
         self.started = time.monotonic()
         self.bytes_in = 0
         self.bytes_out = 0
+
+    def use_upstream(self, name: str) -> None:
+        """Send this request to the upstream ``name`` (from ``upstreams:`` in the config) instead
+        of the route's: routing on request content, such as a JSON body field. Call it in
+        ``on_request``; plugins that look at the chosen upstream (``circuit_breaker``, priority
+        200) see the choice when they run after the plugin that made it (a higher priority).
+        An unknown name answers 500 ``unknown_upstream`` (a configuration mistake)."""
+        self.upstream = name
 
     def error_response(
         self, status: int, code: str, message: str, headers: dict[str, str] | None = None

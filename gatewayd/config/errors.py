@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+# Tags of the union in GatewayConfig.upstreams (see gatewayd.config.schema._upstream_kind).
+UPSTREAM_KIND_TAGS = frozenset({"http", "relay", "extension", "none"})
+
 
 def format_path(loc: Sequence[str | int]) -> str:
     out = ""
@@ -54,6 +57,8 @@ def problems_from_validation(
     problems = []
     for err in exc.errors(include_url=False):
         loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        if len(loc) >= 3 and loc[0] == "upstreams" and loc[2] in UPSTREAM_KIND_TAGS:
+            del loc[2]  # the tag of the upstream kind the entry was read as: not a field
         msg = err["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]

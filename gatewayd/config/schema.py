@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from gatewayd.config.units import Duration, Rate, Ratio, Size
 
@@ -129,15 +137,32 @@ class PassiveConfig(Model):
 
 
 class UpstreamConfig(Model):
-    targets: list[str] = []
-    relay: str | None = None
+    """What every upstream kind's config has; the core applies these the same way to every
+    kind (HTTP pools, relay leases, kinds from plugin distributions). A kind's ``Config``
+    subclasses this and adds its own keys."""
+
+    kind: str | None = None
     balance: Literal["round_robin", "least_conn", "hash"] = "round_robin"
     hash_on: str = "ip"  # "ip" or "header:<name>"
-    pool: PoolConfig = PoolConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
     health: HealthConfig | None = None
     retries: RetriesConfig | None = None
     passive: PassiveConfig | None = None
+
+    @field_validator("hash_on")
+    @classmethod
+    def _hash_on(cls, v: str) -> str:
+        if v != "ip" and not (v.startswith("header:") and len(v) > 7):
+            raise ValueError("expected 'ip' or 'header:<name>'")
+        return v
+
+
+class HttpUpstreamConfig(UpstreamConfig):
+    """``kind: http`` (the default when ``targets`` is given): a pool of HTTP targets."""
+
+    kind: Literal["http"] | None = None
+    targets: list[str] = Field(min_length=1)
+    pool: PoolConfig = PoolConfig()
 
     @field_validator("targets")
     @classmethod
@@ -147,18 +172,60 @@ class UpstreamConfig(Model):
                 raise ValueError(f"invalid target {t!r} (expected http://host:port)")
         return [t.rstrip("/") for t in v]
 
-    @field_validator("hash_on")
+
+class RelayUpstreamConfig(UpstreamConfig):
+    """``kind: relay`` (the default when ``relay`` is given): the peers holding a lease."""
+
+    kind: Literal["relay"] | None = None
+    relay: str
+
+    @field_validator("relay")
     @classmethod
-    def _hash_on(cls, v: str) -> str:
-        if v != "ip" and not (v.startswith("header:") and len(v) > 7):
-            raise ValueError("expected 'ip' or 'header:<name>'")
+    def _lease(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", v):
+            raise ValueError("a lease name is 1-63 letters, digits, '_', '.', '-'")
         return v
 
-    @model_validator(mode="after")
-    def _one_kind(self) -> UpstreamConfig:
-        if bool(self.targets) == bool(self.relay):
-            raise ValueError("an upstream needs either 'targets' or 'relay' (exactly one)")
-        return self
+
+class ExtensionUpstreamConfig(UpstreamConfig):
+    """An upstream of a kind registered by a plugin distribution (``gatewayd.upstreams``): its
+    own keys are checked against that kind's ``Config`` once the kinds are known."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, validate_default=True)
+    kind: str
+
+
+def _upstream_kind(data: Any) -> str:
+    if isinstance(data, UpstreamConfig):
+        kind = data.kind or ("relay" if isinstance(data, RelayUpstreamConfig) else "http")
+    elif isinstance(data, dict):
+        kind = data.get("kind") or ""
+        if not kind:
+            has_targets, has_relay = "targets" in data, "relay" in data
+            if has_targets == has_relay:
+                return "none"
+            kind = "relay" if has_relay else "http"
+    else:
+        return "none"
+    return kind if kind in ("http", "relay") else "extension"
+
+
+class _NoKind(Model):
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse(cls, data: Any) -> Any:
+        raise ValueError(
+            "an upstream needs 'targets' (HTTP), 'relay' (a relay lease) or 'kind' (exactly one)"
+        )
+
+
+AnyUpstreamConfig = Annotated[
+    Annotated[HttpUpstreamConfig, Tag("http")]
+    | Annotated[RelayUpstreamConfig, Tag("relay")]
+    | Annotated[ExtensionUpstreamConfig, Tag("extension")]
+    | Annotated[_NoKind, Tag("none")],
+    Discriminator(_upstream_kind),
+]
 
 
 class MatchConfig(Model):
@@ -299,7 +366,7 @@ class GatewayConfig(Model):
     logging: LoggingConfig = LoggingConfig()
     server: ServerConfig = ServerConfig()
     plugins: list[PluginSpec] = []
-    upstreams: dict[str, UpstreamConfig] = {}
+    upstreams: dict[str, AnyUpstreamConfig] = {}
     routes: list[RouteConfig] = []
     relay: RelayConfig = RelayConfig()
     events: EventsConfig = EventsConfig()

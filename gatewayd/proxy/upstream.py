@@ -422,7 +422,7 @@ def build_upstream(
     """An HTTP upstream, or a relay upstream when the config names a lease. With a handover,
     the upstream's state (health, ejections, retry budget) survives reloads that leave its
     config unchanged."""
-    if config.relay:
+    if getattr(config, "relay", None):
         if relay is None:
             raise RuntimeError("relay upstreams need the relay registry")
         return relay.upstream(name, config)

@@ -1,0 +1,206 @@
+"""The public upstream interface: how the core reaches any backend.
+
+An *upstream kind* says what its targets are and how to talk to one of them; the core does the
+rest the same way for every kind (balancing, health checks, passive ejection, breakers through
+``ctx.excluded_targets``, retries and their budget, timeouts, metrics, the admin view). Three
+kinds exist: HTTP pools (``targets:``), relay leases (``relay:``), and kinds registered by plugin
+distributions in the entry-point group ``gatewayd.upstreams``::
+
+    [options.entry_points]
+    gatewayd.upstreams =
+        echo = my_dist.upstream:EchoUpstream
+
+A kind is a class with ``kind`` (its config key, e.g. ``kind: echo``), a ``Config`` (a subclass
+of :class:`UpstreamConfig`) and the methods of :class:`UpstreamKind`. Errors are reported by
+raising :class:`UpstreamError` (or a subclass) after setting ``attempt.error`` to one of
+``"connect"`` (the target was never reached: retried for any method), ``"timeout"``,
+``"disconnect"`` or ``"reset"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from gatewayd.config.schema import (
+    HealthConfig,
+    PassiveConfig,
+    RetriesConfig,
+    TimeoutsConfig,
+    UpstreamConfig,
+)
+
+if TYPE_CHECKING:
+    import aiohttp
+    from multidict import CIMultiDict
+
+    from gatewayd.chain.api import Attempt, RequestContext, Response
+
+
+__all__ = [
+    "HealthConfig",
+    "PassiveConfig",
+    "RetriesConfig",
+    "Target",
+    "TimeoutsConfig",
+    "UpstreamConfig",
+    "UpstreamConnectError",
+    "UpstreamContext",
+    "UpstreamError",
+    "UpstreamKind",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+    "WebSocketChannel",
+]
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+class UpstreamError(Exception):
+    """An upstream request failed before a response could be relayed (502 unless told)."""
+
+    def __init__(
+        self, status: int, code: str, message: str, retry_after: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+class UpstreamTimeout(UpstreamError, TimeoutError):
+    def __init__(self, message: str = "upstream timed out") -> None:
+        super().__init__(504, "upstream_timeout", message)
+
+
+class UpstreamConnectError(UpstreamError, ConnectionError):
+    def __init__(self, message: str = "cannot connect to upstream") -> None:
+        super().__init__(502, "upstream_unreachable", message)
+
+
+class UpstreamUnavailable(UpstreamError):
+    def __init__(self, message: str = "no healthy upstream target", retry_after: int = 1) -> None:
+        super().__init__(503, "upstream_unavailable", message, retry_after)
+
+
+# -- config: the common settings live with the rest of the config schema -------------------------
+
+# -- targets -----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class Target:
+    """One backend of an upstream, by a stable identity (``id``): the URL of an HTTP target, the
+    key id and name of a relay peer, whatever a plugin kind chooses. Breaker state, metrics and
+    statistics are keyed by ``id``, so a kind must hand back the same id (ideally the same
+    object) for the same backend, across reconnects and reloads. The core keeps the rest."""
+
+    id: str
+    inflight: int = 0
+    healthy: bool = True  # active health checks say so
+    ejected: bool = False  # passive ejection: too many consecutive failures lately
+    failures: int = 0  # consecutive failed attempts (passive ejection)
+    info: dict[str, Any] = field(default_factory=dict)  # kind-specific, shown in the admin view
+    seed: bytes = field(default=b"", repr=False)
+
+    def __post_init__(self) -> None:
+        self.seed = self.id.encode()
+
+    @property
+    def url(self) -> str:  # the name the HTTP kind's targets had before they had ids
+        return self.id
+
+    def available(self, excluded: set[str]) -> bool:
+        return self.healthy and not self.ejected and self.id not in excluded
+
+
+# -- WebSockets --------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class WebSocketChannel(Protocol):
+    """The upstream side of a proxied WebSocket, as :meth:`UpstreamKind.upgrade` returns it:
+    the subset of aiohttp's ``ClientWebSocketResponse`` the relay of messages uses (so an
+    aiohttp client WebSocket is one). ``receive`` returns aiohttp ``WSMessage`` values
+    (TEXT, BINARY, PING, PONG, CLOSE, or CLOSED/ERROR when the connection ended)."""
+
+    @property
+    def protocol(self) -> str | None: ...
+
+    @property
+    def close_code(self) -> int | None: ...
+
+    async def receive(self) -> aiohttp.WSMessage: ...
+
+    async def send_str(self, data: str) -> None: ...
+
+    async def send_bytes(self, data: bytes) -> None: ...
+
+    async def pong(self, message: bytes = b"") -> None: ...
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool: ...
+
+
+# -- the kind ----------------------------------------------------------------------------------
+
+
+class UpstreamContext:
+    """What a kind gets at construction: the daemon's shared services, a logger, and
+    ``keep(key, factory)`` to hand state over across reloads (as plugins have it)."""
+
+    __slots__ = ("_keep", "logger", "services")
+
+    def __init__(self, services: Any, logger: Any, keep: Any) -> None:
+        self.services = services
+        self.logger = logger
+        self._keep = keep
+
+    def keep(self, key: str, factory: Any) -> Any:
+        return self._keep(key, factory)
+
+
+@runtime_checkable
+class UpstreamKind(Protocol):
+    """What a kind implements. One attempt at one target per call; the core picks the target,
+    retries, times out (``total`` until the reply's head, ``read`` per body chunk) and counts.
+
+    - ``targets()``: the targets now (may change over time: relay peers come and go).
+    - ``send(target, ctx, path, headers, timeouts)``: the target's reply; its body is bytes or
+      an async iterator of chunks (with ``aclose``), read by the core. Set ``ctx.attempts[-1]``
+      fields through the ``attempt`` argument: ``status``, ``error``.
+    - ``upgrade(...)``: a WebSocket to the target (:class:`WebSocketChannel`), or raise
+      :class:`UpstreamError` (``websocket_refused`` when the target declines the upgrade).
+    """
+
+    kind: ClassVar[str]
+    name: str
+
+    def targets(self) -> Sequence[Target]: ...
+
+    async def send(
+        self,
+        target: Target,
+        attempt: Attempt,
+        ctx: RequestContext,
+        path: str,
+        headers: CIMultiDict[str],
+        timeouts: TimeoutsConfig,
+    ) -> Response: ...
+
+    async def upgrade(
+        self,
+        target: Target,
+        attempt: Attempt,
+        ctx: RequestContext,
+        path: str,
+        headers: CIMultiDict[str],
+        timeouts: TimeoutsConfig,
+        protocols: Sequence[str],
+        max_message: int,
+    ) -> WebSocketChannel: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
