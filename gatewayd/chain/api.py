@@ -15,8 +15,10 @@ A plugin that raises fails closed: :class:`PluginError` gives its own status, an
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -75,7 +77,9 @@ PRINCIPAL_HEADERS = (
     "X-Gateway-Auth",
 )
 """Headers that carry the authenticated principal to the backend. Only the gateway sets them:
-incoming copies are removed before any plugin runs (and again by each auth plugin)."""
+the core removes incoming copies once, before any plugin runs, and
+:meth:`RequestContext.authenticate` is the only writer of the new ones (a plugin never writes
+them itself)."""
 
 
 @dataclass(slots=True)
@@ -89,6 +93,38 @@ class Principal:
     roles: frozenset[str] = frozenset()
     scopes: frozenset[str] = frozenset()
     claims: dict[str, Any] = field(default_factory=dict)
+
+
+_UNSAFE_HEADER_CHARS = re.compile(r"[^\x20-\x7e]")
+
+
+def _header_value(value: str) -> str:
+    return _UNSAFE_HEADER_CHARS.sub("", value)[:1024]
+
+
+@functools.lru_cache(maxsize=4096)
+def _identity_headers(
+    kind: str,
+    subject: str | None,
+    tenant: str | None,
+    key_id: str | None,
+    roles: frozenset[str],
+    scopes: frozenset[str],
+) -> tuple[tuple[str, str], ...]:
+    """The X-Gateway-* values for one caller, cleaned once (the same caller comes back often):
+    printable ASCII only, at most 1 KiB each; roles and scopes space-separated and sorted."""
+    out = [("X-Gateway-Auth", _header_value(kind))]
+    if subject:
+        out.append(("X-Gateway-Subject", _header_value(subject)))
+    if tenant:
+        out.append(("X-Gateway-Tenant", _header_value(tenant)))
+    if key_id:
+        out.append(("X-Gateway-Key-Id", _header_value(key_id)))
+    if roles:
+        out.append(("X-Gateway-Roles", _header_value(" ".join(sorted(roles)))))
+    if scopes:
+        out.append(("X-Gateway-Scopes", _header_value(" ".join(sorted(scopes)))))
+    return tuple(out)
 
 
 class Request:
@@ -193,12 +229,12 @@ class RequestContext:
     """Per-request state shared by the plugins of one chain and the forwarder."""
 
     __slots__ = (
+        "_principal",
         "attempts",
         "bytes_in",
         "bytes_out",
         "error",
         "excluded_targets",
-        "principal",
         "request",
         "request_id",
         "response",
@@ -216,7 +252,7 @@ class RequestContext:
         # The upstream this request goes to: the route's, or the one an ``on_request`` phase
         # chose with :meth:`use_upstream` (``relay:<lease>`` for ``relay:`` routes).
         self.upstream: str | None = route.upstream
-        self.principal: Principal | None = None
+        self._principal: Principal | None = None
         self.state: dict[str, Any] = {}
         self.response: Response | None = None
         self.target: str | None = None
@@ -226,6 +262,37 @@ class RequestContext:
         self.started = time.monotonic()
         self.bytes_in = 0
         self.bytes_out = 0
+
+    @property
+    def principal(self) -> Principal | None:
+        """Who is calling, once an auth plugin has called :meth:`authenticate` (read-only)."""
+        return self._principal
+
+    def authenticate(self, principal: Principal, forward_headers: bool = True) -> bool:
+        """Establish who is calling: the only writer of :attr:`principal` and of the identity
+        headers (:data:`PRINCIPAL_HEADERS`) the backend receives.
+
+        The first authenticator wins: on a request that is already authenticated (an earlier
+        auth plugin on the chain found a credential) this changes nothing and returns False, so
+        a later plugin can neither replace the caller nor drop the headers forwarded for it.
+        Otherwise the principal is set, and with ``forward_headers`` the X-Gateway-* headers
+        describing it are added to the upstream request (incoming copies were removed by the
+        core before the chain ran); returns True."""
+        if self._principal is not None:
+            return False
+        self._principal = principal
+        if forward_headers:
+            headers = self.request.headers
+            for name, value in _identity_headers(
+                principal.kind,
+                principal.subject,
+                principal.tenant,
+                principal.key_id,
+                principal.roles,
+                principal.scopes,
+            ):
+                headers[name] = value
+        return True
 
     def use_upstream(self, name: str) -> None:
         """Send this request to the upstream ``name`` (from ``upstreams:`` in the config) instead

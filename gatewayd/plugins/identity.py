@@ -1,74 +1,24 @@
-"""What the authentication plugins share: principal headers and the 401 reply.
+"""What the authentication plugins share: taking the credential and the 401 reply.
 
-An auth plugin that establishes a principal may forward it to the backend as headers
+An auth plugin that recognises the caller calls ``ctx.authenticate(principal, forward_headers)``,
+the only writer of ``ctx.principal`` and of the headers that describe it to the backend
 (``forward_headers: true``, the default):
 
 - ``X-Gateway-Auth``: how the caller was authenticated (``key``, ``jwt``, ``introspection``)
 - ``X-Gateway-Subject``, ``X-Gateway-Tenant``, ``X-Gateway-Key-Id``
 - ``X-Gateway-Roles``, ``X-Gateway-Scopes``: space-separated, sorted
 
-Incoming copies of these headers are always removed (by the core before any plugin runs, and
-again by every auth plugin), so a client can never spoof them.
+Incoming copies of these headers are removed once, by the core, before any plugin runs, so a
+client can never spoof them. The first authenticator wins: an auth plugin on a request that is
+already authenticated leaves it alone (it neither looks at its own credential nor touches the
+principal or the headers).
 """
 
 from __future__ import annotations
 
-import functools
-import re
 from urllib.parse import unquote_plus
 
-from multidict import CIMultiDict
-
-from gatewayd.chain import PRINCIPAL_HEADERS, Principal, Request, RequestContext, Response
-
-_SAFE_VALUE = re.compile(r"[^\x20-\x7e]")
-
-
-def strip_principal_headers(headers: CIMultiDict[str]) -> None:
-    for name in PRINCIPAL_HEADERS:
-        if name in headers:
-            del headers[name]
-
-
-def _clean(value: str) -> str:
-    return _SAFE_VALUE.sub("", value)[:1024]
-
-
-def forward_principal(headers: CIMultiDict[str], principal: Principal) -> None:
-    """Set the X-Gateway-* headers that tell the backend who is calling."""
-    for name, value in _principal_headers(
-        principal.kind,
-        principal.subject,
-        principal.tenant,
-        principal.key_id,
-        principal.roles,
-        principal.scopes,
-    ):
-        headers[name] = value
-
-
-@functools.lru_cache(maxsize=4096)
-def _principal_headers(
-    kind: str,
-    subject: str | None,
-    tenant: str | None,
-    key_id: str | None,
-    roles: frozenset[str],
-    scopes: frozenset[str],
-) -> tuple[tuple[str, str], ...]:
-    """The header values for one caller, cleaned once (the same key calls again and again)."""
-    out = [("X-Gateway-Auth", kind)]
-    if subject:
-        out.append(("X-Gateway-Subject", _clean(subject)))
-    if tenant:
-        out.append(("X-Gateway-Tenant", _clean(tenant)))
-    if key_id:
-        out.append(("X-Gateway-Key-Id", _clean(key_id)))
-    if roles:
-        out.append(("X-Gateway-Roles", _clean(" ".join(sorted(roles)))))
-    if scopes:
-        out.append(("X-Gateway-Scopes", _clean(" ".join(sorted(scopes)))))
-    return tuple(out)
+from gatewayd.chain import Request, RequestContext, Response
 
 
 def unauthorized(

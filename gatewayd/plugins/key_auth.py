@@ -3,10 +3,13 @@
 The key comes from ``Authorization: Bearer <key>`` (default), another header (``header:
 X-API-Key``, where the value is the key itself) or a query parameter (``query: api_key``).
 Missing, malformed, unknown, wrong, expired and revoked keys all get 401 with
-``WWW-Authenticate``. A good key sets ``ctx.principal`` (kind ``key``, subject and key id = the
-key id, the key's tenant and scopes), is removed from the upstream request
-(``hide_credentials``) and is described to the backend with ``X-Gateway-*`` headers
-(``forward_headers``). Verification is the key store's: cached, bcrypt off the event loop.
+``WWW-Authenticate``. A good key authenticates the request through ``ctx.authenticate``
+(principal kind ``key``, subject and key id = the key id, the key's tenant and scopes), is
+removed from the upstream request (``hide_credentials``) and is described to the backend with
+``X-Gateway-*`` headers (``forward_headers``). On a request an earlier auth plugin already
+authenticated, key_auth does nothing (first authenticator wins) except remove its own
+credential (``hide_credentials``). Verification is the key store's: cached, bcrypt off the
+event loop.
 """
 
 from __future__ import annotations
@@ -15,12 +18,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from gatewayd.chain import Plugin, PluginConfig, PluginError, Principal, RequestContext, Response
-from gatewayd.plugins.identity import (
-    forward_principal,
-    strip_principal_headers,
-    take_credential,
-    unauthorized,
-)
+from gatewayd.plugins.identity import take_credential, unauthorized
 
 
 class KeyAuthConfig(PluginConfig):
@@ -45,8 +43,9 @@ class KeyAuthPlugin(Plugin):
         """A key verified recently is admitted at once, without a coroutine; any other key is
         handed to :meth:`_verify`, a coroutine the chain awaits (store lookup, bcrypt)."""
         cfg: KeyAuthConfig = self.config
-        strip_principal_headers(ctx.request.headers)
-        if ctx.principal is not None:  # an earlier auth plugin already knows the caller
+        if ctx.principal is not None:  # first authenticator wins: leave this request alone
+            if cfg.hide_credentials:
+                self._presented(ctx)  # ... but a key is still never forwarded
             return None
         presented = self._presented(ctx)
         if presented is None:
@@ -59,22 +58,22 @@ class KeyAuthPlugin(Plugin):
         record = keys.cached(presented)
         if record is None:
             return self._verify(ctx, keys, presented)
-        return self._admit(ctx, record)
+        self._admit(ctx, record)
+        return None
 
     async def _verify(self, ctx: RequestContext, keys: Any, presented: str) -> Response | None:
         record = await keys.verify(presented)
         if record is None:
             return unauthorized(ctx, self.config.realm, "invalid, expired or revoked API key")
-        return self._admit(ctx, record)
+        self._admit(ctx, record)
+        return None
 
     def _admit(self, ctx: RequestContext, record: Any) -> None:
-        ctx.principal = Principal(
+        principal = Principal(
             kind="key",
             subject=record.key_id,
             tenant=record.tenant,
             key_id=record.key_id,
             scopes=record.scopes,
         )
-        if self.config.forward_headers:
-            forward_principal(ctx.request.headers, ctx.principal)
-        return None
+        ctx.authenticate(principal, self.config.forward_headers)

@@ -103,7 +103,7 @@ PLUGIN_MODULE = textwrap.dedent(
         async def on_request(self, ctx):
             tenant = ctx.request.headers.get("X-Test-Tenant")
             if tenant:
-                ctx.principal = Principal(kind="test", subject=tenant, tenant=tenant)
+                ctx.authenticate(Principal(kind="test", subject=tenant, tenant=tenant))
             return None
 
 

@@ -7,12 +7,7 @@ from typing import Any
 import jwt
 
 from gatewayd.chain import Plugin, PluginContext, Principal, RequestContext, Response
-from gatewayd.plugins.identity import (
-    forward_principal,
-    strip_principal_headers,
-    take_credential,
-    unauthorized,
-)
+from gatewayd.plugins.identity import take_credential, unauthorized
 from gatewayd.plugins.jwt_auth.config import HMAC_ALGS, ClaimsMap, JwtAuthConfig
 from gatewayd.plugins.jwt_auth.introspection import IntrospectionUnavailable, Introspector
 from gatewayd.plugins.jwt_auth.keys import JwksSource, family, load_public_keys
@@ -95,8 +90,9 @@ class JwtAuthPlugin(Plugin):
 
     async def on_request(self, ctx: RequestContext) -> Response | None:
         cfg: JwtAuthConfig = self.config
-        strip_principal_headers(ctx.request.headers)
-        if ctx.principal is not None:
+        if ctx.principal is not None:  # first authenticator wins: leave this request alone
+            if cfg.hide_credentials:
+                self._token(ctx)  # ... but the token is still not forwarded
             return None
         token = self._token(ctx)
         if token is None:
@@ -122,9 +118,7 @@ class JwtAuthPlugin(Plugin):
             return ctx.error_response(
                 503, "auth_unavailable", "token introspection is unavailable", {"Retry-After": "1"}
             )
-        ctx.principal = principal_from(kind, claims, cfg.claims)
-        if cfg.forward_headers:
-            forward_principal(ctx.request.headers, ctx.principal)
+        ctx.authenticate(principal_from(kind, claims, cfg.claims), cfg.forward_headers)
         return None
 
     async def verify_jwt(self, token: str) -> dict[str, Any]:
