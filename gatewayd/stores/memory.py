@@ -13,6 +13,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 
+# Seconds of slack in GCRA's comparisons and counts: a timestamp near today's epoch carries
+# about 2.4e-7 s of float error and Redis keeps microseconds, so "now + 0.2 - now" is not 0.2
+# and "4 left" would come out as 3.999999 -> 3 (rate 5/s, burst 5).
+CLOCK_SLACK = 2e-6
+
+
 @dataclass(slots=True)
 class Decision:
     """The answer for one request against one limit (one per request: not frozen, which would
@@ -64,12 +70,12 @@ class MemoryLimiter:
         base = tat if tat.__class__ is float and tat > now else now  # type: ignore[operator]
         new_tat = base + interval * cost
         diff = new_tat - now
-        if diff > tolerance + 1e-9:
+        if diff > tolerance + CLOCK_SLACK:
             used = base - now
-            left = math.floor((tolerance - used) / interval + 1e-9)
+            left = math.floor((tolerance - used + CLOCK_SLACK) / interval)
             return Decision(False, burst, left if left > 0 else 0, used, diff - tolerance)
         self._put(key, new_tat)
-        left = math.floor((tolerance - diff) / interval + 1e-9)
+        left = math.floor((tolerance - diff + CLOCK_SLACK) / interval)
         return Decision(True, burst, left if left > 0 else 0, diff, 0.0)
 
     def window(self, key: str, limit: int, period: float, cost: int = 1) -> Decision:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from gatewayd.stores.memory import Decision
+from gatewayd.stores.memory import CLOCK_SLACK, Decision
 
 GCRA_SCRIPT = """
 local interval = tonumber(ARGV[1])
@@ -19,7 +19,7 @@ if tat < now then tat = now end
 local new_tat = tat + interval * cost
 local diff = new_tat - now
 local tolerance = interval * burst
-if diff > tolerance + 0.000000001 then
+if diff > tolerance + 0.000002 then
   return {0, string.format('%.6f', tat - now), string.format('%.6f', diff - tolerance)}
 end
 redis.call('SET', KEYS[1], string.format('%.6f', new_tat), 'PX', math.ceil(diff * 1000) + 1000)
@@ -89,10 +89,10 @@ class RedisLimiter:
         tolerance = interval * burst
         if int(ok):
             diff = float(a)
-            remaining = max(0, math.floor((tolerance - diff) / interval + 1e-9))
+            remaining = max(0, math.floor((tolerance - diff + CLOCK_SLACK) / interval))
             return Decision(True, burst, remaining, diff, 0.0)
         used = float(a)
-        remaining = max(0, math.floor((tolerance - used) / interval + 1e-9))
+        remaining = max(0, math.floor((tolerance - used + CLOCK_SLACK) / interval))
         return Decision(False, burst, remaining, used, float(b))
 
     async def window(self, key: str, limit: int, period: float, cost: int = 1) -> Decision:

@@ -178,3 +178,65 @@ async def test_redis_down_follows_on_store_error(
     assert await gw.metric("gatewayd_ratelimit_total", result="store_error", route="api") == 3
     async with aiohttp.ClientSession() as s, s.get(gw.url + "/x") as r:
         assert r.status == expected  # still answering, no hang
+
+
+async def first_remaining(url: str, clients: int) -> list[int]:
+    """RateLimit-Remaining on the first request of each of ``clients`` fresh keys."""
+    out = []
+    async with aiohttp.ClientSession() as s:
+        for i in range(clients):
+            async with s.get(url, headers={"X-Client": f"c{i}"}) as r:
+                assert r.status == 200
+                out.append(int(r.headers["RateLimit-Remaining"]))
+    return out
+
+
+async def test_remaining_is_exact_for_rates_with_inexact_intervals(gateway, backend, config):
+    """Defect 8 of issue 10: with rate 5/s, burst 5 the first answer said 3 (float error in
+    "now + 0.2 - now" at today's epoch), not 4."""
+    counting = Counting()
+    srv = await backend(counting.app)
+    cfg = config(
+        upstreams={"api": {"targets": [upstream_url(srv)]}},
+        routes=[
+            route(plugins=[{"rate_limit": {"rate": "5/s", "burst": 5, "key": "header:X-Client"}}]),
+            route(
+                "six",
+                path="/six/",
+                plugins=[{"rate_limit": {"rate": "6/s", "burst": 6, "key": "header:X-Client"}}],
+            ),
+        ],
+    )
+    gw = await gateway(cfg)
+    assert await first_remaining(gw.url + "/x", 10) == [4] * 10
+    assert await first_remaining(gw.url + "/six/x", 10) == [5] * 10
+
+
+@pytest.mark.redis
+async def test_redis_remaining_is_exact_for_rates_with_inexact_intervals(
+    gateway, backend, config, redis_server
+):
+    """The same on the Redis store, whose Lua script rounds to microseconds: with 6/s it said 4
+    (0.166667 s used of 1 s), not 5."""
+    counting = Counting()
+    srv = await backend(counting.app)
+    state = {"backend": "redis", "redis_url": redis_server.url}
+    cfg = config(
+        upstreams={"api": {"targets": [upstream_url(srv)]}},
+        routes=[
+            route(plugins=[{"rate_limit": {"rate": "6/s", "burst": 6, "key": "header:X-Client"}}]),
+            route(
+                "five",
+                path="/five/",
+                plugins=[{"rate_limit": {"rate": "5/s", "burst": 5, "key": "header:X-Client"}}],
+            ),
+        ],
+    )
+    cfg["state"].update(state)
+    gw = await gateway(cfg)
+    assert await first_remaining(gw.url + "/x", 10) == [5] * 10
+    assert await first_remaining(gw.url + "/five/x", 10) == [4] * 10
+    # A whole burst at once still counts down to zero, then refuses.
+    results = await get_many(gw.url + "/x", 8, headers={"X-Client": "burst"})
+    assert [s for s, _ in results] == [200] * 6 + [429] * 2
+    assert [int(h["RateLimit-Remaining"]) for _, h in results[:6]] == [5, 4, 3, 2, 1, 0]
