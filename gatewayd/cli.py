@@ -13,12 +13,12 @@ from pathlib import Path
 from gatewayd import __version__
 from gatewayd.chain.registry import PluginRegistry
 from gatewayd.config.errors import ConfigError
-from gatewayd.config.loader import load_config
+from gatewayd.config.loader import default_path, load_config
 
-DEFAULT_CONFIG = os.environ.get("GATEWAYD_CONFIG", "/etc/gatewayd/gatewayd.yaml")
+DEFAULT_CONFIG = default_path()
 
 # Other modules add subcommands: each installer gets the subparsers object and sets ``func``.
-Installer = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg]
+Installer = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 
 def installers() -> list[Installer]:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gatewayd.config.errors import ConfigError
-from gatewayd.config.loader import load_config
+from gatewayd.config.loader import default_path, load_config
 from gatewayd.config.units import parse_duration
 from gatewayd.stores.keys import KeyRecord, KeyStore, KeyStoreError, open_key_store
 
@@ -127,13 +127,12 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 
 
 def install(sub: Any) -> None:
-    from gatewayd.cli import DEFAULT_CONFIG
-
+    default_config = default_path()
     keys = sub.add_parser("keys", help="manage API keys (create, list, revoke, rotate)")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (YAML)")
+        p.add_argument("-c", "--config", default=default_config, help="config file (YAML)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = ksub.add_parser("create", help="create a key and print it (once)")

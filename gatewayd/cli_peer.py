@@ -15,7 +15,7 @@ from typing import Any
 EXIT_REFUSED = 2
 
 
-def install(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def install(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "peer", help="serve a local target through the gateway's relay (reverse tunnel)"
     )

@@ -10,10 +10,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 
 
@@ -176,6 +178,21 @@ class Daemon:
 
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+SKIP_REDIS_VAR = "GATEWAYD_SKIP_REDIS"
+
+
+def require_redis_server(binary: str = REDIS_SERVER, env: Mapping[str, str] = os.environ) -> str:
+    """The redis-server binary to run. A missing one fails the test (``./scripts/test`` installs
+    it, or says how) unless ``GATEWAYD_SKIP_REDIS=1``, which skips the Redis tests instead."""
+    if Path(binary).exists():
+        return binary
+    if env.get(SKIP_REDIS_VAR) == "1":
+        pytest.skip(f"redis-server not installed ({SKIP_REDIS_VAR}=1)")
+    pytest.fail(
+        "redis-server not installed: apt-get install redis-server (./scripts/test does it as"
+        f" root), or set {SKIP_REDIS_VAR}=1 to skip the Redis tests",
+        pytrace=False,
+    )
 
 
 class RedisServer:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_async.aio.web import server_stats
 
-if TYPE_CHECKING:
-    from gatewayd.daemon.process import Daemon
+from gatewayd.admin.runtime import AdminRuntime
 
-DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
+DAEMON: web.AppKey[AdminRuntime] = web.AppKey("daemon")
 
 
 async def health(request: web.Request) -> web.Response:
@@ -28,7 +27,7 @@ async def ready(request: web.Request) -> web.Response:
 
 
 # Extension point: each module of the admin API has an ``install(app)`` that adds its routes.
-RouteInstaller = Any
+RouteInstaller = Callable[[web.Application], None]
 
 
 def installers() -> list[RouteInstaller]:
@@ -41,7 +40,7 @@ def installers() -> list[RouteInstaller]:
 
 
 def build_admin_app(
-    daemon: Daemon, installers: list[RouteInstaller] | None = None
+    daemon: AdminRuntime, installers: list[RouteInstaller] | None = None
 ) -> web.Application:
     app = web.Application(client_max_size=2 * 1024 * 1024)
     app[DAEMON] = daemon

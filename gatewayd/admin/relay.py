@@ -17,10 +17,11 @@ from aiohttp import web
 
 from gatewayd.admin.app import DAEMON
 from gatewayd.admin.auth import admin_error, admin_route
+from gatewayd.admin.runtime import RelayAdmin
 from gatewayd.proxy.headers import valid_request_id
 
 
-def _registry(request: web.Request) -> object:
+def _registry(request: web.Request) -> RelayAdmin | None:
     daemon = request.app[DAEMON]
     return daemon.services.relay if daemon.services is not None else None
 
@@ -52,7 +53,7 @@ async def push_event(request: web.Request) -> web.StreamResponse:
     cid = data.get("correlation_id") or request.headers.get("X-Request-ID")
     if not isinstance(cid, str) or not valid_request_id(cid):
         cid = uuid.uuid4().hex
-    result = registry.push_event(lease, type_, payload, cid)  # type: ignore[attr-defined]
+    result = registry.push_event(lease, type_, payload, cid)
     if result is None:
         return admin_error(404, "no_peer", f"no peer holds relay lease '{lease}'")
     return web.json_response({"lease": lease, "correlation_id": cid, **result}, status=202)
@@ -63,7 +64,7 @@ async def stats(request: web.Request) -> web.StreamResponse:
     registry = _registry(request)
     if registry is None:
         return admin_error(503, "relay_unavailable", "the relay is not running")
-    return web.json_response(registry.stats())  # type: ignore[attr-defined]
+    return web.json_response(registry.stats())
 
 
 def install(app: web.Application) -> None:

@@ -11,19 +11,30 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import yaml
 from pydantic import ValidationError
 
 from gatewayd.config.errors import ConfigError, Problem, format_path, problems_from_validation
-from gatewayd.config.schema import GatewayConfig
-
-if TYPE_CHECKING:
-    from gatewayd.chain.registry import PluginRegistry
+from gatewayd.config.schema import GatewayConfig, PluginSpec
 
 _VAR_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 ENV_PREFIX = "GATEWAYD_"
+DEFAULT_PATH = "/etc/gatewayd/gatewayd.yaml"
+
+
+class PluginChecker(Protocol):
+    """What validation asks of the plugin registry (:class:`gatewayd.chain.registry.PluginRegistry`
+    is one): the problems of a chain's plugin entries, each with its path. The config layer knows
+    nothing above it, so it names the registry by what it does."""
+
+    def check_chain(self, specs: list[PluginSpec], path: str) -> list[Problem]: ...
+
+
+def default_path(env: Mapping[str, str] | None = None) -> str:
+    """The config file read without ``-c``: ``$GATEWAYD_CONFIG`` or /etc/gatewayd/gatewayd.yaml."""
+    return (os.environ if env is None else env).get("GATEWAYD_CONFIG", DEFAULT_PATH)
 
 
 def substitute_env(data: Any, env: Mapping[str, str], path: tuple[str | int, ...] = ()) -> Any:
@@ -116,7 +127,7 @@ def cross_check(cfg: GatewayConfig) -> list[Problem]:
 
 def validate_data(
     data: dict[str, Any],
-    registry: PluginRegistry | None,
+    registry: PluginChecker | None,
     env: Mapping[str, str] | None = None,
     source: str | None = None,
 ) -> GatewayConfig:
@@ -141,7 +152,7 @@ def validate_data(
 
 
 def load_config(
-    path: str | Path, registry: PluginRegistry | None, env: Mapping[str, str] | None = None
+    path: str | Path, registry: PluginChecker | None, env: Mapping[str, str] | None = None
 ) -> GatewayConfig:
     """Load, substitute, override and validate; raises :class:`ConfigError`."""
     source = str(path)

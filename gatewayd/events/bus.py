@@ -45,7 +45,8 @@ class Event:
     data: str = field(repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return json.loads(self.data)  # type: ignore[no-any-return]
+        data: dict[str, Any] = json.loads(self.data)
+        return data
 
 
 @dataclass(slots=True)

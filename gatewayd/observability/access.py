@@ -18,7 +18,7 @@ from typing import TextIO
 from gatewayd.chain.api import RequestContext
 
 FLUSH_INTERVAL = 0.2
-_escape = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_escape = json.encoder.encode_basestring_ascii
 
 
 FLUSH_BYTES = 64 * 1024

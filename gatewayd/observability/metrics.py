@@ -32,7 +32,8 @@ class Histo:
         self.sum += seconds
 
     def cumulative(self) -> list[tuple[str, float]]:
-        out, total = [], 0
+        out: list[tuple[str, float]] = []
+        total = 0
         for bound, n in zip((*LATENCY_BUCKETS, float("inf")), self.buckets, strict=True):
             total += n
             out.append(("+Inf" if bound == float("inf") else repr(float(bound)), total))

@@ -301,7 +301,7 @@ class KeyStore:
             return None
         if not stored.record.active(now):
             return None
-        hashes = [(stored.hash, None)]
+        hashes: list[tuple[str, float | None]] = [(stored.hash, None)]
         if stored.old_hash and stored.old_hash_until and now < stored.old_hash_until:
             hashes.append((stored.old_hash, stored.old_hash_until))
         failures, window_start = self._id_failures.get(parsed.key_id, (0, now))

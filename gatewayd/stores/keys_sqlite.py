@@ -8,6 +8,7 @@ within a second. All SQLite calls run on one dedicated thread, never on the even
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import os
 import sqlite3
@@ -157,7 +158,8 @@ class SQLiteKeyBackend:
         result: list[StoredKey] = await self._run(self._list, tenant)
         return result
 
-    def _changes_since(self, seq: int) -> list[tuple[int, str, str]]:
+    # builtins.list: in the class body below ``list`` is the method above
+    def _changes_since(self, seq: int) -> builtins.list[tuple[int, str, str]]:
         rows = (
             self._conn()
             .execute("SELECT seq, key_id, kind FROM changes WHERE seq > ? ORDER BY seq", (seq,))

@@ -67,7 +67,7 @@ class MemoryLimiter:
         now = time.time()
         tat = self._entries.get(key)
         tolerance = interval * burst
-        base = tat if tat.__class__ is float and tat > now else now  # type: ignore[operator]
+        base = tat if tat.__class__ is float and tat > now else now
         new_tat = base + interval * cost
         diff = new_tat - now
         if diff > tolerance + CLOCK_SLACK:
