@@ -12,7 +12,6 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-
 # Seconds of slack in GCRA's comparisons and counts: a timestamp near today's epoch carries
 # about 2.4e-7 s of float error and Redis keeps microseconds, so "now + 0.2 - now" is not 0.2
 # and "4 left" would come out as 3.999999 -> 3 (rate 5/s, burst 5).
