@@ -1,108 +1,578 @@
-"""Test a plugin without a daemon: ``PluginHarness`` runs one plugin's phases in-process.
+"""Test a plugin without a daemon: ``PluginHarness`` drives it through the daemon's chain runner.
 
-    h = PluginHarness(MyPlugin, {"option": 1})
-    reply = await h.request("GET", "/path", headers={"Authorization": "Bearer x"})
-    assert reply.status == 200
+The harness builds the plugin the way a generation does (the same registry checks, config
+validation and :class:`~gatewayd.chain.builder.ChainBuilder`, a real logger, a real
+:class:`~gatewayd.chain.handover.Handover`), gives it real in-memory services (a Prometheus
+metrics registry of its own, an event bus, plugin state stores on the memory backend, an API key
+store in a temporary SQLite file) and runs each request through :mod:`gatewayd.chain.runner`,
+the functions the daemon's dispatcher runs::
 
-The "backend" is a coroutine ``upstream(ctx) -> Response`` (default: 200 with an empty body).
-``h.reload(config)`` builds a new instance the way a SIGHUP does, state hand-over included.
+    from gatewayd.testing import ConfigError, PluginHarness
+
+    async def test_counter():
+        async with PluginHarness(RequestCounterPlugin, {"limit": 2}) as h:
+            reply = await h.request("GET", "/x", headers={"Accept": "text/plain"})
+            assert reply.status == 200 and reply.body == b"ok"
+            assert h.upstream_requests[-1].path == "/x"   # what reached the backend
+            h2 = h.reload({"limit": 2})                    # a SIGHUP: same config, same state
+
+    def test_bad_config():
+        with pytest.raises(ConfigError) as err:
+            PluginHarness(RequestCounterPlugin, {"limit": 0})
+        assert err.value.problems[0].path == "plugins[0].request_counter.limit"
+
+- The backend is a coroutine ``upstream(ctx) -> Response`` (default: 200 ``text/plain`` "ok").
+  It runs like one attempt at a target of the upstream: the request body is read first (a
+  plugin's body limit answers as in the daemon), ``ctx.target`` and ``ctx.attempts`` are set,
+  targets in ``ctx.excluded_targets`` (an open breaker) are skipped and, with none left, the reply
+  is 503 ``upstream_unavailable`` without calling it. Raise
+  :class:`~gatewayd.chain.UpstreamTimeout` (504), :class:`~gatewayd.chain.UpstreamConnectError`
+  (502) or another :class:`~gatewayd.chain.UpstreamError` to act out a failing backend.
+- Replies come back with the body collected into bytes; ``h.last_context`` is the request's
+  :class:`~gatewayd.chain.RequestContext` (``principal``, ``state``, ``attempts``...).
+- A plugin that raises in ``on_request``/``on_response`` fails closed (the 500 is the reply); one
+  that raises in ``on_done`` (where the daemon can only log) makes :meth:`PluginHarness.request`
+  raise :class:`PluginFailed`, so it never fails silently. ``h.failures`` lists every failure.
+- ``await h.create_key(tenant="acme", scopes=["read"])`` makes an API key for ``key_auth``;
+  ``h.published()`` lists the events published so far; ``h.sample(name, **labels)`` reads a
+  metric.
+- ``h.reload(config)`` builds the next generation as a SIGHUP does (the state a plugin
+  ``keep()``-s carries over when its config is unchanged). Closing any harness of a reload
+  lineage closes them all, with the services it made (``async with`` or ``await h.close()``).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Awaitable, Callable
-from typing import Any
+import contextlib
+import logging
+import tempfile
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
 
 from multidict import CIMultiDict
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
 
 from gatewayd.chain.api import (
-    PluginContext,
+    PRINCIPAL_HEADERS,
+    Attempt,
+    Body,
+    PluginError,
+    Principal,
     Request,
     RequestContext,
     Response,
     RouteInfo,
     new_request_id,
 )
-from gatewayd.chain.builder import Chain
-from gatewayd.chain.handover import Handover
-from gatewayd.chain.runner import run_done, run_request, run_response
+from gatewayd.chain.builder import Chain, ChainBuilder
+from gatewayd.chain.handover import Handover, close_objects
+from gatewayd.chain.registry import PluginConfigProblems, PluginRegistry
+from gatewayd.chain.runner import failure_response, run_done, run_request, run_response
+from gatewayd.chain.services import PluginServices
+from gatewayd.chain.upstream import UpstreamConnectError, UpstreamError, UpstreamTimeout
+from gatewayd.config.errors import ConfigError, Problem
+from gatewayd.config.schema import PluginSpec, StateConfig
+from gatewayd.events.bus import Event, EventBus
+from gatewayd.observability.metrics import Metrics
+from gatewayd.stores.keys import KeyStore, KeyStoreSettings
+from gatewayd.stores.keys_sqlite import SQLiteKeyBackend
+from gatewayd.stores.state import PluginStores
+
+__all__ = [
+    "ConfigError",
+    "HarnessServices",
+    "PluginFailed",
+    "PluginFailure",
+    "PluginHarness",
+    "Problem",
+    "Upstream",
+    "UpstreamRequest",
+    "ok_upstream",
+]
 
 Upstream = Callable[[RequestContext], Awaitable[Response]]
+"""The fake backend: the reply for one request (``ctx.request`` is what the chain forwards)."""
+
+UPSTREAM = "test"  # the name of the harness's upstream (``ctx.route.upstream``)
 
 
 async def ok_upstream(ctx: RequestContext) -> Response:
+    """The default backend: 200 ``text/plain`` "ok"."""
     return Response(200, {"Content-Type": "text/plain"}, b"ok")
 
 
+class HarnessServices:
+    """Real in-memory services, as the daemon's ``Services`` gives them to plugins: a
+    :class:`Metrics` on a registry of its own, an :class:`EventBus`, :class:`PluginStores`
+    (``backend`` memory, or redis with ``redis_url``) and a :class:`KeyStore` on SQLite in a
+    temporary directory (made on first use; bcrypt at its cheapest cost, 4 rounds)."""
+
+    def __init__(
+        self,
+        backend: Literal["memory", "redis"] = "memory",
+        redis_url: str = "redis://127.0.0.1:6379/0",
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.events = EventBus(registry=self.registry)
+        self.state = StateConfig(backend=backend, redis_url=redis_url)
+        self.stores = PluginStores(self.state)
+        self._keys: KeyStore | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def state_dir(self) -> Path:
+        """A temporary directory, removed by :meth:`close`."""
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="gatewayd-harness-")
+        return Path(self._dir.name)
+
+    @property
+    def keys(self) -> KeyStore:
+        if self._keys is None:
+            backend = SQLiteKeyBackend(self.state_dir / "keys.sqlite3")
+            self._keys = KeyStore(backend, KeyStoreSettings(bcrypt_rounds=4), lambda: self.events)
+        return self._keys
+
+    async def close(self) -> None:
+        if self._keys is not None:
+            await self._keys.close()
+            self._keys = None
+        await self.stores.close()
+        await self.events.close()
+        self.metrics.close()
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+
+def _satisfies(services: HarnessServices) -> PluginServices:
+    """Checked by mypy: the harness's services are what ``PluginContext.services`` promises."""
+    return services
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    """A request as it reached the fake backend (after the chain changed it)."""
+
+    method: str
+    path: str
+    query_string: str
+    headers: CIMultiDict[str]
+    body: bytes
+    client_ip: str
+    upstream: str | None  # the route's, or the one a plugin chose with ctx.use_upstream
+    target: str
+    context: RequestContext = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PluginFailure:
+    """A plugin that raised (not a :class:`PluginError`, which is an answer): where and what."""
+
+    plugin: str
+    phase: str  # on_request, on_response, on_done
+    error: BaseException
+
+
+class PluginFailed(AssertionError):
+    """A plugin raised in ``on_done``: the daemon logs it and carries on, so only a test can
+    catch it. ``failures`` says which plugin and what it raised."""
+
+    def __init__(self, failures: Sequence[PluginFailure]) -> None:
+        self.failures = list(failures)
+        parts = [f"{f.plugin}.{f.phase}: {type(f.error).__name__}: {f.error}" for f in failures]
+        super().__init__("plugin failed: " + "; ".join(parts))
+
+
+class _FailureCatcher(logging.Handler):
+    """The runner's failure records for one request (it logs each on ``gatewayd.chain``)."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(logging.ERROR)
+        self.request_id = request_id
+        self.failures: list[PluginFailure] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "request_id", None) != self.request_id or record.exc_info is None:
+            return
+        error = record.exc_info[1]
+        if error is not None:
+            plugin = str(getattr(record, "plugin", "?"))
+            self.failures.append(PluginFailure(plugin, str(getattr(record, "phase", "?")), error))
+
+
+@dataclass
+class _Lineage:
+    """The harnesses of one reload history, and the services they share."""
+
+    services: PluginServices
+    owned: HarnessServices | None
+    members: list[PluginHarness] = field(default_factory=list)
+    closed: bool = False
+
+
+PluginEntry = tuple[type[Any], dict[str, Any] | BaseModel | None]
+
+
 class PluginHarness:
+    """One plugin (and optionally others on the same route chain) driven like the daemon does.
+
+    ``plugins``: more ``(plugin class, config)`` on the chain, e.g. ``[(KeyAuthPlugin, {})]`` in
+    front of ``acl``; the chain is ordered by priority as the daemon orders it. ``targets``: the
+    ids of the upstream's targets (picked round robin). ``services``: your own (anything that
+    satisfies :class:`gatewayd.chain.PluginServices`); by default :class:`HarnessServices`.
+    An invalid config raises :class:`ConfigError` whose problems name the field as
+    ``plugins[<i>].<plugin>.<field>``; a class that is no plugin raises ``PluginLoadError``.
+    """
+
     def __init__(
         self,
         plugin_cls: type[Any],
-        config: dict[str, Any] | None = None,
-        upstream: Upstream = ok_upstream,
-        services: Any = None,
+        config: dict[str, Any] | BaseModel | None = None,
+        *,
+        upstream: Upstream | None = None,
+        services: PluginServices | None = None,
         route: str = "test",
-        handover: Handover | None = None,
+        plugins: Sequence[PluginEntry] = (),
+        targets: Sequence[str] = ("target-1",),
     ) -> None:
-        self.plugin_cls = plugin_cls
-        self.config_data = config or {}
-        self.upstream = upstream
-        self.services = services
-        self.route = route
-        self.handover = handover or Handover()
-        model = plugin_cls.Config.model_validate(self.config_data)
-        identity = f"route:{route}/{plugin_cls.name}/" + json.dumps(
-            self.config_data, sort_keys=True, default=str
+        if services is None:
+            owned = HarnessServices()
+            lineage = _Lineage(owned, owned)
+        else:
+            lineage = _Lineage(services, None)
+        self._setup(
+            [(plugin_cls, config), *plugins],
+            upstream or ok_upstream,
+            route,
+            tuple(targets),
+            lineage,
+            Handover(),
         )
-        ctx = PluginContext(
-            f"route:{route}", route, "test", identity, services, self.handover, None
-        )
-        self.plugin = plugin_cls(model, ctx)
-        self.chain = Chain.of([(plugin_cls.name, self.plugin)])
 
-    def reload(self, config: dict[str, Any] | None = None) -> PluginHarness:
-        return PluginHarness(
-            self.plugin_cls,
-            config,
+    def _setup(
+        self,
+        entries: list[PluginEntry],
+        upstream: Upstream,
+        route: str,
+        targets: tuple[str, ...],
+        lineage: _Lineage,
+        handover: Handover,
+    ) -> None:
+        if not targets:
+            raise ValueError("the upstream needs at least one target")
+        self._entries = entries
+        self.upstream = upstream
+        self.route = route
+        self.targets = targets
+        self._lineage = lineage
+        self.handover = handover
+        self.upstream_requests: list[UpstreamRequest] = []
+        self.failures: list[PluginFailure] = []
+        self.last_context: RequestContext | None = None
+        self._started = False
+        self._next_target = 0
+        self._first_event = self._last_event_id()
+        registry = PluginRegistry()
+        specs = []
+        for cls, config in entries:
+            name = getattr(cls, "name", "") or cls.__name__
+            registry.add(name, cls)  # the daemon's checks: PluginLoadError for a non-plugin
+            data = config.model_dump() if isinstance(config, BaseModel) else dict(config or {})
+            specs.append(PluginSpec(name=name, config=data))
+        builder = ChainBuilder(registry, lineage.services, handover)
+        try:
+            instances = builder.instantiate(specs, f"route:{route}", "plugins", route, UPSTREAM)
+        except PluginConfigProblems as exc:
+            raise ConfigError(exc.problems) from None
+        handover.forget_previous()
+        self.plugins: list[Any] = [inst for *_, inst in instances]
+        self.plugin: Any = self.plugins[0]
+        self.chain: Chain = ChainBuilder.order([], instances)
+        lineage.members.append(self)
+
+    # -- services --------------------------------------------------------------------------------
+
+    @property
+    def services(self) -> PluginServices:
+        return self._lineage.services
+
+    async def create_key(
+        self,
+        tenant: str = "acme",
+        scopes: Sequence[str] = (),
+        *,
+        key_id: str | None = None,
+        expires_in: float | None = None,
+        description: str = "",
+    ) -> str:
+        """A new API key in the key store (``key_auth`` accepts it); returns the key itself."""
+        keys: Any = self.services.keys
+        if not callable(getattr(keys, "create", None)):
+            raise TypeError("these services' key store cannot create keys")
+        key, _ = await keys.create(
+            tenant,
+            frozenset(scopes),
+            description=description,
+            expires_in=expires_in,
+            key_id=key_id,
+        )
+        return str(key)
+
+    def _last_event_id(self) -> int | None:
+        bus = self.services.events
+        return bus.last_id if isinstance(bus, EventBus) else None
+
+    def published(self, type: str | None = None) -> list[Event]:
+        """The events published since this harness was built (of ``type``, if given)."""
+        bus = self.services.events
+        if not isinstance(bus, EventBus) or self._first_event is None:
+            raise TypeError("published() needs the harness's own event bus")
+        sub = bus.subscribe(last_event_id=self._first_event, queue=1_000_000)
+        try:
+            out: list[Event] = []
+            while (item := sub.get_nowait()) is not None:
+                if isinstance(item, Event) and (type is None or item.type == type):
+                    out.append(item)
+            return out
+        finally:
+            sub.close()
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        """The value of one metric sample (e.g. ``gatewayd_breaker_state``), None if absent."""
+        owned = self._lineage.owned
+        if owned is None:
+            raise TypeError("sample() needs the harness's own metrics")
+        return owned.registry.get_sample_value(name, labels)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def reload(self, config: dict[str, Any] | BaseModel | None = None) -> PluginHarness:
+        """The next generation, as a SIGHUP builds it: a new plugin instance with ``config``
+        (None: the same config as now) that gets the kept state of this one when its config is
+        unchanged. The extra ``plugins`` keep their configs. This harness keeps working."""
+        if self._lineage.closed:
+            raise RuntimeError("the harness is closed")
+        entries = list(self._entries)
+        if config is not None:
+            entries[0] = (entries[0][0], config)
+        nxt = object.__new__(PluginHarness)
+        nxt._setup(
+            entries,
             self.upstream,
-            self.services,
             self.route,
+            self.targets,
+            self._lineage,
             Handover(self.handover),
         )
+        return nxt
+
+    async def start(self) -> None:
+        """Call the plugins' ``start()`` (done by the first request if not called)."""
+        if self._lineage.closed:
+            raise RuntimeError("the harness is closed")
+        if not self._started:
+            self._started = True
+            for plugin in self.plugins:
+                start = getattr(plugin, "start", None)
+                if callable(start):
+                    await start()
+
+    async def close(self) -> None:
+        """Close every harness of this reload lineage: the plugins' ``close()``, the state they
+        kept (``close()`` of kept objects) and the services the harness made."""
+        lineage = self._lineage
+        if lineage.closed:
+            return
+        lineage.closed = True
+        kept: dict[int, Any] = {}
+        for member in lineage.members:
+            for plugin in member.plugins:
+                close = getattr(plugin, "close", None)
+                if callable(close):
+                    await close()
+            for obj in member.handover.objects.values():
+                kept[id(obj)] = obj
+        await close_objects(list(kept.values()))
+        if lineage.owned is not None:
+            await lineage.owned.close()
+
+    async def __aenter__(self) -> PluginHarness:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- requests --------------------------------------------------------------------------------
 
     async def request(
         self,
         method: str = "GET",
         path: str = "/",
-        headers: dict[str, str] | None = None,
-        body: bytes | None = None,
+        *,
+        headers: dict[str, str] | CIMultiDict[str] | None = None,
+        body: bytes | AsyncIterable[bytes] | None = None,
         client_ip: str = "127.0.0.1",
         query_string: str = "",
+        host: str | None = None,
+        principal: Principal | None = None,
     ) -> Response:
-        """Run the phases for one request; the reply's body is collected into bytes."""
-        h = CIMultiDict(headers or {})
-        req = Request(
+        """One request through the chain (and the fake backend unless a plugin answers).
+
+        ``body`` is bytes or an async iterable of chunks (streamed: no Content-Length unless
+        ``headers`` has one). ``principal`` authenticates the request before the chain runs, as
+        an earlier auth plugin would. Incoming ``X-Gateway-*`` identity headers are removed, as
+        the daemon does. Returns the reply with its body collected into bytes."""
+        await self.start()
+        h: CIMultiDict[str] = CIMultiDict(headers or {})
+        for name in PRINCIPAL_HEADERS:
+            h.popall(name, None)
+        declared = h.get("Content-Length")
+        length = int(declared) if declared is not None and declared.isdigit() else None
+        request = Request(
             method,
             path,
             query_string,
             h,
-            h.get("Host", "test"),
+            host or h.get("Host") or "gateway.test",
             "http",
             client_ip,
-            body,
-            len(body) if body is not None else None,
+            None,
+            len(body) if isinstance(body, bytes) else length,
         )
-        ctx = RequestContext(req, new_request_id(), RouteInfo(self.route, "test", ""))
+        ctx = RequestContext(request, new_request_id(), RouteInfo(self.route, UPSTREAM, ""))
+        if isinstance(body, bytes):
+            request.body = body
+        elif body is not None:
+            request.body = _counted(body, ctx)
+        if principal is not None:
+            ctx.authenticate(principal)
         self.last_context = ctx
-        reply, seen = await run_request(self.chain, ctx)
+        catcher = _FailureCatcher(ctx.request_id)
+        chain_log = logging.getLogger("gatewayd.chain")
+        chain_log.addHandler(catcher)
+        try:
+            return await self._run(ctx)
+        finally:
+            chain_log.removeHandler(catcher)
+            self.failures += catcher.failures
+            done = [f for f in catcher.failures if f.phase == "on_done"]
+            if done:
+                raise PluginFailed(done)
+
+    async def _run(self, ctx: RequestContext) -> Response:
+        chain = self.chain
+        reply, seen = await run_request(chain, ctx)
         try:
             if reply is None:
-                reply = await self.upstream(ctx)
-            reply = await run_response(self.chain, ctx, reply, seen)
+                reply = await self._forward(ctx)
+            reply = await run_response(chain, ctx, reply, seen)
             ctx.response = reply
-            if not isinstance(reply.body, bytes):
-                reply.body = b"".join([c async for c in reply.body])
+            reply.headers["X-Request-ID"] = ctx.request_id
+            body = reply.body
+            if not isinstance(body, bytes):
+                reply.body = await _collect(body, ctx)
+            else:
+                ctx.bytes_out = len(body)
             return reply
         finally:
-            await run_done(self.chain, ctx, seen)
+            await run_done(chain, ctx, seen)
+
+    def _pick(self, ctx: RequestContext) -> str | None:
+        n = len(self.targets)
+        for i in range(n):
+            target = self.targets[(self._next_target + i) % n]
+            if target not in ctx.excluded_targets:
+                self._next_target = (self._next_target + i + 1) % n
+                return target
+        return None
+
+    async def _forward(self, ctx: RequestContext) -> Response:
+        """One attempt at a target, as the daemon's forwarder makes it."""
+        request = ctx.request
+        target = self._pick(ctx)
+        if target is None:
+            err = UpstreamError(503, "upstream_unavailable", "no healthy upstream target", 1)
+            ctx.error = err
+            return ctx.error_response(err.status, err.code, err.message, {"Retry-After": "1"})
+        try:
+            data = await _read(request.body)
+        except PluginError as exc:  # the body broke a plugin's limit while it was read
+            ctx.error = exc
+            return failure_response(ctx, "request", exc)
+        request.body = data
+        ctx.target = target
+        attempt = Attempt(target)
+        ctx.attempts.append(attempt)
+        self.upstream_requests.append(
+            UpstreamRequest(
+                request.method,
+                request.path,
+                request.query_string,
+                CIMultiDict(request.headers),
+                data,
+                request.client_ip,
+                ctx.upstream,
+                target,
+                ctx,
+            )
+        )
+        started = time.monotonic()
+        try:
+            reply = await self.upstream(ctx)
+        except UpstreamError as exc:
+            attempt.duration = time.monotonic() - started
+            if attempt.error is None:
+                attempt.error = (
+                    "timeout"
+                    if isinstance(exc, UpstreamTimeout)
+                    else "connect"
+                    if isinstance(exc, UpstreamConnectError)
+                    else "disconnect"
+                )
+            ctx.error = exc
+            retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+            return ctx.error_response(exc.status, exc.code, exc.message, retry)
+        attempt.duration = time.monotonic() - started
+        attempt.status = reply.status
+        return reply
+
+
+async def _counted(body: AsyncIterable[bytes], ctx: RequestContext) -> AsyncIterator[bytes]:
+    async for chunk in body:
+        ctx.bytes_in += len(chunk)
+        yield chunk
+
+
+async def _read(body: Body | None) -> bytes:
+    if body is None:
+        return b""
+    if isinstance(body, bytes):
+        return body
+    return b"".join([chunk async for chunk in body])
+
+
+async def _collect(body: AsyncIterator[bytes], ctx: RequestContext) -> bytes:
+    parts = []
+    try:
+        async for chunk in body:
+            ctx.bytes_out += len(chunk)
+            parts.append(chunk)
+    finally:
+        aclose = getattr(body, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(RuntimeError):  # already running: closed by its owner
+                await aclose()
+    return b"".join(parts)

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gatewayd.config.schema import GatewayConfig, StateConfig
+from gatewayd.events.bus import EventBus
 from gatewayd.observability.access import AccessLog
 from gatewayd.observability.metrics import Metrics
+from gatewayd.relay.registry import RelayRegistry
+from gatewayd.stores.keys import KeyStore
+from gatewayd.stores.state import PluginStores
+
+if TYPE_CHECKING:
+    from gatewayd.chain.services import PluginServices
 
 
 @dataclass(slots=True)
 class Services:
-    """What plugins reach through ``PluginContext.services``.
+    """What plugins reach through ``PluginContext.services`` (typed for them by
+    :class:`gatewayd.chain.PluginServices`, which this class satisfies), and more.
 
     ``events``: the event bus (publish typed events); ``keys``: the API key store; ``relay``: the
     relay registry; ``stores``: backends for plugin state (memory or Redis); ``extras``: room for
@@ -22,10 +30,10 @@ class Services:
 
     state: StateConfig
     metrics: Metrics
-    events: Any = None
-    keys: Any = None
-    relay: Any = None
-    stores: Any = None
+    events: EventBus
+    keys: KeyStore
+    stores: PluginStores
+    relay: RelayRegistry
     access_log: AccessLog = field(default_factory=AccessLog)
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -35,31 +43,33 @@ class Services:
 
     async def close(self) -> None:
         self.access_log.flush()
-        for obj in (self.relay, self.keys, self.stores, self.events):
-            close = getattr(obj, "close", None)
-            if close is not None:
-                await close()
+        await self.relay.close()
+        await self.keys.close()
+        await self.stores.close()
+        await self.events.close()
 
 
 async def build_services(config: GatewayConfig, metrics: Metrics) -> Services:
     """Make the process-wide services once, at start-up. (``state`` changes need a restart.)"""
-    services = Services(state=config.state, metrics=metrics)
-    services.access_log.fmt = config.logging.format
-    from gatewayd.events.bus import EventBus
-
-    services.events = EventBus(config.events.buffer, config.events.queue, metrics.registry)
+    events = EventBus(config.events.buffer, config.events.queue, metrics.registry)
     from gatewayd.proxy.websocket import WebSocketRegistry
-
-    services.extras["websockets"] = WebSocketRegistry(metrics.registry)
-    # Each subsystem adds its service here (event bus, key store, plugin state stores, relay).
     from gatewayd.stores.keys import open_key_store
 
-    services.keys = await open_key_store(config.state, events=lambda: services.events)
-    await services.keys.start()
-    from gatewayd.stores.state import PluginStores
+    keys = await open_key_store(config.state, events=lambda: events)
+    await keys.start()
+    services = Services(
+        state=config.state,
+        metrics=metrics,
+        events=events,
+        keys=keys,
+        stores=PluginStores(config.state),
+        relay=RelayRegistry(keys, events=lambda: events),
+    )
+    services.access_log.fmt = config.logging.format
+    services.extras["websockets"] = WebSocketRegistry(metrics.registry)
+    return services
 
-    services.stores = PluginStores(config.state)
-    from gatewayd.relay.registry import RelayRegistry
 
-    services.relay = RelayRegistry(services.keys, events=lambda: services.events)
+def _satisfies(services: Services) -> PluginServices:
+    """Checked by mypy: the daemon's services are what ``PluginContext.services`` promises."""
     return services
