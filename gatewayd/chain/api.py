@@ -20,7 +20,7 @@ import json
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -29,6 +29,8 @@ from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from aiohttp import web
+
+    from gatewayd.chain.services import PluginServices
 
 T = TypeVar("T")
 
@@ -347,7 +349,16 @@ class PluginContext:
     gets the object the old generation kept under ``key``; otherwise ``factory()`` makes one.
     """
 
-    __slots__ = ("_handover", "identity", "logger", "route", "scope", "services", "upstream")
+    __slots__ = (
+        "_forward",
+        "_handover",
+        "identity",
+        "logger",
+        "route",
+        "scope",
+        "services",
+        "upstream",
+    )
 
     def __init__(
         self,
@@ -355,20 +366,32 @@ class PluginContext:
         route: str | None,
         upstream: str | None,
         identity: str,
-        services: Any,
+        services: PluginServices,
         handover: Any,
         logger: Any,
+        forward: Callable[[RequestContext], Awaitable[Response]] | None = None,
     ) -> None:
         self.scope = scope
         self.route = route
         self.upstream = upstream
         self.identity = identity
-        self.services = services
+        self.services: PluginServices = services
         self._handover = handover
         self.logger = logger
+        self._forward = forward
 
     def keep(self, key: str, factory: Callable[[], T]) -> T:
         return self._handover.keep(f"{self.identity}#{key}", factory)
+
+    async def forward(self, ctx: RequestContext) -> Response:
+        """Send ``ctx.request`` to ``ctx.upstream`` exactly as the daemon forwards a request of
+        ``ctx.route`` (hop-by-hop headers stripped, X-Forwarded-*, the route's path mapping,
+        timeouts, retries, balancing, ``ctx.excluded_targets``), without running any chain.
+        For work a plugin does on its own, such as the cache's background revalidation.
+        Upstream failures come back as error replies (502/503/504), never as exceptions."""
+        if self._forward is None:
+            raise RuntimeError("this plugin context cannot forward (no generation)")
+        return await self._forward(ctx)
 
 
 class Plugin:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gatewayd.chain.api import PluginContext
+from gatewayd.chain.api import PluginContext, RequestContext, Response
 from gatewayd.chain.handover import Handover
 from gatewayd.chain.registry import PluginConfigProblems, PluginRegistry
 from gatewayd.config.errors import Problem
@@ -75,13 +75,35 @@ def _identity(scope: str, spec: PluginSpec, seen: dict[str, int]) -> str:
     return f"{base}/{n}"
 
 
+class Forwarder:
+    """``PluginContext.forward`` for the plugins of one generation: the generation points
+    ``target`` at its dispatcher once that exists (plugins are made first)."""
+
+    __slots__ = ("target",)
+
+    def __init__(self) -> None:
+        self.target: Callable[[RequestContext], Awaitable[Response]] | None = None
+
+    async def forward(self, ctx: RequestContext) -> Response:
+        if self.target is None:
+            raise RuntimeError("forward() is available once the generation is built")
+        return await self.target(ctx)
+
+
 class ChainBuilder:
     """Instantiates plugins (validated configs, handed-over state) and orders them."""
 
-    def __init__(self, registry: PluginRegistry, services: Any, handover: Handover) -> None:
+    def __init__(
+        self,
+        registry: PluginRegistry,
+        services: Any,
+        handover: Handover,
+        forwarder: Forwarder | None = None,
+    ) -> None:
         self.registry = registry
         self.services = services
         self.handover = handover
+        self.forwarder = forwarder or Forwarder()
         self.instances: list[Any] = []
 
     def instantiate(
@@ -105,6 +127,7 @@ class ChainBuilder:
                 services=self.services,
                 handover=self.handover,
                 logger=logging.getLogger(f"gatewayd.plugins.{spec.name}"),
+                forward=self.forwarder.forward,
             )
             try:
                 instance = ptype.cls(config, ctx)

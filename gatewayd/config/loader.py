@@ -17,7 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from gatewayd.config.errors import ConfigError, Problem, format_path, problems_from_validation
-from gatewayd.config.schema import GatewayConfig, PluginSpec
+from gatewayd.config.schema import GatewayConfig, PluginSpec, UpstreamConfig
 
 _VAR_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 ENV_PREFIX = "GATEWAYD_"
@@ -30,6 +30,8 @@ class PluginChecker(Protocol):
     nothing above it, so it names the registry by what it does."""
 
     def check_chain(self, specs: list[PluginSpec], path: str) -> list[Problem]: ...
+
+    def check_upstreams(self, upstreams: dict[str, UpstreamConfig]) -> list[Problem]: ...
 
 
 def default_path(env: Mapping[str, str] | None = None) -> str:
@@ -143,6 +145,7 @@ def validate_data(
         raise ConfigError(problems_from_validation(exc), source) from None
     problems = cross_check(cfg)
     if registry is not None:
+        problems += registry.check_upstreams(dict(cfg.upstreams))
         problems += registry.check_chain(cfg.plugins, "plugins")
         for i, route in enumerate(cfg.routes):
             problems += registry.check_chain(route.plugins, f"routes[{i}].plugins")

@@ -1,38 +1,71 @@
-"""The serving reference: the current generation, swapped in one assignment on reload."""
+"""The process-wide gateway: the serving generation (swapped in one assignment on reload), the
+pinning of each request to the generation it started on, and the relay endpoint (whose
+connections live across reloads, so they pin no generation)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from gatewayd.config.schema import GatewayConfig
 from gatewayd.daemon.generation import Generation
+from gatewayd.daemon.services import Services
 from gatewayd.observability.metrics import Metrics
 
 log = logging.getLogger("gatewayd.daemon")
 
 
+RelayEndpoint = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+def relay_endpoint(services: Services, config: GatewayConfig) -> tuple[str, RelayEndpoint] | None:
+    """The relay's endpoint for ``config`` (its path and settings apply to new connections)."""
+    if services.relay is None:
+        return None
+    return config.relay.path, services.relay.endpoint(config.relay)
+
+
 class Gateway:
-    def __init__(self, generation: Generation, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        generation: Generation,
+        metrics: Metrics,
+        relay: tuple[str, RelayEndpoint] | None = None,
+    ) -> None:
         self.current = generation
         self.metrics = metrics
+        # (relay.path, handler): the relay's WebSocket endpoint, served before route matching.
+        self.relay = relay
         self.draining: set[Generation] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         metrics.generation.set(generation.number)
 
-    def handle(self, raw: web.BaseRequest) -> Awaitable[web.StreamResponse]:
-        """The listener's handler: the serving generation's dispatcher takes the request and
-        pins its generation until the reply is done (no extra coroutine layer here)."""
-        return self.current.dispatcher.handle(raw)
+    async def handle(self, raw: web.BaseRequest) -> web.StreamResponse:
+        """The listener's handler: the relay endpoint, or the serving generation's dispatcher
+        with the generation pinned until the reply is done."""
+        relay = self.relay
+        if relay is not None and raw.raw_path.partition("?")[0] == relay[0]:
+            return await relay[1](raw)
+        gen = self.current
+        gen.inflight += 1
+        try:
+            return await gen.dispatcher.handle(raw)
+        finally:
+            gen.inflight -= 1
+            if gen.retired and gen.inflight == 0:
+                gen.drained.set()
 
     @property
     def inflight(self) -> int:
         return self.current.inflight + sum(g.inflight for g in self.draining)
 
-    def swap(self, new: Generation) -> Generation:
+    def swap(self, new: Generation, relay: tuple[str, RelayEndpoint] | None = None) -> Generation:
         old, self.current = self.current, new
+        if relay is not None:
+            self.relay = relay
         self.metrics.generation.set(new.number)
         abandoned = old.handover.abandoned_by(new.handover)
         self.draining.add(old)

@@ -11,14 +11,15 @@ import logging
 from typing import Any
 
 from gatewayd.chain.api import RouteInfo
-from gatewayd.chain.builder import ChainBuilder
+from gatewayd.chain.builder import ChainBuilder, Forwarder
 from gatewayd.chain.handover import Handover, close_objects
 from gatewayd.chain.registry import PluginConfigProblems, PluginRegistry
 from gatewayd.config.errors import ConfigError
 from gatewayd.config.schema import GatewayConfig
 from gatewayd.daemon.services import Services
+from gatewayd.daemon.upstreams import build_upstream, lease_upstreams
 from gatewayd.proxy.dispatch import Dispatcher
-from gatewayd.proxy.upstream import build_upstream
+from gatewayd.proxy.upstream import ManagedUpstream
 from gatewayd.routing.table import RouteTable, make_route
 
 log = logging.getLogger("gatewayd.daemon")
@@ -30,14 +31,13 @@ class Generation:
         number: int,
         config: GatewayConfig,
         dispatcher: Dispatcher,
-        upstreams: dict[str, Any],
+        upstreams: dict[str, ManagedUpstream],
         plugins: list[Any],
         handover: Handover,
     ) -> None:
         self.number = number
         self.config = config
         self.dispatcher = dispatcher
-        dispatcher.generation = self
         self.upstreams = upstreams
         self.plugins = plugins
         self.handover = handover
@@ -59,6 +59,8 @@ class Generation:
                 log.exception("plugin close failed", extra={"plugin": type(plugin).__name__})
         for upstream in self.upstreams.values():
             await upstream.close()
+        if self.dispatcher.leases is not None:
+            await self.dispatcher.leases.close()
         objects = self.handover.objects.values() if abandoned is None else abandoned
         await close_objects(list(objects))
 
@@ -72,8 +74,9 @@ async def build_generation(
 ) -> Generation:
     """Build everything for ``config``; on any failure close what was built and raise."""
     handover = Handover(previous.handover if previous else None)
-    builder = ChainBuilder(registry, services, handover)
-    upstreams: dict[str, Any] = {}
+    forwarder = Forwarder()
+    builder = ChainBuilder(registry, services, handover, forwarder)
+    upstreams: dict[str, ManagedUpstream] = {}
     try:
         global_ = builder.instantiate(config.plugins, "global", "plugins", None, None)
         routes = []
@@ -84,7 +87,7 @@ async def build_generation(
             info = RouteInfo(rc.name, rc.upstream, rc.match.path.rstrip("/"))
             routes.append(make_route(rc, ChainBuilder.order(global_, entries), info))
         for name, uc in config.upstreams.items():
-            upstreams[name] = build_upstream(name, uc, services.relay, handover, services)
+            upstreams[name] = build_upstream(name, uc, registry, services, handover)
         for upstream in upstreams.values():
             await upstream.start()
         for plugin in builder.instances:
@@ -104,21 +107,14 @@ async def build_generation(
         if isinstance(exc, PluginConfigProblems):
             raise ConfigError(exc.problems) from None
         raise
-    extra = services.relay.route_upstream if services.relay is not None else None
-    relay = (
-        (config.relay.path, services.relay.endpoint(config.relay))
-        if services.relay is not None
-        else None
-    )
     dispatcher = Dispatcher(
         RouteTable(routes),
         upstreams,
-        config.upstreams,
         services.metrics,
         services.access_log if config.logging.access_log else None,
-        extra,
-        relay,
+        lease_upstreams(services, handover),
         websockets=services.extras.get("websockets"),
     )
+    forwarder.target = dispatcher.forward
     handover.forget_previous()
     return Generation(number, config, dispatcher, upstreams, builder.instances, handover)

@@ -20,7 +20,7 @@ from gatewayd.chain.registry import PluginRegistry
 from gatewayd.config.errors import ConfigError
 from gatewayd.config.loader import load_config
 from gatewayd.config.schema import GatewayConfig, parse_address
-from gatewayd.daemon.gateway import Gateway
+from gatewayd.daemon.gateway import Gateway, relay_endpoint
 from gatewayd.daemon.generation import build_generation
 from gatewayd.daemon.listeners import Listeners
 from gatewayd.daemon.notify import SystemdNotifier
@@ -66,7 +66,7 @@ class Daemon:
         self.services = await build_services(config, self.metrics)
         self.generation_number = 1
         gen = await build_generation(1, config, PluginRegistry.discover(), self.services, None)
-        self.gateway = Gateway(gen, self.metrics)
+        self.gateway = Gateway(gen, self.metrics, relay_endpoint(self.services, config))
         self.listeners = Listeners(self.gateway.handle, config.server)
         await self.listeners.setup()
         await self.listeners.apply(config.listen)
@@ -143,7 +143,7 @@ class Daemon:
             self.config = config
             configure_logging(config.logging.level, config.logging.format)
             self.services.access_log.fmt = config.logging.format
-            self.gateway.swap(gen)
+            self.gateway.swap(gen, relay_endpoint(self.services, config))
             self.metrics.reloads.labels("success").inc()
             took = round((time.monotonic() - started) * 1000, 1)
             log.info("config reloaded", extra={"generation": number, "took_ms": took})

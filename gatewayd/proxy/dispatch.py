@@ -7,8 +7,6 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
-from types import CoroutineType
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -23,13 +21,16 @@ from gatewayd.chain.api import (
     RouteInfo,
     error_body,
 )
-from gatewayd.chain.runner import chunked, failure_response, run_done
-from gatewayd.config.schema import UpstreamConfig
+from gatewayd.chain.runner import failure_response, run_done, run_request, run_response
+from gatewayd.config.schema import TimeoutsConfig
 from gatewayd.observability.access import AccessLog
 from gatewayd.observability.metrics import NO_ROUTE, Metrics
 from gatewayd.proxy import websocket
 from gatewayd.proxy.errors import UpstreamError
 from gatewayd.proxy.headers import add_forwarded, strip_hop_by_hop, valid_request_id
+from gatewayd.proxy.leases import LeaseUpstreams, lease_of
+from gatewayd.proxy.upstream import ManagedUpstream
+from gatewayd.proxy.websocket import WebSocketRegistry
 from gatewayd.routing.paths import BadPath, normalise_path
 from gatewayd.routing.table import Route, RouteTable
 
@@ -53,151 +54,111 @@ async def client_body(raw: web.BaseRequest, ctx: RequestContext) -> AsyncIterato
 
 
 class Dispatcher:
-    """Serves requests for one generation (its route table and upstreams)."""
+    """Serves requests for one generation: its route table, chains and upstreams.
+
+    A request goes listener -> route -> chain -> ``upstream.send`` (or ``upgrade``) and back;
+    nothing here calls into the layer above (the gateway pins the generation, owns the relay
+    endpoint and hands each request to the serving generation's dispatcher)."""
 
     def __init__(
         self,
         table: RouteTable,
-        upstreams: Mapping[str, Any],
-        upstream_configs: Mapping[str, UpstreamConfig],
+        upstreams: Mapping[str, ManagedUpstream],
         metrics: Metrics,
         access_log: AccessLog | None,
-        extra_upstream: Any = None,
-        relay: tuple[str, Any] | None = None,
-        websockets: Any = None,
+        leases: LeaseUpstreams | None = None,
+        websockets: WebSocketRegistry | None = None,
     ) -> None:
         self.table = table
         self.upstreams = upstreams
-        self.timeouts = {n: c.timeouts for n, c in upstream_configs.items()}
         self.metrics = metrics
         self.access_log = access_log
-        # Routes without an upstream (relay by path) ask this object for one.
-        self.extra_upstream = extra_upstream
-        # (relay.path, handler): the relay's WebSocket endpoint, served before route matching
-        # (without pinning a generation: these connections live across reloads).
-        self.relay = relay
+        # ``relay:`` routes: the upstream of each lease with peers (made on demand, bounded).
+        self.leases = leases
         # The process's open WebSockets (gatewayd.proxy.websocket.WebSocketRegistry).
         self.websockets = websockets
-        # The generation this dispatcher serves (set by it): requests pin it while in flight.
-        self.generation: Any = None
         # Request ids: 128 random bits from a generator seeded from os.urandom, without a
         # system call per request (ids must be unique, not secret).
         self._ids = random.Random()
 
     async def handle(self, raw: web.BaseRequest) -> web.StreamResponse:
-        """Serve one request on this dispatcher's generation (pinned until the reply is done).
+        """Serve one request (the caller has pinned this dispatcher's generation).
 
         One coroutine from request to reply on purpose: every extra layer of ``await`` costs on
         each suspension of every request."""
-        relay = self.relay
-        if relay is not None and raw.raw_path.partition("?")[0] == relay[0]:
-            # A relay peer's WebSocket lives across reloads: it must not pin a generation.
-            return await relay[1](raw)
-        gen = self.generation
-        gen.inflight += 1
+        rid = raw.headers.get("X-Request-ID")
+        if rid is None or not valid_request_id(rid):
+            rid = f"{self._ids.getrandbits(128):032x}"
+        target, _, query = raw.raw_path.partition("?")
         try:
-            rid = raw.headers.get("X-Request-ID")
-            if rid is None or not valid_request_id(rid):
-                rid = f"{self._ids.getrandbits(128):032x}"
-            target, _, query = raw.raw_path.partition("?")
-            try:
-                path = normalise_path(target)
-            except BadPath as exc:
-                return self.refuse(raw, rid, target, 400, "bad_request", str(exc))
-            host = raw.host
-            route = self.table.match(host, path, raw.method)
-            if route is None:
-                return self.refuse(raw, rid, path, 404, "no_route", "no route matches this request")
-            headers = CIMultiDict(raw.headers)
-            for name in PRINCIPAL_HEADERS:  # only the gateway may set these (auth plugins do)
-                if name in headers:
-                    del headers[name]
-            peer = raw.transport.get_extra_info("peername") if raw.transport else None
-            request = Request(
-                raw.method,
-                path,
-                query,
-                headers,
-                host,
-                raw.scheme,
-                peer[0] if peer else "",
-                None,
-                raw.content_length,
-                raw,
-            )
-            ctx = RequestContext(request, rid, route.info)
-            if raw.body_exists:
-                request.body = client_body(raw, ctx)
-            chain = route.chain
-            rm = self.metrics.route(route.name)
-            rm.inflight.inc()
-            seen = -1
-            status = 500
-            try:
-                # The phases run here rather than through chain.runner's coroutines: one
-                # coroutine layer less per phase on every request (same rules: fail closed, a
-                # local reply stops the chain, later phases only for the plugins that saw it).
-                reply = None
-                seen = len(chain.plugins) - 1
-                for pos, name, on_request, awaited in chain.request:
-                    try:
-                        reply = on_request(ctx)
-                        if awaited or reply.__class__ is CoroutineType:
-                            reply = await reply  # a plain method may finish in a coroutine
-                    except Exception as exc:
-                        reply = failure_response(ctx, name, exc)
-                    if reply is not None:
-                        seen = pos
-                        break
-                if reply is None and request.is_websocket and self.websockets is not None:
-                    upgraded = await websocket.pass_through(self, raw, ctx, route)
-                    if isinstance(upgraded, web.StreamResponse):  # relayed and closed
-                        status = 101
-                        return upgraded
-                    reply = upgraded  # refused before the upgrade: an error reply
-                if reply is None:
-                    started = time.monotonic()
-                    try:
-                        reply = await self.send(ctx, route)
-                    except (UpstreamError, PluginError) as exc:
-                        reply = self.failed(ctx, route, exc)
-                    else:
-                        if route.info.upstream:
-                            self.metrics.upstream(route.info.upstream).observe(
-                                time.monotonic() - started
-                            )
-                for pos, name, on_response, awaited in chain.response:
-                    if pos <= seen:
-                        try:
-                            result = on_response(ctx, reply)
-                            if awaited:
-                                await result
-                        except Exception as exc:
-                            reply = failure_response(ctx, name, exc)
-                            break
+            path = normalise_path(target)
+        except BadPath as exc:
+            return self.refuse(raw, rid, target, 400, "bad_request", str(exc))
+        host = raw.host
+        route = self.table.match(host, path, raw.method)
+        if route is None:
+            return self.refuse(raw, rid, path, 404, "no_route", "no route matches this request")
+        headers = CIMultiDict(raw.headers)
+        for name in PRINCIPAL_HEADERS:  # only the gateway may set these (ctx.authenticate does)
+            if name in headers:
+                del headers[name]
+        peer = raw.transport.get_extra_info("peername") if raw.transport else None
+        request = Request(
+            raw.method,
+            path,
+            query,
+            headers,
+            host,
+            raw.scheme,
+            peer[0] if peer else "",
+            None,
+            raw.content_length,
+        )
+        ctx = RequestContext(request, rid, route.info)
+        if raw.body_exists:
+            request.body = client_body(raw, ctx)
+        relay = route.config.relay
+        if relay is not None:
+            ctx.upstream = "relay:" + (lease_of(route, path) if relay == "by_path" else relay)
+        chain = route.chain
+        rm = self.metrics.route(route.name)
+        rm.inflight.inc()
+        seen = len(chain.plugins) - 1
+        status = 500
+        try:
+            reply, seen = await run_request(chain, ctx)
+            if reply is None and request.is_websocket and self.websockets is not None:
+                upgraded = await self.upgrade(raw, ctx, route)
+                if isinstance(upgraded, web.StreamResponse):  # relayed and closed
+                    status = 101
+                    return upgraded
+                reply = upgraded  # refused before the upgrade: an error reply
+            if reply is None:
+                started = time.monotonic()
+                try:
+                    reply = await self.send(ctx, route)
+                except (UpstreamError, PluginError) as exc:
+                    reply = self.failed(ctx, exc)
                 else:
-                    if chain.chunk:
-                        reply.body = chunked(chain, ctx, reply.body, seen)
-                ctx.response = reply
-                status = reply.status
-                if isinstance(reply.body, bytes | bytearray):
-                    return self.reply(raw, ctx, reply)
-                return await self.write(raw, ctx, reply)
-            except asyncio.CancelledError:
-                status = 499  # the client went away (nginx's convention)
-                raise
-            finally:
-                if chain.done:
-                    await run_done(chain, ctx, seen)
-                rm.inflight.dec()
-                rm.count(status)
-                rm.duration.observe(time.monotonic() - ctx.started)
-                if self.access_log is not None:
-                    self.access_log.record(ctx, status, route.info.upstream)
+                    if ctx.upstream is not None:
+                        self.metrics.upstream(ctx.upstream).observe(time.monotonic() - started)
+            reply = await run_response(chain, ctx, reply, seen)
+            ctx.response = reply
+            status = reply.status
+            if isinstance(reply.body, bytes | bytearray):
+                return self.reply(raw, ctx, reply)
+            return await self.write(raw, ctx, reply)
+        except asyncio.CancelledError:
+            status = 499  # the client went away (nginx's convention)
+            raise
         finally:
-            gen.inflight -= 1
-            if gen.retired and gen.inflight == 0:
-                gen.drained.set()
+            if chain.done:
+                await run_done(chain, ctx, seen)
+            rm.inflight.dec()
+            rm.count(status)
+            rm.duration.observe(time.monotonic() - ctx.started)
+            if self.access_log is not None:
+                self.access_log.record(ctx, status, ctx.upstream)
 
     def refuse(
         self, raw: web.BaseRequest, rid: str, path: str, status: int, code: str, message: str
@@ -213,15 +174,26 @@ class Dispatcher:
             self.access_log.record(RequestContext(request, rid, NO_ROUTE_INFO), status, None)
         return json_error(status, code, message, rid)
 
-    def upstream_for(self, ctx: RequestContext, route: Route) -> tuple[Any, ...]:
-        """(upstream, timeouts) or, from ``extra_upstream``, (upstream, timeouts, path)."""
-        name = route.info.upstream
-        if name is not None:
-            timeouts = route.config.timeouts or self.timeouts[name]
-            return self.upstreams[name], timeouts
-        if self.extra_upstream is not None:
-            return self.extra_upstream(ctx, route)
-        raise UpstreamError(502, "no_upstream", f"route '{route.name}' has no upstream")
+    def upstream_of(self, ctx: RequestContext) -> ManagedUpstream:
+        """The upstream ``ctx.upstream`` names: configured, or a relay lease's."""
+        name = ctx.upstream
+        if name is None:
+            raise UpstreamError(502, "no_upstream", f"route '{ctx.route.name}' has no upstream")
+        upstream = self.upstreams.get(name)
+        if upstream is not None:
+            return upstream
+        if name.startswith("relay:") and self.leases is not None:
+            return self.leases.get(name[6:])
+        raise PluginError(500, "unknown_upstream", f"no upstream named '{name}'")
+
+    def upstream_path(self, ctx: RequestContext, route: Route) -> str:
+        path = ctx.request.path
+        if route.config.relay == "by_path":
+            return "/" + path[len(route.prefix) :].lstrip("/").partition("/")[2]
+        return route.upstream_path(path)
+
+    def timeouts(self, route: Route, upstream: ManagedUpstream) -> TimeoutsConfig:
+        return route.config.timeouts or upstream.config.timeouts
 
     def upstream_headers(self, ctx: RequestContext, route: Route) -> CIMultiDict[str]:
         req = ctx.request
@@ -236,13 +208,44 @@ class Dispatcher:
     def send(self, ctx: RequestContext, route: Route) -> Awaitable[Response]:
         """The upstream's reply, as the awaitable the upstream hands back (no extra layer).
         Raises UpstreamError/PluginError, now or when awaited: see :meth:`failed`."""
-        upstream, timeouts, *path_override = self.upstream_for(ctx, route)
+        upstream = self.upstream_of(ctx)
         headers = self.upstream_headers(ctx, route)
-        path = path_override[0] if path_override else route.upstream_path(ctx.request.path)
-        reply: Awaitable[Response] = upstream.send(ctx, path, headers, timeouts)
-        return reply
+        path = self.upstream_path(ctx, route)
+        return upstream.send(ctx, path, headers, self.timeouts(route, upstream))
 
-    def failed(self, ctx: RequestContext, route: Route, exc: Exception) -> Response:
+    async def forward(self, ctx: RequestContext) -> Response:
+        """``PluginContext.forward``: send ``ctx.request`` to ``ctx.upstream`` as a request of
+        ``ctx.route`` would go, without running a chain; failures are error replies."""
+        route = self.table.by_name.get(ctx.route.name)
+        if route is None:
+            return ctx.error_response(502, "no_route", f"no route named '{ctx.route.name}'")
+        try:
+            return await self.send(ctx, route)
+        except (UpstreamError, PluginError) as exc:
+            return self.failed(ctx, exc)
+
+    async def upgrade(
+        self, raw: web.BaseRequest, ctx: RequestContext, route: Route
+    ) -> web.StreamResponse | Response:
+        """A WebSocket through the request's upstream, whatever its kind."""
+        assert self.websockets is not None
+        try:
+            upstream = self.upstream_of(ctx)
+        except (UpstreamError, PluginError) as exc:
+            return self.failed(ctx, exc)
+        headers = self.upstream_headers(ctx, route)
+        return await websocket.pass_through(
+            raw,
+            ctx,
+            upstream,
+            self.upstream_path(ctx, route),
+            headers,
+            self.timeouts(route, upstream),
+            route.config.websocket,
+            self.websockets,
+        )
+
+    def failed(self, ctx: RequestContext, exc: Exception) -> Response:
         """The error reply for an upstream failure (or a body that broke a plugin's limit)."""
         if isinstance(exc, PluginError):
             ctx.error = exc
@@ -252,8 +255,8 @@ class Dispatcher:
         if isinstance(ctx.error, PluginError):  # e.g. the body grew past a limit
             return failure_response(ctx, "request", ctx.error)
         retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-        if ctx.attempts and ctx.attempts[-1].error and route.info.upstream:
-            self.metrics.upstream_errors.labels(route.info.upstream, ctx.attempts[-1].error).inc()
+        if ctx.attempts and ctx.attempts[-1].error and ctx.upstream:
+            self.metrics.upstream_errors.labels(ctx.upstream, ctx.attempts[-1].error).inc()
         return ctx.error_response(exc.status, exc.code, exc.message, retry)
 
     def reply(self, raw: web.BaseRequest, ctx: RequestContext, reply: Response) -> web.Response:

@@ -1,7 +1,8 @@
-"""Active health checks: each target of an upstream is probed with ``GET <path>`` every
-``interval``; ``unhealthy_after`` failed probes in a row take it out of the rotation,
-``healthy_after`` good ones (2xx/3xx) put it back. Transitions are logged, counted and published
-as ``target.unhealthy`` / ``target.healthy`` events."""
+"""Active health checks, the same for every upstream kind: each target is probed with
+``GET <path>`` through the kind's own ``send`` every ``interval``; ``unhealthy_after`` failed
+probes in a row take it out of the rotation, ``healthy_after`` good ones (2xx/3xx) put it back.
+Transitions are logged, counted and published as ``target.unhealthy`` / ``target.healthy``
+events (by the ``on_change`` callback)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
+from gatewayd.chain.upstream import Target
 from gatewayd.config.schema import HealthConfig
-from gatewayd.proxy.balancer import Target
 
 log = logging.getLogger("gatewayd.proxy")
+
+# One probe: (status, error); error is None for a good answer.
+Probe = Callable[[Target], Awaitable[tuple[int | None, str | None]]]
 
 
 @dataclass(slots=True)
@@ -34,59 +36,58 @@ class HealthChecker:
     def __init__(
         self,
         upstream: str,
-        targets: list[Target],
         config: HealthConfig,
         on_change: Callable[[Target, bool, str], None],
     ) -> None:
         self.upstream = upstream
-        self.targets = targets
+        self.targets: Callable[[], Sequence[Target]] = tuple
         self.config = config
         self.on_change = on_change
-        self.probes = {t.url: ProbeState() for t in targets}
-        self._tasks: list[asyncio.Task[None]] = []
-        self._session: aiohttp.ClientSession | None = None
+        self.probes: dict[str, ProbeState] = {}
+        self.probe: Probe | None = None
+        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        if self._tasks:
-            return
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.config.timeout),
-            connector=aiohttp.TCPConnector(limit=0, force_close=True),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-        self._tasks = [asyncio.create_task(self._run(t)) for t in self.targets]
+    def start(self, targets: Callable[[], Sequence[Target]], probe: Probe) -> None:
+        """Start probing ``targets()`` with ``probe`` (the serving upstream's): a reload hands
+        the checker and its counts over to the new generation, which calls this again."""
+        self.targets = targets
+        self.probe = probe
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
+        if self._task is not None:
+            self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks = []
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+                await self._task
+            self._task = None
 
-    async def _run(self, target: Target) -> None:
+    async def _run(self) -> None:
         while True:
-            await self.check(target)
+            targets = list(self.targets())
+            known = {t.id for t in targets}
+            for gone in [k for k in self.probes if k not in known]:
+                del self.probes[gone]
+            await asyncio.gather(*(self.check(t) for t in targets), return_exceptions=True)
             await asyncio.sleep(self.config.interval)
 
     async def check(self, target: Target) -> None:
-        assert self._session is not None
-        state = self.probes[target.url]
-        error: str | None = None
-        status: int | None = None
+        probe = self.probe
+        if probe is None:
+            return
+        state = self.probes.get(target.id)
+        if state is None:
+            state = self.probes[target.id] = ProbeState()
         try:
-            async with self._session.get(target.url + self.config.path) as resp:
-                status = resp.status
-                await resp.read()
-                if status >= 400:
-                    error = f"status {status}"
+            async with asyncio.timeout(self.config.timeout):
+                status, error = await probe(target)
         except TimeoutError:
-            error = "timeout"
-        except aiohttp.ClientError as exc:
-            error = "connect" if isinstance(exc, aiohttp.ClientConnectorError) else "disconnect"
+            status, error = None, "timeout"
+        except Exception as exc:  # a kind that fails oddly: the probe failed, say how
+            log.debug("health probe failed", extra={"upstream": self.upstream, "error": repr(exc)})
+            status, error = None, "disconnect"
+        if error is None and status is not None and status >= 400:
+            error = f"status {status}"
         state.last_check = time.time()
         state.last_error = error
         state.last_status = status
@@ -103,8 +104,8 @@ class HealthChecker:
                 target.healthy = False
                 self.on_change(target, False, error)
 
-    def snapshot(self, url: str) -> dict[str, Any]:
-        s = self.probes[url]
+    def snapshot(self, target_id: str) -> dict[str, Any]:
+        s = self.probes.get(target_id) or ProbeState()
         return {
             "consecutive_successes": s.successes,
             "consecutive_failures": s.failures,

@@ -1,79 +1,62 @@
-"""An upstream: its targets, its balancer and one pooled aiohttp ClientSession."""
+"""The core's side of every upstream, whatever its kind: :class:`ManagedUpstream`.
+
+A kind (``gatewayd.chain.UpstreamKind``: HTTP pools, relay leases, kinds from plugin
+distributions) says what its targets are and makes one attempt at one target. Everything else
+is done here, once, the same way for every kind:
+
+- balancing over ``kind.targets()`` (round robin, least connections, hashing on the client IP
+  or a header), skipping unhealthy and ejected targets and those in ``ctx.excluded_targets``
+  (open circuit breakers);
+- the ``total`` timeout until the reply's head (the kind times each body read with ``read``),
+  with the cancellation of a client that went away kept intact (499, never 504);
+- retries on another target with backoff and a budget, passive ejection, active health checks
+  (a ``GET`` of the health path through the kind's own ``send``);
+- in-flight counts, target metrics and the admin view (:meth:`ManagedUpstream.snapshot`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import Any
 
-import aiohttp
 from multidict import CIMultiDict
-from yarl import URL
 
-from gatewayd.chain.api import Attempt, RequestContext, Response
-from gatewayd.config.schema import TimeoutsConfig, UpstreamConfig
-from gatewayd.proxy.balancer import BALANCERS, Target
-from gatewayd.proxy.client import Fetcher, ProxyClientRequest
-from gatewayd.proxy.deadlines import Deadlines
-from gatewayd.proxy.errors import (
-    UpstreamConnectError,
+from gatewayd.chain.api import Attempt, Request, RequestContext, Response, RouteInfo
+from gatewayd.chain.upstream import (
+    Target,
     UpstreamError,
+    UpstreamKind,
     UpstreamTimeout,
     UpstreamUnavailable,
+    WebSocketChannel,
 )
-from gatewayd.proxy.headers import response_headers
+from gatewayd.config.schema import TimeoutsConfig, UpstreamConfig
+from gatewayd.proxy.balancer import BALANCERS
+from gatewayd.proxy.deadlines import Deadlines
 from gatewayd.proxy.health import HealthChecker
 from gatewayd.proxy.retry import RetryBudget, RetryPolicy
 
-# Responses up to this size with a Content-Length are read in one go (bounded) and written with
-# one call; anything larger or of unknown length streams chunk by chunk.
-SMALL_BODY = 64 * 1024
-NO_BODY_STATUS = frozenset({204, 304})
 log = logging.getLogger("gatewayd.proxy")
-
-
-class Upstream(Protocol):
-    """What the forwarder needs from an upstream (HTTP targets here; the relay has its own)."""
-
-    name: str
-
-    async def send(
-        self, ctx: RequestContext, path: str, headers: CIMultiDict[str], timeouts: TimeoutsConfig
-    ) -> Response: ...
-
-    async def start(self) -> None: ...
-
-    async def close(self) -> None: ...
+PROBE_ROUTE = RouteInfo("_health", None, "")
 
 
 class UpstreamState:
     """What an upstream keeps across reloads while its config is unchanged (handed over like
-    plugin state): its targets (health, ejection, in-flight counts), the active health checker
-    and the retry budget."""
+    plugin state): the active health checker, ejection timers and the retry budget."""
 
     def __init__(self, name: str, config: UpstreamConfig, services: Any = None) -> None:
         self.name = name
         self.config = config
-        self.targets = [Target(url) for url in config.targets]
         self.events = getattr(services, "events", None)
         self.metrics = _metrics(services)
         retries = config.retries
         self.budget = RetryBudget(retries.budget, retries.min_retries) if retries else None
-        self.health = (
-            HealthChecker(name, self.targets, config.health, self.changed)
-            if config.health
-            else None
-        )
+        self.health = HealthChecker(name, config.health, self.changed) if config.health else None
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        if self.metrics is not None:
-            for t in self.targets:
-                self.metrics[0].labels(name, t.url).set(1)
-
-    def start(self) -> None:
-        if self.health is not None:
-            self.health.start()
+        self.targets_seen: set[str] = set()
 
     async def close(self) -> None:
         for timer in self._timers.values():
@@ -82,8 +65,14 @@ class UpstreamState:
         if self.health is not None:
             await self.health.close()
 
-    def available(self, target: Target) -> bool:
-        return target.healthy and not target.ejected
+    def seen(self, targets: Sequence[Target]) -> None:
+        """Targets get their ``up`` gauge the first time they are seen (relay peers arrive)."""
+        if self.metrics is None:
+            return
+        for t in targets:
+            if t.id not in self.targets_seen and len(self.targets_seen) < 10_000:
+                self.targets_seen.add(t.id)
+                self.metrics[0].labels(self.name, t.id).set(1 if t.available(set()) else 0)
 
     def changed(self, target: Target, healthy: bool, reason: str) -> None:
         """A target went in or out of the rotation (health check or passive ejection)."""
@@ -91,18 +80,18 @@ class UpstreamState:
         if usable != healthy:
             return  # still out for the other reason
         event = "target.healthy" if healthy else "target.unhealthy"
-        log.warning(event, extra={"upstream": self.name, "target": target.url, "reason": reason})
+        log.warning(event, extra={"upstream": self.name, "target": target.id, "reason": reason})
         if self.metrics is not None:
-            self.metrics[0].labels(self.name, target.url).set(1 if healthy else 0)
+            self.metrics[0].labels(self.name, target.id).set(1 if healthy else 0)
         if self.events is not None:
             try:
                 self.events.publish(
-                    event, {"upstream": self.name, "target": target.url, "reason": reason}
+                    event, {"upstream": self.name, "target": target.id, "reason": reason}
                 )
             except Exception:
                 log.exception("publishing a target event failed")
 
-    def account(self, target: Target, failed: bool) -> None:
+    def account(self, targets: Sequence[Target], target: Target, failed: bool) -> None:
         """Passive ejection: consecutive failures take a target out for ``eject_for``."""
         passive = self.config.passive
         if not failed:
@@ -111,38 +100,22 @@ class UpstreamState:
         target.failures += 1
         if passive is None or target.ejected or target.failures < passive.failures:
             return
-        if not any(t is not target and t.healthy and not t.ejected for t in self.targets):
+        if not any(t is not target and t.healthy and not t.ejected for t in targets):
             return  # never eject the last target in the rotation
         target.ejected = True
         target.failures = 0
         self.changed(target, False, f"ejected after {passive.failures} consecutive failures")
         loop = asyncio.get_running_loop()
-        self._timers[target.url] = loop.call_later(passive.eject_for, self._restore, target)
+        self._timers[target.id] = loop.call_later(passive.eject_for, self._restore, target)
 
     def _restore(self, target: Target) -> None:
-        self._timers.pop(target.url, None)
+        self._timers.pop(target.id, None)
         target.ejected = False
         self.changed(target, True, "ejection ended")
 
     def retried(self, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics[1].labels(self.name, outcome).inc()
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        out = []
-        for t in self.targets:
-            item: dict[str, Any] = {
-                "url": t.url,
-                "healthy": t.healthy,
-                "ejected": t.ejected,
-                "available": t.healthy and not t.ejected,
-                "inflight": t.inflight,
-                "consecutive_failures": t.failures,
-            }
-            if self.health is not None:
-                item["health_check"] = self.health.snapshot(t.url)
-            out.append(item)
-        return out
 
 
 def _metrics(services: Any) -> tuple[Any, Any] | None:
@@ -163,22 +136,44 @@ def _metrics(services: Any) -> tuple[Any, Any] | None:
     )
 
 
-class HttpUpstream:
+class Upgraded:
+    """A WebSocket opened to a target: the channel, and ``release()`` once it has closed."""
+
+    __slots__ = ("attempt", "channel", "started", "target")
+
     def __init__(
-        self, name: str, config: UpstreamConfig, state: UpstreamState | None = None
+        self, channel: WebSocketChannel, target: Target, attempt: Attempt, started: float
+    ) -> None:
+        self.channel = channel
+        self.target = target
+        self.attempt = attempt
+        self.started = started
+
+    def release(self) -> None:
+        self.target.inflight -= 1
+        self.attempt.duration = time.monotonic() - self.started
+
+
+class ManagedUpstream:
+    """One configured upstream as the dispatcher sees it (see the module's text)."""
+
+    def __init__(
+        self,
+        name: str,
+        impl: UpstreamKind,
+        config: UpstreamConfig,
+        state: UpstreamState,
+        owns_state: bool = False,
     ) -> None:
         self.name = name
+        self.impl = impl
+        self.kind = impl.kind
         self.config = config
-        self.owns_state = state is None
-        self.state = state if state is not None else UpstreamState(name, config)
-        self.targets = self.state.targets
-        self.balancer = BALANCERS[config.balance](self.targets)
+        self.state = state
+        self.owns_state = owns_state
+        self.balancer = BALANCERS[config.balance]()
         self.hash_header = config.hash_on[7:] if config.hash_on.startswith("header:") else None
-        self.session: aiohttp.ClientSession | None = None
-        self.fetcher: Fetcher | None = None
-        self.deadlines: Deadlines | None = None
-        self._client_timeouts: dict[int, aiohttp.ClientTimeout] = {}
-        budget = self.state.budget
+        budget = state.budget
         self.retry = (
             RetryPolicy(config.retries, budget)
             if config.retries is not None and config.retries.attempts > 0 and budget is not None
@@ -186,33 +181,23 @@ class HttpUpstream:
         )
         passive = config.passive
         self.passive_statuses = frozenset(passive.statuses) if passive else frozenset()
+        self.deadlines = Deadlines(asyncio.get_running_loop())  # made inside the running loop
+
+    def targets(self) -> Sequence[Target]:
+        return self.impl.targets()
 
     async def start(self) -> None:
-        pool = self.config.pool
-        connector = aiohttp.TCPConnector(
-            limit=pool.max_connections,
-            limit_per_host=0,
-            keepalive_timeout=pool.keepalive,
-            ttl_dns_cache=10,
-            enable_cleanup_closed=False,
-        )
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            request_class=ProxyClientRequest,
-            timeout=aiohttp.ClientTimeout(total=None),
-            requote_redirect_url=False,
-        )
-        self.fetcher = Fetcher(self.session, pool.read_buffer)
-        self.deadlines = Deadlines(asyncio.get_running_loop())
-        self.state.start()
+        await self.impl.start()
+        self.state.seen(self.impl.targets())
+        if self.state.health is not None:
+            self.state.health.start(self.impl.targets, self.probe)
 
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
+        await self.impl.close()
         if self.owns_state:
             await self.state.close()
+
+    # -- choosing a target ---------------------------------------------------------------
 
     def hash_key(self, ctx: RequestContext) -> str | None:
         if self.config.balance != "hash":
@@ -221,11 +206,22 @@ class HttpUpstream:
             return ctx.request.headers.get(self.hash_header, "")
         return ctx.request.client_ip
 
-    def pick(self, ctx: RequestContext) -> Target:
-        target = self.balancer.pick(ctx.excluded_targets, self.hash_key(ctx))
+    def pick(self, ctx: RequestContext, tried: set[str] | None = None) -> Target:
+        """A target not excluded (breakers) and, if there is one, not tried yet by this request."""
+        targets = self.impl.targets()
+        key = self.hash_key(ctx)
+        if tried:
+            target = self.balancer.pick(targets, ctx.excluded_targets | tried, key)
+            if target is not None:
+                return target
+        target = self.balancer.pick(targets, ctx.excluded_targets, key)
         if target is None:
+            if not targets:
+                raise UpstreamUnavailable(f"upstream '{self.name}' has no targets")
             raise UpstreamUnavailable(f"no healthy target in upstream '{self.name}'")
         return target
+
+    # -- requests ------------------------------------------------------------------------
 
     def send(
         self, ctx: RequestContext, path: str, headers: CIMultiDict[str], timeouts: TimeoutsConfig
@@ -258,7 +254,7 @@ class HttpUpstream:
         tried: set[str] = set()
         tries = 0
         while True:
-            target = self.pick_other(ctx, tried)
+            target = self.pick(ctx, tried)
             tries += 1
             try:
                 reply = await self.send_to(target, ctx, path, headers, timeouts)
@@ -270,11 +266,11 @@ class HttpUpstream:
                 if not self._retry(policy, req, tries, None, reply.status):
                     return reply
                 await _discard(reply.body)
-            tried.add(target.url)
+            tried.add(target.id)
             await asyncio.sleep(policy.backoff(tries - 1))
 
     def _retry(
-        self, policy: RetryPolicy, req: Any, tries: int, error: str | None, status: int | None
+        self, policy: RetryPolicy, req: Request, tries: int, error: str | None, status: int | None
     ) -> bool:
         if not policy.retryable(req, tries, error, status):
             return False
@@ -284,14 +280,6 @@ class HttpUpstream:
         self.state.retried("retried")
         return True
 
-    def pick_other(self, ctx: RequestContext, tried: set[str]) -> Target:
-        """A target not tried yet by this request if there is one, else any available one."""
-        if tried:
-            target = self.balancer.pick(ctx.excluded_targets | tried, self.hash_key(ctx))
-            if target is not None:
-                return target
-        return self.pick(ctx)
-
     async def send_to(
         self,
         target: Target,
@@ -300,134 +288,182 @@ class HttpUpstream:
         headers: CIMultiDict[str],
         timeouts: TimeoutsConfig,
     ) -> Response:
-        fetcher = self.fetcher
+        """One attempt: the kind's reply, within ``total`` until its head (``read`` when there is
+        no request body to upload first)."""
         deadlines = self.deadlines
-        assert fetcher is not None and deadlines is not None, "upstream not started"
-        req = ctx.request
-        qs = req.query_string
-        url = URL(f"{target.url}{path}?{qs}" if qs else f"{target.url}{path}", encoded=True)
-        attempt = Attempt(target.url)
+        attempt = Attempt(target.id)
         ctx.attempts.append(attempt)
-        ctx.target = target.url
+        ctx.target = target.id
         started = time.monotonic()
         target.inflight += 1
-        resp: aiohttp.ClientResponse | None = None
-        client_timeout = self._client_timeouts.get(id(timeouts))
-        if client_timeout is None:
-            client_timeout = self._client_timeouts[id(timeouts)] = aiohttp.ClientTimeout(
-                total=None, sock_connect=timeouts.connect
-            )
-        # One deadline until the headers (and a small body) are in: ``total``, or ``read`` when
-        # there is no request body to upload first (see gatewayd.proxy.deadlines: a fraction of
-        # asyncio.timeout()'s and aiohttp's per-read timer's cost); streamed bodies time each read.
-        wait = timeouts.total if req.body is not None else min(timeouts.total, timeouts.read)
+        body = ctx.request.body
+        wait = timeouts.total if body is not None else min(timeouts.total, timeouts.read)
         deadline = deadlines.start(wait)
         try:
-            resp = await fetcher.fetch(req.method, url, headers, req.body, client_timeout)
-            length = resp.content_length
-            small = (
-                req.method == "HEAD"
-                or resp.status in NO_BODY_STATUS
-                or (length is not None and length <= SMALL_BODY)
-            )
-            if small:
-                body: bytes | AsyncIterator[bytes] = await resp.read()
-                resp.release()
+            reply = await self.impl.send(target, attempt, ctx, path, headers, timeouts)
             deadline.cancel()
         except BaseException as exc:
             deadline.cancel()
             target.inflight -= 1
             attempt.duration = time.monotonic() - started
-            if resp is not None:
-                resp.close()
-            if deadline.expired and isinstance(exc, asyncio.CancelledError):
-                deadline.uncancel()
-                exc = TimeoutError()
-            mapped = self._map_error(exc, attempt)
-            if mapped is exc:
-                raise
-            self.state.account(target, True)  # passive health: a failed attempt
-            raise mapped from exc
-        attempt.status = resp.status
-        self.state.account(target, resp.status in self.passive_statuses)
-        if small:
+            if deadline.timed_out(exc):  # ours alone; a client's cancellation goes on as it is
+                attempt.error = "timeout"
+                exc = UpstreamTimeout(f"upstream '{self.name}' timed out")
+            elif not isinstance(exc, UpstreamError):
+                if not isinstance(exc, Exception):
+                    raise  # CancelledError: the client went away
+                log.error(
+                    "upstream kind failed",
+                    exc_info=exc,
+                    extra={"upstream": self.name, "kind": self.kind, "request_id": ctx.request_id},
+                )
+                attempt.error = attempt.error or "disconnect"
+                exc = UpstreamError(502, "upstream_error", f"upstream '{self.name}' failed")
+            if attempt.error is not None:
+                self.state.account(self.impl.targets(), target, True)
+            raise exc from None
+        attempt.status = reply.status
+        self.state.account(self.impl.targets(), target, reply.status in self.passive_statuses)
+        body = reply.body
+        if isinstance(body, bytes | bytearray):
             target.inflight -= 1
             attempt.duration = time.monotonic() - started
         else:
-            body = _stream(resp, target, attempt, started, deadlines, timeouts.read)
-        return Response(resp.status, response_headers(resp.headers), body, resp.reason)
+            reply.body = TrackedBody(body, target, attempt, started)
+        return reply
 
-    def _map_error(self, exc: BaseException, attempt: Attempt) -> BaseException:
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            attempt.error = "connect"
-            return UpstreamConnectError(f"cannot connect to upstream '{self.name}'")
-        if isinstance(exc, TimeoutError):  # asyncio.timeout, ServerTimeoutError, connect timeout
-            attempt.error = "timeout"
-            return UpstreamTimeout(f"upstream '{self.name}' timed out")
-        if isinstance(exc, aiohttp.ClientError):
-            attempt.error = "disconnect"
-            return UpstreamError(502, "upstream_error", f"upstream '{self.name}' failed")
-        return exc
+    async def upgrade(
+        self,
+        ctx: RequestContext,
+        path: str,
+        headers: CIMultiDict[str],
+        timeouts: TimeoutsConfig,
+        protocols: Sequence[str],
+        max_message: int,
+    ) -> Upgraded:
+        """A WebSocket to a target (chosen as for a request), the handshake within ``total``.
+        The caller calls ``release()`` on the result when the WebSocket has closed."""
+        target = self.pick(ctx)
+        attempt = Attempt(target.id)
+        ctx.attempts.append(attempt)
+        ctx.target = target.id
+        started = time.monotonic()
+        target.inflight += 1
+        try:
+            async with asyncio.timeout(timeouts.total):
+                channel = await self.impl.upgrade(
+                    target, attempt, ctx, path, headers, timeouts, protocols, max_message
+                )
+        except BaseException as exc:
+            target.inflight -= 1
+            attempt.duration = time.monotonic() - started
+            if isinstance(exc, TimeoutError) and not isinstance(exc, UpstreamError):
+                attempt.error = "timeout"
+                exc = UpstreamTimeout(
+                    f"upstream '{self.name}' did not complete the WebSocket handshake"
+                )
+            elif not isinstance(exc, UpstreamError):
+                if not isinstance(exc, Exception):
+                    raise
+                log.error("upstream kind failed", exc_info=exc, extra={"upstream": self.name})
+                attempt.error = "disconnect"
+                exc = UpstreamError(502, "upstream_error", f"upstream '{self.name}' failed")
+            if attempt.error in ("connect", "timeout", "disconnect"):
+                self.state.account(self.impl.targets(), target, True)
+            raise exc from None
+        attempt.status = 101
+        self.state.account(self.impl.targets(), target, False)
+        return Upgraded(channel, target, attempt, started)
+
+    async def probe(self, target: Target) -> tuple[int | None, str | None]:
+        """One active health check of ``target``: ``GET <health.path>`` through the kind."""
+        health = self.config.health
+        assert health is not None
+        request = Request("GET", health.path, "", CIMultiDict(), "", "http", "", None, None)
+        ctx = RequestContext(request, "health-check", PROBE_ROUTE)
+        attempt = Attempt(target.id)
+        timeouts = TimeoutsConfig(connect=health.timeout, read=health.timeout, total=health.timeout)
+        try:
+            reply = await self.impl.send(target, attempt, ctx, health.path, CIMultiDict(), timeouts)
+        except UpstreamError as exc:
+            return None, attempt.error or exc.code
+        await _discard(reply.body, read=True)
+        return reply.status, None
+
+    # -- the admin view ------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        cfg = self.config
+        targets = []
+        health = self.state.health
+        for t in self.impl.targets():
+            item: dict[str, Any] = {
+                "id": t.id,
+                "url": t.id,
+                "healthy": t.healthy,
+                "ejected": t.ejected,
+                "available": t.healthy and not t.ejected,
+                "inflight": t.inflight,
+                "consecutive_failures": t.failures,
+            }
+            if t.info:
+                item["info"] = dict(t.info)
+            if health is not None:
+                item["health_check"] = health.snapshot(t.id)
+            targets.append(item)
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "balance": cfg.balance,
+            "health_checks": cfg.health is not None,
+            "retries": cfg.retries.attempts if cfg.retries else 0,
+            "passive_ejection": cfg.passive is not None,
+            "targets": targets,
+        }
 
 
-async def _discard(body: Any) -> None:
+class TrackedBody:
+    """A kind's streamed body, with the target's in-flight count and the attempt's duration
+    settled when it ends (read to the end, failed or closed)."""
+
+    __slots__ = ("attempt", "body", "done", "started", "target")
+
+    def __init__(
+        self, body: AsyncIterator[bytes], target: Target, attempt: Attempt, started: float
+    ) -> None:
+        self.body = body
+        self.target = target
+        self.attempt = attempt
+        self.started = started
+        self.done = False
+
+    def __aiter__(self) -> TrackedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self.body.__anext__()
+        except BaseException:
+            self._settle()
+            raise
+
+    def _settle(self) -> None:
+        if not self.done:
+            self.done = True
+            self.target.inflight -= 1
+            self.attempt.duration = time.monotonic() - self.started
+
+    async def aclose(self) -> None:
+        self._settle()
+        aclose = getattr(self.body, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def _discard(body: Any, read: bool = False) -> None:
+    if read and not isinstance(body, bytes | bytearray):
+        async for _ in body:
+            pass
     aclose = getattr(body, "aclose", None)
     if aclose is not None:
         await aclose()
-
-
-async def _stream(
-    resp: aiohttp.ClientResponse,
-    target: Target,
-    attempt: Attempt,
-    started: float,
-    deadlines: Deadlines,
-    read: float,
-) -> AsyncIterator[bytes]:
-    """The response body, chunk by chunk as it arrives; the connection is released (or closed,
-    if the body was not read to the end) whatever happens. Each read may wait at most ``read``
-    seconds (the time spent writing to a slow client does not count)."""
-    content = resp.content
-    try:
-        while True:
-            deadline = deadlines.start(read)
-            try:
-                chunk = await content.readany()
-            except asyncio.CancelledError:
-                if not deadline.expired:
-                    raise
-                deadline.uncancel()
-                attempt.error = "timeout"
-                raise UpstreamTimeout("upstream read timed out mid-response") from None
-            finally:
-                deadline.cancel()
-            if not chunk:
-                return
-            yield chunk
-    except aiohttp.ClientError as exc:
-        attempt.error = "disconnect"
-        raise UpstreamError(502, "upstream_error", "upstream failed mid-response") from exc
-    finally:
-        target.inflight -= 1
-        attempt.duration = time.monotonic() - started
-        if content.at_eof():
-            resp.release()
-        else:
-            resp.close()
-
-
-def build_upstream(
-    name: str, config: UpstreamConfig, relay: Any = None, handover: Any = None, services: Any = None
-) -> Any:
-    """An HTTP upstream, or a relay upstream when the config names a lease. With a handover,
-    the upstream's state (health, ejections, retry budget) survives reloads that leave its
-    config unchanged."""
-    if getattr(config, "relay", None):
-        if relay is None:
-            raise RuntimeError("relay upstreams need the relay registry")
-        return relay.upstream(name, config)
-    if handover is None:
-        return HttpUpstream(name, config)
-    key = f"upstream:{name}/{config.model_dump_json()}#state"
-    state = handover.keep(key, lambda: UpstreamState(name, config, services))
-    return HttpUpstream(name, config, state)

@@ -1,5 +1,6 @@
-"""WebSocket pass-through: after the route's chain ran on the handshake, connect to the target and
-relay messages both ways until either side closes.
+"""WebSocket pass-through: after the route's chain ran on the handshake, open a WebSocket to a
+target through the request's upstream (``ManagedUpstream.upgrade``: any kind, HTTP, relay lease
+or a plugin's) and relay messages both ways until either side closes.
 
 - The upstream handshake happens first: a target that refuses the upgrade (any status but 101),
   cannot be reached or does not answer in time gives the client 502/504 with the usual JSON body,
@@ -10,11 +11,11 @@ relay messages both ways until either side closes.
 - After the upgrade, an upstream that fails (connection lost, protocol error) closes the client
   with 1011; a client that goes away closes the upstream with 1001; ``websocket.idle_timeout``
   without a message either way closes both with 1001 ``idle timeout``.
-- Each WebSocket has its own upstream connection (its own small client session), so it does not
-  hold a slot of the upstream's HTTP pool, and a reload, which closes the old generation's pools
-  once its last request is done, cannot cut it: the connection is pinned to its generation like
-  any request and lives until it closes. At shutdown the daemon waits for the grace period, then
-  :meth:`WebSocketRegistry.close_all` closes what is left with 1001.
+- The connection is pinned to its generation like any request and lives until it closes (the
+  HTTP kind gives each WebSocket its own small client session, so a reload, which closes the old
+  generation's pools once its last request is done, cannot cut it). At shutdown the daemon
+  waits for the grace period, then :meth:`WebSocketRegistry.close_all` closes what is left
+  with 1001.
 """
 
 from __future__ import annotations
@@ -22,17 +23,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from yarl import URL
 
-from gatewayd.chain.api import Attempt, RequestContext, Response
-from gatewayd.proxy.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
+from gatewayd.chain.api import RequestContext, Response
+from gatewayd.chain.upstream import UpstreamError, WebSocketChannel
+from gatewayd.config.schema import TimeoutsConfig, WebSocketConfig
+
+if TYPE_CHECKING:
+    from gatewayd.proxy.upstream import ManagedUpstream
 
 log = logging.getLogger("gatewayd.proxy")
 
@@ -54,11 +57,6 @@ def wire_code(code: int | None) -> int:
     if code is not None and (code in WIRE_CODES or 3000 <= code <= 4999):
         return code
     return 1000
-
-
-def ws_url(target: str, path: str, query: str) -> URL:
-    base = target.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
-    return URL(f"{base}{path}?{query}" if query else f"{base}{path}", encoded=True)
 
 
 class WebSocketRegistry:
@@ -107,7 +105,7 @@ class Relay:
     def __init__(
         self,
         client: web.WebSocketResponse,
-        upstream: aiohttp.ClientWebSocketResponse,
+        upstream: WebSocketChannel,
         ctx: RequestContext,
         idle_timeout: float,
         counters: tuple[Any, Any] | None,
@@ -250,55 +248,24 @@ async def _close(ws: Any, code: int, reason: str) -> None:
             await ws.close(code=code, message=message)
 
 
-def _handshake_error(exc: BaseException, attempt: Attempt, upstream: str) -> UpstreamError | None:
-    if isinstance(exc, aiohttp.WSServerHandshakeError):
-        attempt.status = exc.status
-        attempt.error = "handshake"
-        return UpstreamError(
-            502,
-            "websocket_refused",
-            f"upstream '{upstream}' refused the WebSocket upgrade (status {exc.status})",
-        )
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        attempt.error = "connect"
-        return UpstreamConnectError(f"cannot connect to upstream '{upstream}'")
-    if isinstance(exc, TimeoutError):
-        attempt.error = "timeout"
-        return UpstreamTimeout(f"upstream '{upstream}' did not complete the WebSocket handshake")
-    if isinstance(exc, aiohttp.ClientError):
-        attempt.error = "disconnect"
-        return UpstreamError(502, "upstream_error", f"upstream '{upstream}' failed")
-    return None
-
-
 async def pass_through(
-    dispatcher: Any, raw: web.BaseRequest, ctx: RequestContext, route: Any
+    raw: web.BaseRequest,
+    ctx: RequestContext,
+    upstream: ManagedUpstream,
+    path: str,
+    headers: CIMultiDict[str],
+    timeouts: TimeoutsConfig,
+    settings: WebSocketConfig,
+    registry: WebSocketRegistry,
 ) -> web.StreamResponse | Response:
-    """Serve an upgrade request whose chain has run: the finished (closed) WebSocket response,
-    or a :class:`Response` (an error) for the normal reply path."""
-    registry: WebSocketRegistry = dispatcher.websockets
+    """Serve an upgrade request whose chain has run, through ``upstream`` (any kind): the
+    finished (closed) WebSocket response, or a :class:`Response` (an error) for the normal
+    reply path."""
     if not web.WebSocketResponse().can_prepare(raw).ok:
         return ctx.error_response(400, "bad_handshake", "invalid WebSocket handshake")
-    try:
-        upstream, timeouts, *path_override = dispatcher.upstream_for(ctx, route)
-    except UpstreamError as exc:
-        return ctx.error_response(exc.status, exc.code, exc.message)
-    if not callable(getattr(upstream, "pick", None)) or getattr(upstream, "session", None) is None:
-        return ctx.error_response(
-            501, "websocket_unsupported", "this route's upstream cannot carry WebSockets"
-        )
-    try:
-        target = upstream.pick(ctx)
-    except UpstreamError as exc:
-        retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-        return ctx.error_response(exc.status, exc.code, exc.message, retry)
-    settings = route.config.websocket
     req = ctx.request
-    path = path_override[0] if path_override else route.upstream_path(req.path)
-    headers = CIMultiDict(
-        (k, v)
-        for k, v in dispatcher.upstream_headers(ctx, route).items()
-        if k.lower() not in HANDSHAKE_HEADERS
+    forwarded = CIMultiDict(
+        (k, v) for k, v in headers.items() if k.lower() not in HANDSHAKE_HEADERS
     )
     protocols = [
         p.strip()
@@ -306,38 +273,16 @@ async def pass_through(
         for p in value.split(",")
         if p.strip()
     ]
-    attempt = Attempt(target.url)
-    ctx.attempts.append(attempt)
-    ctx.target = target.url
-    started = time.monotonic()
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=False),
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=("User-Agent",),
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect),
-    )
-    target.inflight += 1
     try:
-        try:
-            async with asyncio.timeout(timeouts.total):
-                up = await session.ws_connect(
-                    ws_url(target.url, path, req.query_string),
-                    headers=headers,
-                    protocols=protocols,
-                    autoclose=False,
-                    autoping=False,
-                    max_msg_size=settings.max_message,
-                    compress=0,
-                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT),
-                )
-        except Exception as exc:
-            attempt.duration = time.monotonic() - started
-            mapped = _handshake_error(exc, attempt, upstream.name)
-            if mapped is None:
-                raise
-            ctx.error = mapped
-            return ctx.error_response(mapped.status, mapped.code, mapped.message)
-        attempt.status = 101
+        opened = await upstream.upgrade(
+            ctx, path, forwarded, timeouts, protocols, settings.max_message
+        )
+    except UpstreamError as exc:
+        ctx.error = exc
+        retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        return ctx.error_response(exc.status, exc.code, exc.message, retry)
+    up = opened.channel
+    try:
         client = web.WebSocketResponse(
             protocols=(up.protocol,) if up.protocol else (),
             autoclose=False,
@@ -354,13 +299,13 @@ async def pass_through(
             raise
         ctx.response = Response(101)
         counters = None
+        route = ctx.route.name
         if registry.messages is not None:
-            name = route.name
             counters = (
-                registry.messages.labels(name, "upstream"),
-                registry.messages.labels(name, "client"),
+                registry.messages.labels(route, "upstream"),
+                registry.messages.labels(route, "client"),
             )
-            registry.open.labels(name).inc()
+            registry.open.labels(route).inc()
         relay = Relay(client, up, ctx, settings.idle_timeout, counters)
         registry.relays.add(relay)
         try:
@@ -368,9 +313,7 @@ async def pass_through(
         finally:
             registry.relays.discard(relay)
             if registry.open is not None:
-                registry.open.labels(route.name).dec()
+                registry.open.labels(route).dec()
         return client
     finally:
-        target.inflight -= 1
-        attempt.duration = time.monotonic() - started
-        await session.close()
+        opened.release()

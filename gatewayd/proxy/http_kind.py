@@ -1,0 +1,244 @@
+"""The ``http`` upstream kind: a pool of HTTP/1.1 targets (``targets: [http://host:port]``).
+
+One attempt at one target per call (the core picks, retries and times out): the request goes
+through the upstream's pooled client (:mod:`gatewayd.proxy.client`), a small response (up to
+``SMALL_BODY`` with a Content-Length) is read whole, anything else streams with a ``read``
+deadline per chunk. A WebSocket gets its own small client session, so it holds no slot of the
+HTTP pool and a reload, which closes the old generation's pool once its last request is done,
+cannot cut it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import ClassVar
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from gatewayd.chain.api import Attempt, RequestContext, Response
+from gatewayd.chain.upstream import (
+    Target,
+    UpstreamConnectError,
+    UpstreamContext,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from gatewayd.config.schema import HttpUpstreamConfig, TimeoutsConfig
+from gatewayd.proxy.client import HttpClient
+from gatewayd.proxy.deadlines import Deadlines
+from gatewayd.proxy.headers import response_headers
+
+# Responses up to this size with a Content-Length are read in one go (bounded) and written with
+# one call; anything larger or of unknown length streams chunk by chunk.
+SMALL_BODY = 64 * 1024
+NO_BODY_STATUS = frozenset({204, 304})
+CLOSE_TIMEOUT = 5.0  # a WebSocket close handshake at most
+
+
+class HttpUpstream:
+    kind: ClassVar[str] = "http"
+    Config: ClassVar[type[HttpUpstreamConfig]] = HttpUpstreamConfig
+
+    def __init__(self, name: str, config: HttpUpstreamConfig, context: UpstreamContext) -> None:
+        self.name = name
+        self.config = config
+        # The same Target objects across reloads that keep this config: health, ejection and
+        # in-flight counts carry over.
+        self._targets: list[Target] = context.keep(
+            "targets", lambda: [Target(url) for url in config.targets]
+        )
+        self.client: HttpClient | None = None
+        self.deadlines: Deadlines | None = None
+
+    def targets(self) -> Sequence[Target]:
+        return self._targets
+
+    async def start(self) -> None:
+        self.client = HttpClient(self.config.pool)
+        self.deadlines = Deadlines(asyncio.get_running_loop())
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+
+    async def send(
+        self,
+        target: Target,
+        attempt: Attempt,
+        ctx: RequestContext,
+        path: str,
+        headers: CIMultiDict[str],
+        timeouts: TimeoutsConfig,
+    ) -> Response:
+        client = self.client
+        assert client is not None, "upstream not started"
+        req = ctx.request
+        qs = req.query_string
+        url = URL(f"{target.id}{path}?{qs}" if qs else f"{target.id}{path}", encoded=True)
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            resp = await client.fetch(req.method, url, headers, req.body, timeouts.connect)
+            length = resp.content_length
+            if (
+                req.method == "HEAD"
+                or resp.status in NO_BODY_STATUS
+                or (length is not None and length <= SMALL_BODY)
+            ):
+                body: bytes | AsyncIterator[bytes] = await resp.read()
+                resp.release()
+            else:
+                assert self.deadlines is not None
+                body = _Stream(resp, self.deadlines, timeouts.read, attempt)
+        except BaseException as exc:
+            if resp is not None:
+                resp.close()
+            raise self._map_error(exc, attempt) from exc
+        return Response(resp.status, response_headers(resp.headers), body, resp.reason)
+
+    def _map_error(self, exc: BaseException, attempt: Attempt) -> BaseException:
+        if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+            if isinstance(exc, aiohttp.ConnectionTimeoutError):
+                attempt.error = "timeout"
+                return UpstreamTimeout(f"connecting to upstream '{self.name}' timed out")
+            attempt.error = "connect"
+            return UpstreamConnectError(f"cannot connect to upstream '{self.name}'")
+        if isinstance(exc, aiohttp.ClientError):
+            attempt.error = "disconnect"
+            return UpstreamError(502, "upstream_error", f"upstream '{self.name}' failed")
+        return exc
+
+    async def upgrade(
+        self,
+        target: Target,
+        attempt: Attempt,
+        ctx: RequestContext,
+        path: str,
+        headers: CIMultiDict[str],
+        timeouts: TimeoutsConfig,
+        protocols: Sequence[str],
+        max_message: int,
+    ) -> SessionWebSocket:
+        base = target.id.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
+        qs = ctx.request.query_string
+        url = URL(f"{base}{path}?{qs}" if qs else f"{base}{path}", encoded=True)
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent",),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect),
+            trust_env=False,
+        )
+        try:
+            ws = await session.ws_connect(
+                url,
+                headers=headers,
+                protocols=tuple(protocols),
+                autoclose=False,
+                autoping=False,
+                max_msg_size=max_message,
+                compress=0,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT),
+            )
+        except BaseException as exc:
+            await session.close()
+            if isinstance(exc, aiohttp.WSServerHandshakeError):
+                attempt.status = exc.status
+                attempt.error = "handshake"
+                raise UpstreamError(
+                    502,
+                    "websocket_refused",
+                    f"upstream '{self.name}' refused the WebSocket upgrade (status {exc.status})",
+                ) from None
+            raise self._map_error(exc, attempt) from exc
+        return SessionWebSocket(ws, session)
+
+
+class SessionWebSocket:
+    """An aiohttp client WebSocket with the session it owns: closing one closes the other."""
+
+    __slots__ = ("session", "ws")
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, session: aiohttp.ClientSession):
+        self.ws = ws
+        self.session = session
+
+    @property
+    def protocol(self) -> str | None:
+        return self.ws.protocol
+
+    @property
+    def close_code(self) -> int | None:
+        return self.ws.close_code
+
+    async def receive(self) -> aiohttp.WSMessage:
+        return await self.ws.receive()
+
+    async def send_str(self, data: str) -> None:
+        await self.ws.send_str(data)
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self.ws.send_bytes(data)
+
+    async def pong(self, message: bytes = b"") -> None:
+        await self.ws.pong(message)
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
+        try:
+            return await self.ws.close(code=code, message=message)
+        finally:
+            await self.session.close()
+
+
+class _Stream:
+    """A streamed response body: each read waits at most ``read`` seconds (the time spent
+    writing to a slow client does not count); the connection is released (or closed, if the
+    body was not read to the end) whatever happens."""
+
+    __slots__ = ("attempt", "closed", "deadlines", "read", "resp")
+
+    def __init__(
+        self, resp: aiohttp.ClientResponse, deadlines: Deadlines, read: float, attempt: Attempt
+    ) -> None:
+        self.resp = resp
+        self.deadlines = deadlines
+        self.read = read
+        self.attempt = attempt
+        self.closed = False
+
+    def __aiter__(self) -> _Stream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.closed:
+            raise StopAsyncIteration
+        deadline = self.deadlines.start(self.read)
+        try:
+            chunk = await self.resp.content.readany()
+        except asyncio.CancelledError as exc:
+            if not deadline.timed_out(exc):
+                raise  # not the deadline's alone: the client went away too
+            self.attempt.error = "timeout"
+            await self.aclose()
+            raise UpstreamTimeout("upstream read timed out mid-response") from None
+        except aiohttp.ClientError as exc:
+            self.attempt.error = "disconnect"
+            await self.aclose()
+            raise UpstreamError(502, "upstream_error", "upstream failed mid-response") from exc
+        finally:
+            deadline.cancel()
+        if not chunk:
+            await self.aclose()
+            raise StopAsyncIteration
+        return chunk
+
+    async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.resp.content.at_eof():
+            self.resp.release()
+        else:
+            self.resp.close()
