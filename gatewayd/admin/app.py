@@ -33,10 +33,17 @@ RouteInstaller = Callable[[web.Application], None]
 def installers() -> list[RouteInstaller]:
     from gatewayd.admin import api as identity_api
     from gatewayd.admin import events as events_api
+    from gatewayd.admin import plugins as plugins_api
     from gatewayd.admin import relay as relay_api
     from gatewayd.admin import upstreams as upstreams_api
 
-    return [identity_api.install, events_api.install, relay_api.install, upstreams_api.install]
+    return [
+        identity_api.install,
+        events_api.install,
+        relay_api.install,
+        upstreams_api.install,
+        plugins_api.install,
+    ]
 
 
 def build_admin_app(

@@ -84,9 +84,15 @@ def install(app: web.Application) -> None:
     app[ADMIN_AUTH] = AdminAuth()
 
 
+def has_role(request: web.Request, role: str) -> bool:
+    """Whether the admin token of this (guarded) request may call a ``role`` endpoint:
+    an ``operator`` token may call everything, a ``viewer`` token the ``viewer`` ones."""
+    return role == "viewer" or request.get("admin_role") == "operator"
+
+
 def admin_route(handler: Handler) -> Handler:
     """Wrap an admin handler: only callers with a configured admin token get through.
-    The token's id is in ``request["admin_token"]``."""
+    The token's id is in ``request["admin_token"]``, its role in ``request["admin_role"]``."""
 
     async def guarded(request: web.Request) -> web.StreamResponse:
         daemon = request.app[DAEMON]
@@ -104,6 +110,7 @@ def admin_route(handler: Handler) -> Handler:
         if token_id is None:
             return admin_error(403, "forbidden", "this admin token is not accepted")
         request["admin_token"] = token_id
+        request["admin_role"] = next((t.role for t in tokens if t.id == token_id), "viewer")
         return await handler(request)
 
     guarded.__name__ = getattr(handler, "__name__", "admin_handler")

@@ -1,5 +1,6 @@
 """The public plugin API. Plugins import from here and nowhere else in gatewayd."""
 
+from gatewayd.chain.admin import AdminRequest, AdminRole, AdminRoute
 from gatewayd.chain.api import (
     PRINCIPAL_HEADERS,
     Attempt,
@@ -36,6 +37,9 @@ from gatewayd.config.units import Duration, Rate, RateValue, Ratio, Size
 
 __all__ = [
     "PRINCIPAL_HEADERS",
+    "AdminRequest",
+    "AdminRole",
+    "AdminRoute",
     "Attempt",
     "Body",
     "BodyTooLarge",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -40,6 +40,10 @@ class TLSConfig(Model):
 class ListenerConfig(Model):
     address: str
     tls: TLSConfig | None = None
+    # The real client IP (docs/identity.md): behind these proxies (addresses or CIDRs) and/or
+    # this many of them (Envoy's xff_num_trusted_hops), X-Forwarded-For is believed.
+    trusted_proxies: list[str] = []
+    trusted_hops: int = Field(0, ge=0, le=32)
 
     @field_validator("address")
     @classmethod
@@ -47,10 +51,25 @@ class ListenerConfig(Model):
         parse_address(v)
         return v
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for cidr in v:
+            try:
+                ipaddress.ip_network(cidr.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"invalid address or CIDR {cidr!r} (e.g. 10.0.0.0/8, 2001:db8::/32)"
+                ) from None
+        return [c.strip() for c in v]
+
 
 class AdminToken(Model):
     id: str
     hash: str = Field(repr=False)
+    role: Literal["viewer", "operator"] = "operator"  # viewer: read-only admin routes
 
 
 class AdminConfig(Model):
@@ -219,13 +238,16 @@ class _NoKind(Model):
         )
 
 
-AnyUpstreamConfig = Annotated[
-    Annotated[HttpUpstreamConfig, Tag("http")]
-    | Annotated[RelayUpstreamConfig, Tag("relay")]
-    | Annotated[ExtensionUpstreamConfig, Tag("extension")]
-    | Annotated[_NoKind, Tag("none")],
-    Discriminator(_upstream_kind),
-]
+if TYPE_CHECKING:  # what a validated config holds: _NoKind never validates
+    AnyUpstreamConfig = HttpUpstreamConfig | RelayUpstreamConfig | ExtensionUpstreamConfig
+else:
+    AnyUpstreamConfig = Annotated[
+        Annotated[HttpUpstreamConfig, Tag("http")]
+        | Annotated[RelayUpstreamConfig, Tag("relay")]
+        | Annotated[ExtensionUpstreamConfig, Tag("extension")]
+        | Annotated[_NoKind, Tag("none")],
+        Discriminator(_upstream_kind),
+    ]
 
 
 class MatchConfig(Model):

@@ -7,6 +7,14 @@ target (this plugin then sets ``Retry-After`` to when the first breaker half-ope
 request still flows down the chain, a ``cache`` plugin can serve a stale copy instead of the 503.
 In ``on_done`` every attempt of the request (retries included) is counted against its target.
 
+Breakers are keyed by (upstream, target id): ``ctx.upstream`` (the route's upstream, the one an
+earlier plugin chose with ``ctx.use_upstream``, or ``relay:<lease>`` on relay routes) and the
+target's stable id (an HTTP target's URL, a relay peer's ``<key id>/<peer name>``, a plugin
+kind's own ids), so the state survives peers' reconnects and reloads with the same config.
+
+Admin: ``GET /_admin/plugins/circuit_breaker/breakers[?upstream=&state=]`` lists the breakers
+of every route; ``describe_target`` shows a target's breaker in ``GET /_admin/upstreams``.
+
 States: closed -> open (failure ratio over a rolling window with a minimum request count, or N
 consecutive failures) -> half-open after ``open_for`` (``half_open_probes`` trial requests at a
 time) -> closed after ``half_open_probes`` successes, or open again on a failure.
@@ -17,11 +25,14 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import Field
 
 from gatewayd.chain import (
+    AdminRequest,
+    AdminRoute,
     Duration,
     Plugin,
     PluginConfig,
@@ -183,8 +194,32 @@ class CircuitBreakerPlugin(Plugin):
         self.failure_statuses = frozenset(config.failure_statuses)
         self.failure_errors = frozenset(config.failure_errors)
 
+    @classmethod
+    def admin_routes(cls) -> list[AdminRoute]:
+        return [
+            AdminRoute(
+                "GET",
+                "/breakers",
+                list_breakers,
+                summary="breaker state per route, upstream and target (?upstream=, ?state=)",
+            )
+        ]
+
     def breakers(self) -> list[Breaker]:
         return list(self.board.breakers.values())
+
+    def describe_target(self, upstream: str, target_id: str) -> dict[str, Any] | None:
+        """This route's breaker for the target, for ``GET /_admin/upstreams`` (``None`` when
+        no request of this route reached the target yet). ``available: false`` while the
+        breaker keeps requests away from the target."""
+        b = self.board.breakers.get((upstream, target_id))
+        if b is None:
+            return None
+        snap = b.snapshot(time.monotonic())
+        del snap["upstream"], snap["target"]
+        snap["route"] = self.context.route
+        snap["available"] = b.state != OPEN
+        return snap
 
     def _breaker(self, upstream: str, target: str) -> Breaker:
         b = self.board.breakers.get((upstream, target))
@@ -195,7 +230,7 @@ class CircuitBreakerPlugin(Plugin):
         return b
 
     def on_request(self, ctx: RequestContext) -> Response | None:
-        upstream = ctx.route.upstream
+        upstream = ctx.upstream
         if upstream is None or not self.board.breakers:
             return None
         now = time.monotonic()
@@ -217,7 +252,7 @@ class CircuitBreakerPlugin(Plugin):
     def on_response(self, ctx: RequestContext, response: Response) -> None:
         if response.status != 503 or getattr(ctx.error, "code", None) != "upstream_unavailable":
             return
-        upstream = ctx.route.upstream
+        upstream = ctx.upstream
         now = time.monotonic()
         waits = [
             b.retry_after(now)
@@ -228,7 +263,7 @@ class CircuitBreakerPlugin(Plugin):
             response.headers["Retry-After"] = str(max(1, math.ceil(min(waits))))
 
     def on_done(self, ctx: RequestContext) -> None:
-        upstream = ctx.route.upstream
+        upstream = ctx.upstream
         probes: list[Breaker] = ctx.state.get("breaker_probes", [])
         for b in probes:  # slots reserved in on_request; the request may have gone elsewhere
             b.probes = max(0, b.probes - 1)
@@ -259,6 +294,19 @@ class CircuitBreakerPlugin(Plugin):
                 self.events.publish(EVENTS[state], payload)
             except Exception:
                 log.exception("publishing a breaker event failed")
+
+
+async def list_breakers(request: AdminRequest, instances: Sequence[Any]) -> Response:
+    """``GET /_admin/plugins/circuit_breaker/breakers``: every route's breakers."""
+    upstream, state = request.query.get("upstream"), request.query.get("state")
+    now = time.monotonic()
+    out = []
+    for plugin in instances:
+        for b in plugin.breakers():
+            if (upstream is None or b.upstream == upstream) and (state is None or b.state == state):
+                out.append({"route": plugin.context.route, **b.snapshot(now)})
+    out.sort(key=lambda s: (s["upstream"], s["target"], s["route"] or ""))
+    return Response.json({"breakers": out})
 
 
 def _metrics(services: Any) -> tuple[Any, Any] | None:

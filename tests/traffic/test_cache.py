@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from support import upstream_url
-from test_resilience import AUTH, with_admin
+from test_resilience import AUTH, VIEWER, with_admin
 from traffic_helpers import Counting, get_many, route
 
 
@@ -236,11 +236,19 @@ async def test_purge_by_key_and_prefix_and_unsafe_invalidation(gateway, backend,
             async with s.get(gw.url + p) as r:
                 await r.read()
         assert counting.hits == 3
-        purge = gw.admin_url + "/_admin/cache/purge"
+        purge = gw.admin_url + "/_admin/plugins/cache/purge"
         async with s.post(purge, json={"key": "/v1/a"}, headers=AUTH) as r:
+            assert await r.json() == {"purged": 1, "caches": 1}
+        # The old path still works (deprecated alias), and says where the endpoint went.
+        old = gw.admin_url + "/_admin/cache/purge"
+        async with s.post(old, json={"prefix": "/v2/"}, headers=AUTH) as r:
             assert (await r.json())["purged"] == 1
-        async with s.post(purge, json={"prefix": "/v2/"}, headers=AUTH) as r:
-            assert (await r.json())["purged"] == 1
+            assert r.headers["Deprecation"] == "true"
+            assert "/_admin/plugins/cache/purge" in r.headers["Link"]
+        async with s.post(purge, json={"prefix": "/v2/", "route": "other"}, headers=AUTH) as r:
+            assert await r.json() == {"purged": 0, "caches": 0}
+        async with s.post(purge, json={"prefix": "/v1/"}, headers=VIEWER) as r:
+            assert r.status == 403  # purging changes things: operator tokens only
         async with s.post(purge, json={}, headers=AUTH) as r:
             assert r.status == 400
         async with s.post(purge, json={"key": "/v1/a"}) as r:

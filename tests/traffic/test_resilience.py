@@ -13,10 +13,16 @@ from traffic_helpers import Counting, get_many, route
 ADMIN_TOKEN = "traffic-admin-token-0123456789"
 ADMIN_HASH = bcrypt.hashpw(ADMIN_TOKEN.encode(), bcrypt.gensalt(4)).decode()
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+VIEWER_TOKEN = "traffic-viewer-token-0123456789"
+VIEWER_HASH = bcrypt.hashpw(VIEWER_TOKEN.encode(), bcrypt.gensalt(4)).decode()
+VIEWER = {"Authorization": f"Bearer {VIEWER_TOKEN}"}
 
 
 def with_admin(cfg: dict) -> dict:
-    cfg["admin"]["tokens"] = [{"id": "ops", "hash": ADMIN_HASH}]
+    cfg["admin"]["tokens"] = [
+        {"id": "ops", "hash": ADMIN_HASH},
+        {"id": "watcher", "hash": VIEWER_HASH, "role": "viewer"},
+    ]
     return cfg
 
 
@@ -58,7 +64,8 @@ async def test_breaker_opens_then_closes_through_half_open(gateway, backend, con
     target = upstream_url(srv)
     ups = await admin_upstreams(gw)
     (t,) = ups["api"]["targets"]
-    assert t["breakers"][0]["state"] == "open" and t["available"] is False
+    (note,) = t["plugins"]["circuit_breaker"]  # describe_target: one entry per route's breaker
+    assert note["state"] == "open" and note["route"] == "api" and t["available"] is False
     assert await gw.metric("gatewayd_breaker_state", target=target, upstream="api") == 2
     await asyncio.sleep(1.1)
     # Half-open: one probe goes through; it succeeds, the breaker closes.

@@ -16,6 +16,7 @@ from multidict import CIMultiDict
 from pydantic import Field
 
 from gatewayd.chain import (
+    AdminRoute,
     Duration,
     Plugin,
     PluginConfig,
@@ -24,7 +25,7 @@ from gatewayd.chain import (
     Response,
     Size,
 )
-from gatewayd.observability.metrics import outcome_counts
+from gatewayd.plugins.cache import admin
 from gatewayd.plugins.cache.policy import (
     Entry,
     make_entry,
@@ -118,9 +119,22 @@ class CachePlugin(Plugin):
 
     # -- purge (admin API) ---------------------------------------------------------------
 
+    @classmethod
+    def admin_routes(cls) -> list[AdminRoute]:
+        return [
+            AdminRoute(
+                "POST",
+                "/purge",
+                admin.purge,
+                role="operator",
+                summary='drop entries: {"key": "/path?q"} or {"prefix": "/v1/"}, optional "route"',
+            )
+        ]
+
     async def purge(self, key: str | None = None, prefix: str | None = None) -> int:
         result = self.store.purge(key=key, prefix=prefix)
-        return await result if self.store.is_async else result  # type: ignore[no-any-return]
+        purged: int = await result if self.store.is_async else result
+        return purged
 
     async def _call(self, name: str, *args: Any) -> Any:
         result = getattr(self.store, name)(*args)
@@ -400,10 +414,16 @@ class CachePlugin(Plugin):
 
 
 def _counts(services: Any, route: str) -> dict[str, int]:
-    return outcome_counts(
-        services,
+    """gatewayd_cache_total{route, result}: plain counts, exported when scraped (unexported
+    when the plugin runs without metrics)."""
+    results = ("HIT", "MISS", "STALE", "BYPASS")
+    metrics = getattr(services, "metrics", None)
+    if metrics is None:
+        return dict.fromkeys(results, 0)
+    counts: dict[str, int] = metrics.results(
         "gatewayd_cache_total",
         "Cache lookups, by route and result (HIT, MISS, STALE, BYPASS)",
         route,
-        ("HIT", "MISS", "STALE", "BYPASS"),
+        results,
     )
+    return counts
