@@ -17,11 +17,11 @@ from aiohttp import web
 
 from gatewayd.admin.app import DAEMON
 from gatewayd.admin.auth import admin_error, admin_route
-from gatewayd.admin.runtime import RelayAdmin
 from gatewayd.proxy.headers import valid_request_id
+from gatewayd.relay.registry import RelayRegistry
 
 
-def _registry(request: web.Request) -> RelayAdmin | None:
+def _registry(request: web.Request) -> RelayRegistry | None:
     daemon = request.app[DAEMON]
     return daemon.services.relay if daemon.services is not None else None
 

@@ -1,7 +1,8 @@
 """What the admin API sees of the running daemon, as protocols.
 
 The admin layer sits below the daemon (see the import-linter contracts in pyproject.toml): it
-names what it reads and calls by these protocols, and :class:`gatewayd.daemon.process.Daemon`
+names what it reads and calls of the daemon's own objects by these protocols (the lower layers'
+objects by their classes), and :class:`gatewayd.daemon.process.Daemon`
 satisfies them (mypy checks that where the daemon builds its admin app).
 """
 
@@ -13,18 +14,9 @@ from typing import Any, Protocol
 
 from gatewayd.config.schema import GatewayConfig
 from gatewayd.events.bus import EventBus
-from gatewayd.routing.table import RouteTable
+from gatewayd.proxy.dispatch import Dispatcher
+from gatewayd.relay.registry import RelayRegistry
 from gatewayd.stores.keys import KeyStore
-
-
-class RelayAdmin(Protocol):
-    """The relay registry's admin side: push an event to a lease, read the statistics."""
-
-    def push_event(
-        self, lease: str, type_: str, payload: Any, correlation_id: str
-    ) -> dict[str, Any] | None: ...
-
-    def stats(self) -> dict[str, Any]: ...
 
 
 class AdminServices(Protocol):
@@ -37,12 +29,7 @@ class AdminServices(Protocol):
     def events(self) -> EventBus: ...
 
     @property
-    def relay(self) -> RelayAdmin: ...
-
-
-class RoutedDispatcher(Protocol):
-    @property
-    def table(self) -> RouteTable: ...
+    def relay(self) -> RelayRegistry: ...
 
 
 class ServingGeneration(Protocol):
@@ -52,7 +39,7 @@ class ServingGeneration(Protocol):
     def number(self) -> int: ...
 
     @property
-    def dispatcher(self) -> RoutedDispatcher: ...
+    def dispatcher(self) -> Dispatcher: ...
 
     @property
     def upstreams(self) -> Mapping[str, Any]: ...
