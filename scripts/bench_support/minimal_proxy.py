@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import uvloop
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, MultiMapping
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te"}
 HOP_BY_HOP |= {"trailer", "transfer-encoding", "upgrade"}
@@ -19,7 +19,7 @@ HOP_BY_HOP |= {"trailer", "transfer-encoding", "upgrade"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def strip(headers: "CIMultiDict[str]", *also: str) -> "CIMultiDict[str]":
+def strip(headers: "MultiMapping[str]", *also: str) -> "CIMultiDict[str]":
     drop = HOP_BY_HOP.union(also)
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
 
