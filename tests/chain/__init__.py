@@ -1,0 +1,1 @@
+"""Tests of the chain runner and builder (gatewayd.chain)."""

@@ -1,0 +1,1 @@
+"""Tests of the plugin test harness (gatewayd.testing)."""
