@@ -6,10 +6,12 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+M = TypeVar("M", Counter, Gauge)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 NO_ROUTE = "_none"
@@ -155,7 +157,7 @@ class Metrics:
             self.reloads.labels(result)
         self._routes: dict[str, RouteMetrics] = {}
         self._upstreams: dict[str, Histo] = {}
-        self._extras: dict[str, Any] = {}
+        self._extras: dict[str, tuple[Counter | Gauge, tuple[str, ...]]] = {}  # name: (it, labels)
         self._outcomes: dict[str, Outcomes] = {}
         self._hot = HotPathCollector(self)
         registry.register(self._hot)
@@ -185,12 +187,14 @@ class Metrics:
     def gauge(self, name: str, doc: str, labels: Sequence[str]) -> Gauge:
         return self._extra(Gauge, name, doc, labels)
 
-    def _extra(self, kind: type[Any], name: str, doc: str, labels: Sequence[str]) -> Any:
-        found = self._extras.get(name)
-        if found is None:
-            found = kind(name, doc, list(labels), registry=self.registry)
-            self._extras[name] = found
-        elif not isinstance(found, kind) or list(found._labelnames) != list(labels):
+    def _extra(self, kind: type[M], name: str, doc: str, labels: Sequence[str]) -> M:
+        entry = self._extras.get(name)
+        if entry is None:
+            made = kind(name, doc, list(labels), registry=self.registry)
+            self._extras[name] = (made, tuple(labels))
+            return made
+        found, known = entry
+        if not isinstance(found, kind) or known != tuple(labels):
             raise ValueError(f"metric {name} already exists with another type or labels")
         return found
 
@@ -208,7 +212,7 @@ class Metrics:
 
     def close(self) -> None:
         collectors = [getattr(self, name) for name in list(vars(self))]
-        for obj in [*collectors, *self._extras.values()]:
+        for obj in [*collectors, *(made for made, _ in self._extras.values())]:
             if isinstance(obj, Counter | Gauge | Histogram | HotPathCollector):
                 self.registry.unregister(obj)
 
