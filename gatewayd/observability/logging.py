@@ -40,13 +40,16 @@ def make_formatter(fmt: str) -> logging.Formatter:
     )
 
 
+class GatewayHandler(logging.StreamHandler):
+    """The root handler gatewayd installs (and finds again on a reload)."""
+
+
 def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None) -> None:
     """(Re)configure the root logger; called at start and on every successful reload."""
     root = logging.getLogger()
-    handler = next((h for h in root.handlers if getattr(h, "_gatewayd", False)), None)
+    handler = next((h for h in root.handlers if isinstance(h, GatewayHandler)), None)
     if handler is None:
-        handler = logging.StreamHandler(stream or sys.stderr)
-        handler._gatewayd = True  # type: ignore[attr-defined]
+        handler = GatewayHandler(stream or sys.stderr)
         root.addHandler(handler)
     handler.setFormatter(make_formatter(fmt))
     root.setLevel(_LEVELS.get(level, logging.INFO))

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 
+from gatewayd.chain.api import RouteInfo
+from gatewayd.chain.builder import Chain
 from gatewayd.config.schema import RouteConfig
 
 
@@ -24,8 +25,8 @@ class Route:
     prefix: str  # without trailing slash; "" for "/"
     methods: frozenset[str] | None
     rewrite: re.Pattern[str] | None
-    chain: Any  # gatewayd.chain.builder.Chain
-    info: Any  # gatewayd.chain.api.RouteInfo
+    chain: Chain
+    info: RouteInfo
 
     def matches_path(self, path: str) -> bool:
         p = self.prefix
@@ -44,8 +45,9 @@ class Route:
             path = path[len(self.prefix) :] or "/"
             if not path.startswith("/"):
                 path = "/" + path
-        if self.rewrite is not None:
-            path = self.rewrite.sub(self.config.rewrite.replacement, path, count=1)  # type: ignore[union-attr]
+        rewrite = self.config.rewrite
+        if self.rewrite is not None and rewrite is not None:
+            path = self.rewrite.sub(rewrite.replacement, path, count=1)
         return path
 
     def specificity(self) -> tuple[int, int, int]:
@@ -53,7 +55,7 @@ class Route:
         return (host_rank, len(self.prefix) + (1 if self.prefix else 0), self.methods is not None)
 
 
-def make_route(config: RouteConfig, chain: Any, info: Any) -> Route:
+def make_route(config: RouteConfig, chain: Chain, info: RouteInfo) -> Route:
     host = config.match.host.lower() if config.match.host else None
     suffix = None
     if host and host.startswith("*."):
