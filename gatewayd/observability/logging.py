@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import TextIO
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -40,11 +40,11 @@ def make_formatter(fmt: str) -> logging.Formatter:
     )
 
 
-class GatewayHandler(logging.StreamHandler):
+class GatewayHandler(logging.StreamHandler[TextIO]):
     """The root handler gatewayd installs (and finds again on a reload)."""
 
 
-def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None) -> None:
+def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
     """(Re)configure the root logger; called at start and on every successful reload."""
     root = logging.getLogger()
     handler = next((h for h in root.handlers if isinstance(h, GatewayHandler)), None)
