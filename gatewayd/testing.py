@@ -47,7 +47,14 @@ import contextlib
 import logging
 import tempfile
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -434,10 +441,87 @@ class PluginHarness:
         ``body`` is bytes or an async iterable of chunks (streamed: no Content-Length unless
         ``headers`` has one). ``principal`` authenticates the request before the chain runs, as
         an earlier auth plugin would. Incoming ``X-Gateway-*`` identity headers are removed, as
-        the daemon does. Returns the reply with its body collected into bytes."""
+        the daemon does. Returns the reply with its body collected into bytes (a body that
+        fails while it streams raises here: the daemon's client sees a cut connection)."""
+        async with self.stream(
+            method,
+            path,
+            headers=headers,
+            body=body,
+            client_ip=client_ip,
+            query_string=query_string,
+            host=host,
+            principal=principal,
+        ) as reply:
+            assert not isinstance(reply.body, bytes)
+            reply.body = b"".join([chunk async for chunk in reply.body])
+        return reply
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        method: str = "GET",
+        path: str = "/",
+        *,
+        headers: dict[str, str] | CIMultiDict[str] | None = None,
+        body: bytes | AsyncIterable[bytes] | None = None,
+        client_ip: str = "127.0.0.1",
+        query_string: str = "",
+        host: str | None = None,
+        principal: Principal | None = None,
+    ) -> AsyncIterator[Response]:
+        """:meth:`request` for a reply read as it streams (SSE, big bodies)::
+
+            async with h.stream("GET", "/events") as reply:
+                first = await anext(reply.body)
+
+        ``reply.body`` is an async iterator of chunks whatever the backend gave; leaving the
+        block closes it (a client that goes away) and runs ``on_done``."""
         await self.start()
+        ctx = self._context(method, path, headers, body, client_ip, query_string, host)
+        if principal is not None:
+            ctx.authenticate(principal)
+        self.last_context = ctx
+        catcher = _FailureCatcher(ctx.request_id)
+        chain_log = logging.getLogger("gatewayd.chain")
+        chain_log.addHandler(catcher)
+        chain = self.chain
+        seen = -1
+        reply_body: AsyncGenerator[bytes, None] | None = None
+        try:
+            reply, seen = await run_request(chain, ctx)
+            if reply is None:
+                reply = await self._forward(ctx)
+            reply = await run_response(chain, ctx, reply, seen)
+            ctx.response = reply
+            reply.headers["X-Request-ID"] = ctx.request_id
+            reply_body = _counted_out(reply.body, ctx)
+            reply.body = reply_body
+            yield reply
+        finally:
+            try:
+                if reply_body is not None:
+                    await reply_body.aclose()
+                await run_done(chain, ctx, seen)
+            finally:
+                chain_log.removeHandler(catcher)
+                self.failures += catcher.failures
+            done = [f for f in catcher.failures if f.phase == "on_done"]
+            if done:
+                raise PluginFailed(done)
+
+    def _context(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str] | CIMultiDict[str] | None,
+        body: bytes | AsyncIterable[bytes] | None,
+        client_ip: str,
+        query_string: str,
+        host: str | None,
+    ) -> RequestContext:
         h: CIMultiDict[str] = CIMultiDict(headers or {})
-        for name in PRINCIPAL_HEADERS:
+        for name in PRINCIPAL_HEADERS:  # only the gateway sets these, as in the daemon
             h.popall(name, None)
         declared = h.get("Content-Length")
         length = int(declared) if declared is not None and declared.isdigit() else None
@@ -457,38 +541,7 @@ class PluginHarness:
             request.body = body
         elif body is not None:
             request.body = _counted(body, ctx)
-        if principal is not None:
-            ctx.authenticate(principal)
-        self.last_context = ctx
-        catcher = _FailureCatcher(ctx.request_id)
-        chain_log = logging.getLogger("gatewayd.chain")
-        chain_log.addHandler(catcher)
-        try:
-            return await self._run(ctx)
-        finally:
-            chain_log.removeHandler(catcher)
-            self.failures += catcher.failures
-            done = [f for f in catcher.failures if f.phase == "on_done"]
-            if done:
-                raise PluginFailed(done)
-
-    async def _run(self, ctx: RequestContext) -> Response:
-        chain = self.chain
-        reply, seen = await run_request(chain, ctx)
-        try:
-            if reply is None:
-                reply = await self._forward(ctx)
-            reply = await run_response(chain, ctx, reply, seen)
-            ctx.response = reply
-            reply.headers["X-Request-ID"] = ctx.request_id
-            body = reply.body
-            if not isinstance(body, bytes):
-                reply.body = await _collect(body, ctx)
-            else:
-                ctx.bytes_out = len(body)
-            return reply
-        finally:
-            await run_done(chain, ctx, seen)
+        return ctx
 
     def _pick(self, ctx: RequestContext) -> str | None:
         n = len(self.targets)
@@ -564,15 +617,17 @@ async def _read(body: Body | None) -> bytes:
     return b"".join([chunk async for chunk in body])
 
 
-async def _collect(body: AsyncIterator[bytes], ctx: RequestContext) -> bytes:
-    parts = []
+async def _counted_out(body: Body, ctx: RequestContext) -> AsyncGenerator[bytes, None]:
+    """The reply body as the daemon writes it: chunk by chunk, counted, the source closed."""
+    if isinstance(body, bytes):
+        ctx.bytes_out += len(body)
+        yield body
+        return
     try:
         async for chunk in body:
             ctx.bytes_out += len(chunk)
-            parts.append(chunk)
+            yield chunk
     finally:
         aclose = getattr(body, "aclose", None)
         if aclose is not None:
-            with contextlib.suppress(RuntimeError):  # already running: closed by its owner
-                await aclose()
-    return b"".join(parts)
+            await aclose()
