@@ -157,7 +157,8 @@ class Metrics:
             self.reloads.labels(result)
         self._routes: dict[str, RouteMetrics] = {}
         self._upstreams: dict[str, Histo] = {}
-        self._extras: dict[str, tuple[Counter | Gauge, tuple[str, ...]]] = {}  # name: (it, labels)
+        # plugins' collectors by name, with the description and labels they were made with
+        self._extras: dict[str, tuple[Counter | Gauge, str, tuple[str, ...]]] = {}
         self._outcomes: dict[str, Outcomes] = {}
         self._hot = HotPathCollector(self)
         registry.register(self._hot)
@@ -191,11 +192,13 @@ class Metrics:
         entry = self._extras.get(name)
         if entry is None:
             made = kind(name, doc, list(labels), registry=self.registry)
-            self._extras[name] = (made, tuple(labels))
+            self._extras[name] = (made, doc, tuple(labels))
             return made
-        found, known = entry
-        if not isinstance(found, kind) or known != tuple(labels):
+        found, known_doc, known_labels = entry
+        if not isinstance(found, kind) or known_labels != tuple(labels):
             raise ValueError(f"metric {name} already exists with another type or labels")
+        if known_doc != doc:
+            raise ValueError(f"metric {name} already exists with another description")
         return found
 
     def route(self, name: str) -> RouteMetrics:
@@ -212,7 +215,7 @@ class Metrics:
 
     def close(self) -> None:
         collectors = [getattr(self, name) for name in list(vars(self))]
-        for obj in [*collectors, *(made for made, _ in self._extras.values())]:
+        for obj in [*collectors, *(made for made, _, _ in self._extras.values())]:
             if isinstance(obj, Counter | Gauge | Histogram | HotPathCollector):
                 self.registry.unregister(obj)
 

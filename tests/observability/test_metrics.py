@@ -1,4 +1,5 @@
-"""Metrics.counter/gauge: one collector per name for the process, checked by type and labels."""
+"""Metrics.counter/gauge: one collector per name for the process, checked by type, labels and
+description (as gatewayd.chain.services.MetricsFactory says)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ def test_other_labels_or_another_type_are_refused() -> None:
         metrics.counter("plugin_hits_total", "Hits", ["route", "result"])
     with pytest.raises(ValueError, match="another type or labels"):
         metrics.gauge("plugin_hits_total", "Hits", ["route"])
+    with pytest.raises(ValueError, match="another description"):
+        metrics.counter("plugin_hits_total", "Hits per route", ["route"])
 
 
 def test_close_unregisters_the_plugins_collectors() -> None:
