@@ -29,6 +29,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_TOKEN = 512
 NEGATIVE_TTL = 5.0
 CACHE_SIZE = 1024
+READ_METHODS = frozenset({"GET", "HEAD"})
 
 
 def admin_error(
@@ -91,9 +92,19 @@ def has_role(request: web.Request, role: str) -> bool:
 
 
 def admin_route(handler: Handler) -> Handler:
-    """Wrap an admin handler: only callers with a configured admin token get through.
-    The token's id is in ``request["admin_token"]``, its role in ``request["admin_role"]``."""
+    """Wrap an admin handler: only callers with a configured admin token get through, and
+    only ``operator`` tokens for anything but GET/HEAD (``viewer`` tokens read). The token's
+    id is in ``request["admin_token"]``, its role in ``request["admin_role"]``."""
+    return _guard(handler, writes_need_operator=True)
 
+
+def admin_route_by_role(handler: Handler) -> Handler:
+    """Like :func:`admin_route`, for handlers that check the role themselves (plugins'
+    routes, which declare theirs): any configured admin token gets through."""
+    return _guard(handler, writes_need_operator=False)
+
+
+def _guard(handler: Handler, writes_need_operator: bool) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
         daemon = request.app[DAEMON]
         tokens = list(daemon.config.admin.tokens) if daemon.config is not None else []
@@ -111,6 +122,9 @@ def admin_route(handler: Handler) -> Handler:
             return admin_error(403, "forbidden", "this admin token is not accepted")
         request["admin_token"] = token_id
         request["admin_role"] = next((t.role for t in tokens if t.id == token_id), "viewer")
+        writes = writes_need_operator and request.method not in READ_METHODS
+        if writes and not has_role(request, "operator"):
+            return admin_error(403, "forbidden", "this endpoint needs an operator admin token")
         return await handler(request)
 
     guarded.__name__ = getattr(handler, "__name__", "admin_handler")

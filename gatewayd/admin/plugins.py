@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from gatewayd.admin.app import DAEMON
-from gatewayd.admin.auth import admin_error, admin_route, has_role
+from gatewayd.admin.auth import admin_error, admin_route, admin_route_by_role, has_role
 from gatewayd.chain import PluginError, Response
 from gatewayd.chain.admin import AdminRequest, AdminRoute, admin_routes_of
 from gatewayd.chain.registry import PluginRegistry
@@ -91,12 +91,12 @@ async def list_plugins(request: web.Request) -> web.Response:
     return web.json_response({"plugins": out})
 
 
-@admin_route
+@admin_route_by_role
 async def plugin_route(request: web.Request) -> web.StreamResponse:
     return await _dispatch(request, request.match_info["plugin"], request.match_info["tail"])
 
 
-@admin_route
+@admin_route_by_role
 async def alias_route(request: web.Request) -> web.StreamResponse:
     plugin, path = ALIASES[request.path]
     moved = {"Deprecation": "true", "Link": f'<{PREFIX}/{plugin}{path}>; rel="successor-version"'}

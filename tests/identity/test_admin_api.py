@@ -290,3 +290,17 @@ async def test_plugin_admin_routes_follow_the_serving_generation(
     await gw.reload()
     async with aiohttp.ClientSession() as s, s.get(url, headers=AUTH) as r:
         assert (await r.json())["routes"] == ["c"]
+
+
+async def test_viewer_tokens_read_but_do_not_change(gateway, backend, config, tmp_path):
+    srv = await backend(echo_app())
+    gw = await gateway(admin_demo_config(config, srv), env=admin_plugin_env(tmp_path))
+    async with aiohttp.ClientSession() as s:
+        async with s.get(gw.admin_url + "/_admin/routes", headers=VIEWER) as r:
+            assert r.status == 200
+        for path, body in (("/_admin/keys", {"tenant": "acme"}), ("/_admin/reload", None)):
+            async with s.post(gw.admin_url + path, json=body, headers=VIEWER) as r:
+                assert r.status == 403, path
+                assert (await r.json())["error"]["code"] == "forbidden"
+        async with s.post(gw.admin_url + "/_admin/reload", headers=AUTH) as r:
+            assert r.status == 200
