@@ -291,6 +291,8 @@ class ManagedUpstream:
         """One attempt: the kind's reply, within ``total`` until its head (``read`` when there is
         no request body to upload first)."""
         deadlines = self.deadlines
+        if target.id not in self.state.targets_seen:
+            self.state.seen((target,))  # a target that came later (a relay peer)
         attempt = Attempt(target.id)
         ctx.attempts.append(attempt)
         ctx.target = target.id
