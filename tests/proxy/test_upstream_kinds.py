@@ -273,12 +273,14 @@ async def cell_stream_64mib_both_ways(s: Setup) -> None:
     got = hashlib.sha256()
     size = 0
     timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(timeout=timeout) as c:
-        async with c.post(s.gw.url + "/echo", data=body()) as r:
-            assert r.status == 200
-            async for chunk in r.content.iter_chunked(MIB):
-                got.update(chunk)
-                size += len(chunk)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as c,
+        c.post(s.gw.url + "/echo", data=body()) as r,
+    ):
+        assert r.status == 200
+        async for chunk in r.content.iter_chunked(MIB):
+            got.update(chunk)
+            size += len(chunk)
     assert size == 64 * MIB
     assert got.hexdigest() == sent.hexdigest()
 
