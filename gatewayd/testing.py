@@ -353,10 +353,10 @@ class PluginHarness:
 
     def sample(self, name: str, **labels: str) -> float | None:
         """The value of one metric sample (e.g. ``gatewayd_breaker_state``), None if absent."""
-        owned = self._lineage.owned
-        if owned is None:
-            raise TypeError("sample() needs the harness's own metrics")
-        return owned.registry.get_sample_value(name, labels)
+        services = self._lineage.services
+        if not isinstance(services, HarnessServices):
+            raise TypeError("sample() needs HarnessServices (the harness's own metrics)")
+        return services.registry.get_sample_value(name, labels)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -428,11 +428,11 @@ class PluginHarness:
         self,
         method: str = "GET",
         path: str = "/",
-        *,
         headers: dict[str, str] | CIMultiDict[str] | None = None,
         body: bytes | AsyncIterable[bytes] | None = None,
         client_ip: str = "127.0.0.1",
         query_string: str = "",
+        *,
         host: str | None = None,
         principal: Principal | None = None,
     ) -> Response:
@@ -462,11 +462,11 @@ class PluginHarness:
         self,
         method: str = "GET",
         path: str = "/",
-        *,
         headers: dict[str, str] | CIMultiDict[str] | None = None,
         body: bytes | AsyncIterable[bytes] | None = None,
         client_ip: str = "127.0.0.1",
         query_string: str = "",
+        *,
         host: str | None = None,
         principal: Principal | None = None,
     ) -> AsyncIterator[Response]:

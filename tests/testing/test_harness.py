@@ -259,3 +259,23 @@ async def test_own_services_are_used_and_not_closed():
         pass
     assert services.events is services.events  # still usable: the caller closes them
     await services.close()
+
+
+@pytest.mark.redis
+async def test_harness_services_on_redis_share_state_between_harnesses(redis_server):
+    """``HarnessServices(backend="redis")``: two harnesses (two gateways) share one budget."""
+    rate_limit = built_in("rate_limit")
+    config = {"rate": "2/min", "burst": 2, "key": "ip"}
+    one = HarnessServices(backend="redis", redis_url=redis_server.url)
+    two = HarnessServices(backend="redis", redis_url=redis_server.url)
+    try:
+        a = PluginHarness(rate_limit, config, services=one)
+        b = PluginHarness(rate_limit, config, services=two)
+        statuses = [(await h.request()).status for h in (a, b, a)]
+        assert statuses == [200, 200, 429]
+        assert a.sample("gatewayd_ratelimit_total", route="test", result="limited") == 1
+        await a.close()
+        await b.close()
+    finally:
+        await one.close()
+        await two.close()
