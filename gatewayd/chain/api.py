@@ -381,7 +381,8 @@ class PluginContext:
         self._forward = forward
 
     def keep(self, key: str, factory: Callable[[], T]) -> T:
-        return self._handover.keep(f"{self.identity}#{key}", factory)
+        kept: T = self._handover.keep(f"{self.identity}#{key}", factory)
+        return kept
 
     async def forward(self, ctx: RequestContext) -> Response:
         """Send ``ctx.request`` to ``ctx.upstream`` exactly as the daemon forwards a request of

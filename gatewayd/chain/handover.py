@@ -24,7 +24,7 @@ class Handover:
             return self.objects[key]  # type: ignore[no-any-return]
         obj = self._previous[key] if key in self._previous else factory()
         self.objects[key] = obj
-        return obj  # type: ignore[no-any-return]
+        return obj
 
     def abandoned_by(self, successor: Handover) -> list[Any]:
         """Objects of this generation that the successor did not keep (to close once drained)."""

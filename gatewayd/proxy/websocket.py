@@ -157,9 +157,10 @@ class Relay:
             self.done.set()
         if cancelled:
             if kind in ("client_closed", "upstream_closed", "idle", "shutdown"):
-                task = asyncio.current_task()
+                current = asyncio.current_task()
+                assert current is not None
                 for _ in range(cancelled):
-                    task.uncancel()  # type: ignore[union-attr]
+                    current.uncancel()
             else:
                 raise asyncio.CancelledError
 
