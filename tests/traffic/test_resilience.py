@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 import aiohttp
 import bcrypt
@@ -297,3 +304,185 @@ async def test_target_killed_under_load_costs_under_a_tenth_of_a_percent(gateway
     failed = sum(1 for st in statuses if st != 200)
     assert failed <= total // 1000, f"{failed} failed of {total}"
     assert a.hits > 0 and b.hits > total // 2
+
+
+# -- breakers on every upstream kind (issue 10, defect 2) and their admin route -------------------
+
+
+async def breakers(gw, headers=AUTH, **query: str) -> list[dict]:
+    url = gw.admin_url + "/_admin/plugins/circuit_breaker/breakers"
+    async with aiohttp.ClientSession() as s, s.get(url, params=query, headers=headers) as r:
+        assert r.status == 200, await r.text()
+        return list((await r.json())["breakers"])
+
+
+async def test_breakers_admin_route_lists_and_filters(gateway, backend, config):
+    bad = Counting(lambda r: asyncio.sleep(0, web.Response(status=500)))
+    good = Counting()
+    s1, s2 = await backend(bad.app), await backend(good.app)
+    cb = {"circuit_breaker": {"consecutive_failures": 2, "open_for": "1m"}}
+    gw = await gateway(
+        with_admin(
+            config(
+                upstreams={"api": {"targets": [upstream_url(s1), upstream_url(s2)]}},
+                routes=[route(plugins=[cb])],
+            )
+        )
+    )
+    await get_many(gw.url + "/x", 10)
+    listed = await breakers(gw, headers=VIEWER)  # reading: any admin token
+    assert [(b["route"], b["upstream"], b["target"], b["state"]) for b in listed] == sorted(
+        [
+            ("api", "api", upstream_url(s1), "open"),
+            ("api", "api", upstream_url(s2), "closed"),
+        ],
+        key=lambda b: b[2],
+    )
+    (opened,) = await breakers(gw, state="open")
+    assert opened["target"] == upstream_url(s1) and 0 < opened["retry_after"] <= 60
+    assert await breakers(gw, upstream="other") == []
+
+
+PICK_PLUGIN = textwrap.dedent(
+    """
+    from gatewayd.chain import Plugin
+
+
+    class PickUpstreamPlugin(Plugin):
+        name = "pick_upstream"
+        priority = 300  # before the breaker (200): it sees the choice
+
+        def on_request(self, ctx):
+            chosen = ctx.request.headers.get("X-Upstream")
+            if chosen:
+                ctx.use_upstream(chosen)
+            return None
+    """
+)
+
+
+def pick_plugin_env(tmp_path: Path) -> dict[str, str]:
+    site = tmp_path / "site"
+    dist = site / "gatewayd_pick_test-0.dist-info"
+    dist.mkdir(parents=True, exist_ok=True)
+    (site / "gatewayd_pick_test.py").write_text(PICK_PLUGIN)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: gatewayd-pick-test\nVersion: 0\n")
+    (dist / "entry_points.txt").write_text(
+        "[gatewayd.plugins]\npick_upstream = gatewayd_pick_test:PickUpstreamPlugin\n"
+    )
+    return {"PYTHONPATH": str(site)}
+
+
+async def test_breaker_keys_on_the_upstream_a_plugin_chose(gateway, backend, config, tmp_path):
+    good = Counting()
+    bad = Counting(lambda r: asyncio.sleep(0, web.Response(status=502)))
+    s_good, s_bad = await backend(good.app), await backend(bad.app)
+    cb = {"circuit_breaker": {"consecutive_failures": 2, "open_for": "1m"}}
+    cfg = with_admin(
+        config(
+            upstreams={
+                "main": {"targets": [upstream_url(s_good)]},
+                "other": {"targets": [upstream_url(s_bad)]},
+            },
+            routes=[route(upstream="main", plugins=[{"pick_upstream": {}}, cb])],
+        )
+    )
+    gw = await gateway(cfg, env=pick_plugin_env(tmp_path))
+    chosen = await get_many(gw.url + "/x", 4, headers={"X-Upstream": "other"})
+    assert [s for s, _ in chosen] == [502, 502, 503, 503]
+    assert bad.hits == 2
+    assert [s for s, _ in await get_many(gw.url + "/x", 3)] == [200] * 3  # main is untouched
+    (b,) = await breakers(gw, state="open")
+    assert (b["upstream"], b["target"]) == ("other", upstream_url(s_bad))
+    target = upstream_url(s_bad)
+    assert await gw.metric("gatewayd_breaker_state", target=target, upstream="other") == 2
+
+
+class Peer:
+    """``gatewayd peer`` in a subprocess."""
+
+    def __init__(self, gw, lease: str, key: str, target: str, name: str, log: Path) -> None:
+        relay = gw.url.replace("http://", "ws://") + "/_relay/connect"
+        args = ["--gateway", relay, "--lease", lease, "--key", key, "--target", target]
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gatewayd", "peer", *args, "--name", name],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ},
+            )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+async def lease_peers(gw, lease: str) -> int:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(gw.admin_url + "/_admin/relay/stats", headers=AUTH) as r,
+    ):
+        stats = await r.json()
+    return len(stats["leases"].get(lease, {}).get("connections", []))
+
+
+async def wait_peers(gw, lease: str, n: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while await lease_peers(gw, lease) != n:
+        assert time.monotonic() < deadline, f"lease {lease} never had {n} connection(s)"
+        await asyncio.sleep(0.05)
+
+
+async def test_breaker_on_a_relay_by_path_route_survives_a_reconnect(
+    gateway, backend, config, tmp_path
+):
+    failing = Counting(lambda r: asyncio.sleep(0, web.Response(status=500)))
+    srv = await backend(failing.app)
+    cb = {"circuit_breaker": {"consecutive_failures": 2, "open_for": "1m"}}
+    cfg = with_admin(
+        config(
+            routes=[
+                {"name": "peers", "match": {"path": "/peer/"}, "relay": "by_path", "plugins": [cb]}
+            ]
+        )
+    )
+    cfg["relay"] = {"heartbeat": {"interval": "200ms", "timeout": "1s"}, "connect_rate": "100/s"}
+    gw = await gateway(cfg)
+    spec = {"tenant": "acme", "scopes": ["relay:svc"], "key_id": "peer-key"}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(gw.admin_url + "/_admin/keys", json=spec, headers=AUTH) as r,
+    ):
+        assert r.status == 201, await r.text()
+        key = (await r.json())["key"]
+    peers = []
+    try:
+        peers.append(Peer(gw, "svc", key, upstream_url(srv), "p1", tmp_path / "peer.log"))
+        await wait_peers(gw, "svc", 1)
+        statuses = [s for s, _ in await get_many(gw.url + "/peer/svc/x", 5)]
+        assert statuses == [500, 500, 503, 503, 503]
+        assert failing.hits == 2  # open: the peer is not asked any more
+        (b,) = await breakers(gw)
+        assert (b["route"], b["upstream"], b["target"], b["state"]) == (
+            "peers",
+            "relay:svc",
+            "peer-key/p1",  # the peer's stable identity: key id and name
+            "open",
+        )
+        # The peer reconnects (a new connection, the same identity): still open.
+        peers[0].stop()
+        await wait_peers(gw, "svc", 0)
+        peers.append(Peer(gw, "svc", key, upstream_url(srv), "p1", tmp_path / "peer.log"))
+        await wait_peers(gw, "svc", 1)
+        assert [s for s, _ in await get_many(gw.url + "/peer/svc/x", 3)] == [503] * 3
+        assert failing.hits == 2
+        (b,) = await breakers(gw)
+        assert b["state"] == "open" and b["target"] == "peer-key/p1"
+    finally:
+        for p in peers:
+            p.stop()
