@@ -29,6 +29,13 @@ def install(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=os.environ.get("GATEWAYD_PEER_KEY"),
         help="API key with a relay:<lease> scope (default: $GATEWAYD_PEER_KEY)",
     )
+    p.add_argument(
+        "--name",
+        default="default",
+        help="this peer's name: with the key's id, its identity at the gateway (breaker state "
+        "and event statistics survive reconnects); peers that share a key and a name are one "
+        "target (default: 'default')",
+    )
     p.add_argument("--connections", type=int, default=1, help="parallel WebSockets (default 1)")
     events = p.add_mutually_exclusive_group()
     events.add_argument("--events-to", metavar="URL", help="POST each pushed event (JSON) here")
@@ -71,10 +78,19 @@ def _event_handler(args: argparse.Namespace) -> Any:
 
 def cmd_peer(args: argparse.Namespace) -> int:
     from gatewayd.relay.peer import Peer, PeerRefused
+    from gatewayd.relay.registry import valid_lease
 
     if not args.key:
         print("gatewayd peer: --key (or GATEWAYD_PEER_KEY) is required", file=sys.stderr)
         return 1
+    for flag, value in (("--lease", args.lease), ("--name", args.name)):
+        if not valid_lease(value):
+            print(
+                f"gatewayd peer: {flag} must be 1-63 letters, digits, '_', '.', '-' "
+                "(starting with a letter or digit)",
+                file=sys.stderr,
+            )
+            return 1
     if not args.gateway.startswith(("ws://", "wss://", "http://", "https://")):
         print("gatewayd peer: --gateway must be a ws:// or wss:// URL", file=sys.stderr)
         return 1
@@ -90,6 +106,7 @@ def cmd_peer(args: argparse.Namespace) -> int:
             args.target,
             connections=args.connections,
             on_event=_event_handler(args),
+            name=args.name,
         )
         loop = asyncio.get_running_loop()
         runner = asyncio.create_task(peer.run())

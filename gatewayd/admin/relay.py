@@ -2,10 +2,12 @@
 
 - ``POST /_admin/relay/leases/{lease}/events`` ``{type, payload, correlation_id?}``: push an event
   to every connection of the lease, in order. 202 with its id and seq; 400 for a type not in
-  ``relay.event_types``; 413 for a payload over ``relay.max_event_bytes``; 404 when no peer holds
-  the lease (counted as a failed delivery).
-- ``GET /_admin/relay/stats``: per lease and connection: connected_at, last_heartbeat, in-flight
-  streams, events sent/acked/failed, last failure time and reason.
+  ``relay.event_types``; 413 for a payload over ``relay.max_event_bytes`` or an event whose
+  frame would be over ``relay.max_frame`` (a peer would have to refuse it); 404 when no peer
+  holds the lease (counted as a failed delivery).
+- ``GET /_admin/relay/stats``: per lease, per peer identity (``<key id>/<name>``, kept across
+  reconnects) and per connection: connected_at, last_heartbeat, in-flight streams, events
+  sent/acked/failed/queued, last failure time and reason.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from aiohttp import web
 from gatewayd.admin.app import DAEMON
 from gatewayd.admin.auth import admin_error, admin_route
 from gatewayd.proxy.headers import valid_request_id
-from gatewayd.relay.registry import RelayRegistry
+from gatewayd.relay.registry import EventTooLarge, RelayRegistry
 
 
 def _registry(request: web.Request) -> RelayRegistry | None:
@@ -48,12 +50,20 @@ async def push_event(request: web.Request) -> web.StreamResponse:
         allowed = ", ".join(config.event_types) or "none configured"
         return admin_error(400, "bad_event_type", f"unknown event type (allowed: {allowed})")
     payload = data.get("payload")
-    if len(json.dumps(payload, separators=(",", ":"))) > limit:
-        return admin_error(413, "event_too_large", f"event payload over {limit} bytes")
+    size = len(json.dumps(payload, separators=(",", ":")))
+    if size > limit:
+        return admin_error(
+            413,
+            "event_too_large",
+            f"event payload is {size} bytes, over relay.max_event_bytes ({limit} bytes)",
+        )
     cid = data.get("correlation_id") or request.headers.get("X-Request-ID")
     if not isinstance(cid, str) or not valid_request_id(cid):
         cid = uuid.uuid4().hex
-    result = registry.push_event(lease, type_, payload, cid)
+    try:
+        result = registry.push_event(lease, type_, payload, cid, config.max_frame)
+    except EventTooLarge as exc:
+        return admin_error(413, "event_too_large", str(exc))
     if result is None:
         return admin_error(404, "no_peer", f"no peer holds relay lease '{lease}'")
     return web.json_response({"lease": lease, "correlation_id": cid, **result}, status=202)

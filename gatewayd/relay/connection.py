@@ -9,8 +9,9 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -18,10 +19,15 @@ from aiohttp import web
 from gatewayd.config.schema import RelayConfig
 from gatewayd.relay import protocol as p
 from gatewayd.relay.flow import FlowControlError, InboundBody, SendWindow, StreamReset
+from gatewayd.relay.messages import MessageInbox, MessageTooBig
+from gatewayd.relay.peers import DEFAULT_PEER, Delivery
 from gatewayd.relay.protocol import Close, FrameType, ProtocolError
 
+if TYPE_CHECKING:
+    from gatewayd.relay.peers import PeerIdentity
+
 log = logging.getLogger("gatewayd.relay")
-EVENT_QUEUE = 10_000
+EVENT_QUEUE = 10_000  # events queued or sent and not yet acknowledged, per connection
 STALLED_BUFFER = 4 * 1024 * 1024  # outgoing bytes a peer may leave unread before it is "stalled"
 
 
@@ -33,7 +39,7 @@ class Disconnected(StreamReset):
 class TunnelStream:
     """The gateway's half of one stream: the response head, body and our send window."""
 
-    __slots__ = ("body", "head", "id", "out_done", "window")
+    __slots__ = ("body", "head", "id", "inbox", "out_done", "window")
 
     def __init__(self, sid: int, window: int, conn: PeerConnection) -> None:
         self.id = sid
@@ -41,6 +47,7 @@ class TunnelStream:
         self.window = SendWindow(window)
         self.body = InboundBody(window, lambda n: conn.send_quiet(p.window_update(sid, n)))
         self.out_done = False
+        self.inbox: MessageInbox | None = None  # WebSocket messages, once upgraded
 
     def fail(self, exc: BaseException) -> None:
         if not self.head.done():
@@ -48,12 +55,19 @@ class TunnelStream:
             self.head.exception()  # retrieved: no "never retrieved" warning if nobody waits
         self.body.fail(exc)
         self.window.fail(exc)
+        if self.inbox is not None:
+            self.inbox.fail(exc)
 
 
 @dataclass(slots=True)
 class PendingEvent:
     frame: bytes
     seq: int
+    id: str
+
+
+# (connection, event ids, reason): a failed delivery, logged and published by the registry
+FailureHook = Callable[["PeerConnection", list[str], str], None]
 
 
 class PeerConnection:
@@ -67,6 +81,7 @@ class PeerConnection:
         tenant: str | None,
         client_ip: str,
         config: RelayConfig,
+        peer: str = DEFAULT_PEER,
     ) -> None:
         self.ws = ws
         self.transport = transport
@@ -76,6 +91,9 @@ class PeerConnection:
         self.tenant = tenant
         self.client_ip = client_ip
         self.config = config
+        self.peer = peer  # the name the peer gave: its identity is "<key_id>/<peer>"
+        self.identity: PeerIdentity | None = None  # set by the registry
+        self.on_event_failed: FailureHook | None = None  # set by the registry
         self.streams: dict[int, TunnelStream] = {}
         self.next_stream = 1
         self.connected_at = time.time()
@@ -87,12 +105,9 @@ class PeerConnection:
         self.close_reason = ""
         self.streams_total = 0
         self.unknown_stream_frames = 0
-        self.events_sent = 0
-        self.events_acked = 0
-        self.events_failed = 0
-        self.last_failure_at: float | None = None
-        self.last_failure_reason: str | None = None
+        self.delivery = Delivery()  # this connection's; the identity keeps its own
         self._events: deque[PendingEvent] = deque()
+        self._unacked: deque[PendingEvent] = deque()
         self._events_wake = asyncio.Event()
         self._stalled_since: float | None = None
         self._closer: asyncio.Task[None] | None = None
@@ -107,22 +122,25 @@ class PeerConnection:
     def usable(self) -> bool:
         return not self.closed and not self.draining and self.inflight < self.config.max_streams
 
+    @property
+    def events_queued(self) -> int:
+        return len(self._events)
+
     def stats(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "client_ip": self.client_ip,
             "key_id": self.key_id,
+            "peer": self.peer,
+            "identity": f"{self.key_id}/{self.peer}",
             "connected_at": self.connected_at,
             "last_heartbeat": self.last_heartbeat,
             "in_flight": self.inflight,
             "streams_total": self.streams_total,
             "draining": self.draining,
-            "events_sent": self.events_sent,
-            "events_acked": self.events_acked,
-            "events_failed": self.events_failed,
+            **self.delivery.as_dict(),
             "events_queued": len(self._events),
-            "last_failure_at": self.last_failure_at,
-            "last_failure_reason": self.last_failure_reason,
+            "events_unacked": len(self._unacked),
             "unknown_stream_frames": self.unknown_stream_frames,
         }
 
@@ -157,22 +175,36 @@ class PeerConnection:
 
     # -- events ----------------------------------------------------------------------------
 
-    def enqueue_event(self, event: dict[str, Any]) -> bool:
+    def enqueue_event(self, event_id: str, seq: int, frame: bytes) -> bool:
+        """Queue an EVENT frame (the registry checked it fits in max_frame)."""
         if self.closed:
-            self.event_failed("disconnected")
+            self.event_failed([event_id], "disconnected")
             return False
-        if len(self._events) >= EVENT_QUEUE:
-            self.event_failed("queue_full")
+        if len(self._events) + len(self._unacked) >= EVENT_QUEUE:
+            self.event_failed([event_id], "queue_full")
             return False
-        frame = p.encode_json(0, FrameType.EVENT, event)
-        self._events.append(PendingEvent(frame, event["seq"]))
+        self._events.append(PendingEvent(frame, seq, event_id))
         self._events_wake.set()
         return True
 
-    def event_failed(self, reason: str, count: int = 1) -> None:
-        self.events_failed += count
-        self.last_failure_at = time.time()
-        self.last_failure_reason = reason
+    def event_failed(self, ids: list[str], reason: str) -> None:
+        if not ids:
+            return
+        self.delivery.failed(reason, len(ids))
+        if self.identity is not None:
+            self.identity.delivery.failed(reason, len(ids))
+        if self.on_event_failed is not None:
+            self.on_event_failed(self, ids, reason)
+
+    def event_acked(self, seq: Any) -> None:
+        """EVENT_ACK: the peer acknowledges in order; anything else is ignored."""
+        unacked = self._unacked
+        while unacked and isinstance(seq, int) and unacked[0].seq <= seq:
+            done = unacked.popleft()
+            if done.seq == seq:
+                self.delivery.events_acked += 1
+                if self.identity is not None:
+                    self.identity.delivery.events_acked += 1
 
     async def _send_events(self) -> None:
         while True:
@@ -182,7 +214,10 @@ class PeerConnection:
                 event = self._events[0]
                 await self.send(event.frame)
                 self._events.popleft()
-                self.events_sent += 1
+                self._unacked.append(event)
+                self.delivery.events_sent += 1
+                if self.identity is not None:
+                    self.identity.delivery.events_sent += 1
 
     # -- heartbeat -------------------------------------------------------------------------
 
@@ -254,9 +289,11 @@ class PeerConnection:
         streams, self.streams = self.streams, {}
         for stream in streams.values():
             stream.fail(exc)
-        if self._events:
-            self.event_failed("disconnected", len(self._events))
+        if self._events or self._unacked:  # sent and never acknowledged: not delivered either
+            ids = [e.id for e in self._unacked] + [e.id for e in self._events]
             self._events.clear()
+            self._unacked.clear()
+            self.event_failed(ids, "disconnected")
 
     async def handle(self, frame: p.Frame) -> None:
         t = frame.type
@@ -269,7 +306,8 @@ class PeerConnection:
                         p.encode(0, FrameType.PING, bytes(frame.payload), p.FLAG_ACK)
                     )
             elif t == FrameType.EVENT_ACK:
-                self.events_acked += 1
+                ack = frame.json()
+                self.event_acked(ack.get("seq") if isinstance(ack, dict) else None)
             elif t == FrameType.RESET:  # on stream 0: "send me no new streams" (peer leaving)
                 self.draining = True
             elif t in (FrameType.HELLO, FrameType.HELLO_ACK):
@@ -309,6 +347,20 @@ class PeerConnection:
             info = _reset_info(frame)
             self.streams.pop(stream.id, None)
             stream.fail(StreamReset(info[0], info[1]))
+        elif t == FrameType.WS_MESSAGE or t == FrameType.WS_CLOSE:
+            inbox = stream.inbox
+            if inbox is None or not stream.head.done():
+                raise ProtocolError("WebSocket frame on a stream that was not upgraded")
+            if t == FrameType.WS_CLOSE:
+                inbox.close(*p.ws_close_info(frame))
+                return
+            try:
+                await inbox.feed(frame.flags, bytes(frame.payload))
+            except FlowControlError:
+                await self.reset_stream(stream, "flow_control", "WS_MESSAGE beyond the window")
+                stream.fail(StreamReset("flow_control", "peer overran the stream window"))
+            except MessageTooBig as exc:
+                inbox.fail(exc)  # the channel closes both sides with 1009
         else:
             raise ProtocolError(f"unexpected frame type {t:#x} on a stream")
 

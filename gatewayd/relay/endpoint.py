@@ -13,6 +13,7 @@ from aiohttp import web
 from gatewayd.config.schema import RelayConfig
 from gatewayd.relay import protocol as p
 from gatewayd.relay.connection import PeerConnection
+from gatewayd.relay.peers import DEFAULT_PEER
 from gatewayd.relay.protocol import Close, FrameType, ProtocolError
 from gatewayd.relay.registry import valid_lease
 
@@ -83,6 +84,9 @@ class RelayEndpoint:
         lease = hello.get("lease")
         if not isinstance(lease, str) or not valid_lease(lease):
             return await self.refuse(ws, Close.PROTOCOL, "invalid lease name", ip)
+        name = hello.get("peer", DEFAULT_PEER)
+        if not isinstance(name, str) or not valid_lease(name):
+            return await self.refuse(ws, Close.PROTOCOL, "invalid peer name", ip)
         if not lease_allowed(record.scopes, lease):
             return await self.refuse(
                 ws, Close.FORBIDDEN_LEASE, "lease not allowed", ip, key_id=record.key_id
@@ -98,10 +102,12 @@ class RelayEndpoint:
             getattr(record, "tenant", None),
             ip,
             config,
+            name,
         )
         ack = {
             "connection_id": conn.id,
             "lease": lease,
+            "peer": name,
             "heartbeat_interval": config.heartbeat.interval,
             "heartbeat_timeout": config.heartbeat.timeout,
             "max_frame": config.max_frame,

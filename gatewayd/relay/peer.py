@@ -28,6 +28,8 @@ from yarl import URL
 from gatewayd import __version__
 from gatewayd.relay import protocol as p
 from gatewayd.relay.flow import FlowControlError, InboundBody, SendWindow, StreamReset
+from gatewayd.relay.messages import MessageInbox, MessageTooBig
+from gatewayd.relay.peer_websocket import serve_websocket
 from gatewayd.relay.protocol import Close, FrameType, ProtocolError
 
 log = logging.getLogger("gatewayd.peer")
@@ -47,17 +49,20 @@ class PeerRefused(Exception):
 
 
 class PeerStream:
-    __slots__ = ("body", "id", "task", "window")
+    __slots__ = ("body", "id", "inbox", "task", "window")
 
     def __init__(self, sid: int, window: int, link: Link) -> None:
         self.id = sid
         self.window = SendWindow(window)
         self.body = InboundBody(window, lambda n: link.send_quiet(p.window_update(sid, n)))
         self.task: asyncio.Task[None] | None = None
+        self.inbox: MessageInbox | None = None  # WebSocket messages, for an upgrade
 
     def fail(self, exc: BaseException) -> None:
         self.body.fail(exc)
         self.window.fail(exc)
+        if self.inbox is not None:
+            self.inbox.fail(exc)
 
 
 class Link:
@@ -87,7 +92,12 @@ class Link:
 
     async def hello(self) -> None:
         agent = f"gatewayd-peer/{__version__}"
-        hello = {"lease": self.peer.lease, "version": p.VERSION, "agent": agent}
+        hello = {
+            "lease": self.peer.lease,
+            "version": p.VERSION,
+            "agent": agent,
+            "peer": self.peer.name,
+        }
         await self.send(p.encode_json(0, FrameType.HELLO, hello))
         async with asyncio.timeout(10.0):
             msg = await self.ws.receive()
@@ -190,6 +200,16 @@ class Link:
             stream.fail(StreamReset("cancel"))
             if stream.task is not None:
                 stream.task.cancel()
+        elif t in (FrameType.WS_MESSAGE, FrameType.WS_CLOSE) and stream.inbox is not None:
+            if t == FrameType.WS_CLOSE:
+                stream.inbox.close(*p.ws_close_info(frame))
+                return
+            try:
+                await stream.inbox.feed(frame.flags, bytes(frame.payload))
+            except FlowControlError:
+                await self.reset(stream, "flow_control")
+            except MessageTooBig as exc:
+                stream.inbox.fail(exc)  # serve_websocket closes both sides with 1009
 
     async def reset(self, stream: PeerStream, code: str, message: str = "") -> None:
         if self.streams.pop(stream.id, None) is not None:
@@ -203,6 +223,9 @@ class Link:
         try:
             if self.peer.stopping:
                 await self.reset(stream, "refused", "peer is leaving")
+                return
+            if head.get("upgrade") == "websocket":
+                await serve_websocket(self, stream, head)
                 return
             method = str(head["method"])
             path = str(head.get("path") or "/")
@@ -273,9 +296,11 @@ class Peer:
         connections: int = 1,
         on_event: Callable[[dict[str, Any]], Any] | None = None,
         backoff_max: float = BACKOFF_MAX,
+        name: str = "default",
     ) -> None:
         self.gateway = gateway
         self.lease = lease
+        self.name = name  # with the key's id, this peer's identity at the gateway
         self.key = key
         self.target = target.rstrip("/")
         self.connections = max(1, connections)

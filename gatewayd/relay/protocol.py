@@ -15,7 +15,9 @@ HEADER_SIZE = HEADER.size  # 12
 WINDOW = struct.Struct("!I")
 MAX_WINDOW = 2**31 - 1
 
-FLAG_ACK = 0x01
+FLAG_ACK = 0x01  # PING: this is the answer
+FLAG_TEXT = 0x02  # WS_MESSAGE: a text message (UTF-8)
+FLAG_MORE = 0x04  # WS_MESSAGE: more fragments of this message follow
 
 
 class FrameType(IntEnum):
@@ -29,6 +31,8 @@ class FrameType(IntEnum):
     EVENT = 0x08
     EVENT_ACK = 0x09
     PING = 0x0A
+    WS_MESSAGE = 0x0B
+    WS_CLOSE = 0x0C
 
 
 class Close:
@@ -118,3 +122,19 @@ def headers_list(pairs: Any) -> list[tuple[str, str]]:
             raise ProtocolError("bad header pair")
         out.append((pair[0], pair[1]))
     return out
+
+
+def ws_close(stream: int, code: int, reason: str = "") -> bytes:
+    return encode_json(stream, FrameType.WS_CLOSE, {"code": code, "reason": reason[:123]})
+
+
+def ws_close_info(frame: Frame) -> tuple[int, str]:
+    """``(code, reason)`` from a WS_CLOSE frame (a bad one reads as 1002, protocol error)."""
+    try:
+        data = json.loads(bytes(frame.payload))
+        code, reason = data.get("code"), data.get("reason", "")
+    except (ValueError, AttributeError):
+        return 1002, "bad WS_CLOSE frame"
+    if not isinstance(code, int) or isinstance(code, bool) or not 1000 <= code <= 4999:
+        return 1002, "bad WS_CLOSE code"
+    return code, str(reason)[:123]

@@ -8,23 +8,24 @@ import re
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
 
-from gatewayd.chain.api import RequestContext
-from gatewayd.config.schema import RelayConfig, TimeoutsConfig, UpstreamConfig
-from gatewayd.proxy.errors import UpstreamError
+from gatewayd.chain.upstream import Target
+from gatewayd.config.schema import RelayConfig
+from gatewayd.relay import protocol as p
 from gatewayd.relay.connection import PeerConnection
-from gatewayd.relay.protocol import Close
-from gatewayd.relay.tunnel import RelayUpstream
+from gatewayd.relay.peers import LeasePeers, PeerIdentity
+from gatewayd.relay.protocol import Close, FrameType
+from gatewayd.relay.tunnel import RelayLeaseUpstream
 
 log = logging.getLogger("gatewayd.relay")
 LEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 MAX_IPS = 10_000  # connect-rate buckets kept at most (oldest dropped first)
-MAX_ORPHAN_LEASES = 1_000  # leases with failed deliveries but no connection, kept in the stats
+MAX_IDLE_LEASES = 1_000  # leases without a connection kept (their identities, stats, seq)
+LOGGED_FAILURES = 10  # failed deliveries logged one by one per occasion; the rest summed up
 
 
 def valid_lease(name: str) -> bool:
@@ -48,25 +49,29 @@ class ConnectRate:
         return ok
 
 
-@dataclass(slots=True)
-class LeaseFailures:
-    """Deliveries that found no connection for the lease."""
+class EventTooLarge(Exception):
+    """An event whose EVENT frame would be over a peer's max_frame (the API answers 413)."""
 
-    events_failed: int = 0
-    last_failure_at: float | None = None
-    last_failure_reason: str | None = None
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"the event needs a {size}-byte relay frame, over relay.max_frame ({limit} bytes): "
+            "send a smaller payload (relay.max_event_bytes should leave room below "
+            "relay.max_frame for the event's id, type, time, correlation id and lease)"
+        )
+        self.size = size
+        self.limit = limit
 
 
 class RelayRegistry:
     def __init__(self, keys: Any = None, events: Callable[[], Any] | None = None) -> None:
         self.keys = keys
         self._events = events
-        self.leases: dict[str, list[PeerConnection]] = {}
+        # Leases with connections, and (bounded, least recently used first) leases without:
+        # their identities (targets), delivery statistics and event sequence outlive a reconnect.
+        self.leases: dict[str, LeasePeers] = {}
+        self.idle: OrderedDict[str, LeasePeers] = OrderedDict()
         self.connections: dict[str, PeerConnection] = {}
         self.connect_rate = ConnectRate()
-        self.failures: OrderedDict[str, LeaseFailures] = OrderedDict()
-        self.seq: dict[str, int] = {}
-        self._turn = 0
         self.closing = False
         self.counters = {"refused": 0, "connects": 0, "disconnects": 0}
         if keys is not None and hasattr(keys, "on_revoke"):
@@ -74,37 +79,34 @@ class RelayRegistry:
 
     # -- upstreams -------------------------------------------------------------------------
 
-    def upstream(self, name: str, config: UpstreamConfig) -> RelayUpstream:
-        assert config.relay is not None
-        return RelayUpstream(name, config.relay, self)
+    def lease_upstream(self, lease: str) -> RelayLeaseUpstream:
+        """The upstream of ``lease`` for ``relay: by_path`` routes: cached while the lease is
+        known (has peers, or had them lately: bounded); a lease nobody holds gets a fresh one
+        that is not kept, so lease names in request paths cannot grow memory."""
+        peers = self.leases.get(lease) or self.idle.get(lease)
+        if peers is None:
+            return RelayLeaseUpstream(f"relay:{lease}", lease, self)
+        if peers.upstream is None:
+            peers.upstream = RelayLeaseUpstream(f"relay:{lease}", lease, self)
+        return peers.upstream
 
-    def route_upstream(self, ctx: RequestContext, route: Any) -> tuple[Any, TimeoutsConfig, str]:
-        """For ``relay: by_path`` routes: ``<prefix>/<lease>/<rest>`` goes to ``/<rest>`` on a
-        peer holding ``<lease>``; a route with ``relay: <lease>`` names the lease itself."""
-        timeouts = route.config.timeouts or TimeoutsConfig()
-        relay = route.config.relay
-        path = ctx.request.path
-        if relay and relay != "by_path":
-            return RelayUpstream(f"relay:{relay}", relay, self), timeouts, route.upstream_path(path)
-        rest = path[len(route.prefix) :].lstrip("/")
-        lease, _, tail = rest.partition("/")
-        if not lease or not valid_lease(lease):
-            raise UpstreamError(404, "no_lease", "expected /<lease>/<path> after the route prefix")
-        return RelayUpstream(f"relay:{lease}", lease, self), timeouts, "/" + tail
+    def targets(self, lease: str) -> Sequence[Target]:
+        peers = self.leases.get(lease)
+        return peers.targets() if peers is not None else ()
 
-    def pick(self, lease: str, exclude: set[str] | frozenset[str] = frozenset()) -> Any:
-        """The usable connection of ``lease`` with the fewest streams in flight (ties rotate)."""
-        conns = self.leases.get(lease)
-        if not conns:
-            return None
-        self._turn += 1
-        n = len(conns)
-        best = None
-        for i in range(n):
-            c = conns[(self._turn + i) % n]
-            if c.usable and c.id not in exclude and (best is None or c.inflight < best.inflight):
-                best = c
-        return best
+    def identity(self, lease: str, target_id: str) -> PeerIdentity | None:
+        peers = self.leases.get(lease)
+        return peers.identities.get(target_id) if peers is not None else None
+
+    def _lease(self, lease: str) -> LeasePeers:
+        """The lease's record, made (idle) if unknown."""
+        peers = self.leases.get(lease)
+        if peers is None:
+            peers = self.idle.pop(lease, None) or LeasePeers(lease)
+            self.idle[lease] = peers
+            while len(self.idle) > MAX_IDLE_LEASES:
+                self.idle.popitem(last=False)
+        return peers
 
     # -- connections -----------------------------------------------------------------------
 
@@ -119,24 +121,37 @@ class RelayRegistry:
 
     def add(self, conn: PeerConnection) -> None:
         self.connections[conn.id] = conn
-        self.leases.setdefault(conn.lease, []).append(conn)
+        peers = self.leases.get(conn.lease)
+        if peers is None:
+            peers = self.idle.pop(conn.lease, None) or LeasePeers(conn.lease)
+            self.leases[conn.lease] = peers
+        conn.identity = peers.join(conn)
+        conn.on_event_failed = self.event_failed
         self.counters["connects"] += 1
         self._announce(conn, "connected", client_ip=conn.client_ip)
 
     def remove(self, conn: PeerConnection) -> None:
         if self.connections.pop(conn.id, None) is None:
             return
-        conns = self.leases.get(conn.lease, [])
-        if conn in conns:
-            conns.remove(conn)
-        if not conns:
-            self.leases.pop(conn.lease, None)
+        peers = self.leases.get(conn.lease)
+        if peers is not None:
+            peers.leave(conn)
+            if not peers.active:  # kept a while: a reconnect finds its target and stats
+                del self.leases[conn.lease]
+                self.idle[conn.lease] = peers
+                while len(self.idle) > MAX_IDLE_LEASES:
+                    self.idle.popitem(last=False)
         self.counters["disconnects"] += 1
         self._announce(conn, "disconnected", reason=conn.close_reason)
 
     def _announce(self, conn: PeerConnection, what: str, **detail: Any) -> None:
         """Log a peer's arrival or departure and publish it as ``relay.peer.<what>``."""
-        payload = {"lease": conn.lease, "connection": conn.id, **detail}
+        payload = {
+            "lease": conn.lease,
+            "connection": conn.id,
+            "peer": f"{conn.key_id}/{conn.peer}",
+            **detail,
+        }
         log.info(f"relay peer {what}", extra=payload)
         self.publish(f"relay.peer.{what}", payload, conn.tenant)
 
@@ -157,17 +172,17 @@ class RelayRegistry:
     # -- events ----------------------------------------------------------------------------
 
     def push_event(
-        self, lease: str, type_: str, payload: Any, correlation_id: str
+        self, lease: str, type_: str, payload: Any, correlation_id: str, max_frame: int
     ) -> dict[str, Any] | None:
-        """Queue one event for every connection of ``lease``; None when no peer holds it."""
-        conns = [c for c in self.leases.get(lease, []) if not c.closed]
-        if not conns:
-            self.lease_failed(lease, "no_peer")
-            return None
-        seq = self.seq.get(lease, 0) + 1
-        self.seq[lease] = seq
+        """Queue one event for every connection of ``lease``; None when no peer holds it.
+        Raises :class:`EventTooLarge` (nothing queued or counted) when its frame would be over
+        ``max_frame`` or over the max_frame a connection of the lease was given."""
+        peers = self.leases.get(lease)
+        conns = [c for c in peers.connections if not c.closed] if peers is not None else []
+        seq = (peers.seq if peers is not None else 0) + 1
+        event_id = uuid.uuid4().hex
         event = {
-            "id": uuid.uuid4().hex,
+            "id": event_id,
             "seq": seq,
             "type": type_,
             "time": time.time(),
@@ -175,24 +190,61 @@ class RelayRegistry:
             "lease": lease,
             "payload": payload,
         }
-        queued = sum(1 for c in conns if c.enqueue_event(event))
-        if queued < len(conns):
+        frame = p.encode_json(0, FrameType.EVENT, event)
+        limit = min([max_frame, *(c.config.max_frame for c in conns)])
+        if len(frame) - p.HEADER_SIZE > limit:
+            raise EventTooLarge(len(frame) - p.HEADER_SIZE, limit)
+        if peers is None or not conns:
+            record = self._lease(lease)
+            record.no_peer.failed("no_peer")
+            self._failure_logged(lease, None, [event_id], "no_peer")
+            return None
+        peers.seq = seq
+        queued = sum(1 for c in conns if c.enqueue_event(event_id, seq, frame))
+        return {"id": event_id, "seq": seq, "connections": len(conns), "queued": queued}
+
+    def event_failed(self, conn: PeerConnection, ids: list[str], reason: str) -> None:
+        """A connection could not deliver events (its failure hook)."""
+        self._failure_logged(conn.lease, f"{conn.key_id}/{conn.peer}", ids, reason, conn.tenant)
+
+    def _failure_logged(
+        self,
+        lease: str,
+        peer: str | None,
+        ids: list[str],
+        reason: str,
+        tenant: str | None = None,
+    ) -> None:
+        """Log each failed delivery at WARNING (the first few one by one, then a summary) and
+        publish ``relay.event.failed``."""
+        for event_id in ids[:LOGGED_FAILURES]:
+            log.warning(
+                "relay event delivery failed",
+                extra={"lease": lease, "peer": peer, "event_id": event_id, "reason": reason},
+            )
             self.publish(
                 "relay.event.failed",
-                {"lease": lease, "event": event["id"], "reason": "queue_full"},
-                None,
+                {"lease": lease, "peer": peer, "event": event_id, "reason": reason},
+                tenant,
             )
-        return {"id": event["id"], "seq": seq, "connections": len(conns), "queued": queued}
-
-    def lease_failed(self, lease: str, reason: str) -> None:
-        entry = self.failures.pop(lease, None) or LeaseFailures()
-        entry.events_failed += 1
-        entry.last_failure_at = time.time()
-        entry.last_failure_reason = reason
-        self.failures[lease] = entry
-        while len(self.failures) > MAX_ORPHAN_LEASES:
-            self.failures.popitem(last=False)
-        self.publish("relay.event.failed", {"lease": lease, "reason": reason}, None)
+        if len(ids) > LOGGED_FAILURES:
+            rest = ids[LOGGED_FAILURES:]
+            log.warning(
+                "relay event deliveries failed",
+                extra={
+                    "lease": lease,
+                    "peer": peer,
+                    "count": len(rest),
+                    "first_event_id": rest[0],
+                    "last_event_id": rest[-1],
+                    "reason": reason,
+                },
+            )
+            self.publish(
+                "relay.event.failed",
+                {"lease": lease, "peer": peer, "events": len(rest), "reason": reason},
+                tenant,
+            )
 
     def publish(self, type_: str, payload: dict[str, Any], tenant: str | None) -> None:
         bus = self._events() if self._events is not None else None
@@ -205,15 +257,10 @@ class RelayRegistry:
 
     def stats(self) -> dict[str, Any]:
         leases: dict[str, Any] = {}
-        for lease, conns in self.leases.items():
-            leases[lease] = {"connections": [c.stats() for c in conns]}
-        for lease, f in self.failures.items():
-            entry = leases.setdefault(lease, {"connections": []})
-            entry.update(
-                events_failed_no_peer=f.events_failed,
-                last_failure_at=f.last_failure_at,
-                last_failure_reason=f.last_failure_reason,
-            )
+        for lease, peers in self.idle.items():
+            leases[lease] = peers.stats()
+        for lease, peers in self.leases.items():
+            leases[lease] = peers.stats()
         return {
             "connections": len(self.connections),
             "in_flight": sum(c.inflight for c in self.connections.values()),
