@@ -14,6 +14,7 @@ from gatewayd.config.schema import GatewayConfig
 from gatewayd.daemon.generation import Generation
 from gatewayd.daemon.services import Services
 from gatewayd.observability.metrics import Metrics
+from gatewayd.proxy.client_ip import ListenerTrust
 
 log = logging.getLogger("gatewayd.daemon")
 
@@ -43,7 +44,9 @@ class Gateway:
         self._tasks: set[asyncio.Task[None]] = set()
         metrics.generation.set(generation.number)
 
-    async def handle(self, raw: web.BaseRequest) -> web.StreamResponse:
+    async def handle(
+        self, raw: web.BaseRequest, listener: ListenerTrust | None = None
+    ) -> web.StreamResponse:
         """The listener's handler: the relay endpoint, or the serving generation's dispatcher
         with the generation pinned until the reply is done."""
         relay = self.relay
@@ -52,7 +55,7 @@ class Gateway:
         gen = self.current
         gen.inflight += 1
         try:
-            return await gen.dispatcher.handle(raw)
+            return await gen.dispatcher.handle(raw, listener)
         finally:
             gen.inflight -= 1
             if gen.retired and gen.inflight == 0:

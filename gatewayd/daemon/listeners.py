@@ -1,7 +1,9 @@
-"""The public listeners: one aiohttp low-level server, one site per configured address."""
+"""The public listeners: one site per configured address, each with its own aiohttp low-level
+server, so that a request knows the listener it came in on (its trusted proxies)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -10,29 +12,49 @@ from aiohttp import web
 
 from gatewayd.config.schema import ListenerConfig, ServerConfig, parse_address
 from gatewayd.daemon.tls import load_into, make_context
+from gatewayd.proxy.client_ip import ListenerTrust
 
 log = logging.getLogger("gatewayd.daemon")
 
+Handler = Callable[[web.BaseRequest, ListenerTrust | None], Awaitable[web.StreamResponse]]
+
+
+class Listener:
+    """One address: its server, runner and site, its TLS context and its current trust."""
+
+    __slots__ = ("config", "handler", "runner", "site", "tls", "trust")
+
+    def __init__(self, handler: Handler, config: ListenerConfig, tls: ssl.SSLContext | None):
+        self.handler = handler
+        self.config = config
+        self.tls = tls
+        self.trust = ListenerTrust.of(config)
+        self.runner: web.ServerRunner | None = None
+        self.site: web.TCPSite | None = None
+
+    def handle(self, raw: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+        """The server's handler: the gateway's, told which listener's trust applies (a plain
+        call, no coroutine layer of its own). Reads ``self.trust`` per request, so a reload
+        that changes it applies to connections already open."""
+        return self.handler(raw, self.trust)
+
+    def update(self, config: ListenerConfig, tls: ssl.SSLContext | None) -> None:
+        self.config = config
+        self.tls = tls
+        self.trust = ListenerTrust.of(config)
+
 
 class Listeners:
-    def __init__(
-        self,
-        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
-        server: ServerConfig,
-    ) -> None:
-        self.server = web.Server(
-            handler,
-            handler_cancellation=True,
-            max_line_size=server.max_header_size,
-            max_field_size=server.max_header_size,
-            keepalive_timeout=server.keepalive_timeout,
-            access_log=None,
-        )
-        self.runner = web.ServerRunner(self.server, handle_signals=False, shutdown_timeout=1.0)
-        self.sites: dict[str, tuple[web.TCPSite, ListenerConfig, ssl.SSLContext | None]] = {}
+    def __init__(self, handler: Handler, server: ServerConfig) -> None:
+        self.handler = handler
+        self.server_config = server
+        self.listeners: dict[str, Listener] = {}
+        # Runners of listeners that were stopped: their open connections are served to the end
+        # (a reload drops no request) and closed with the rest at shutdown.
+        self.retired: list[web.ServerRunner] = []
 
     async def setup(self) -> None:
-        await self.runner.setup()
+        """Nothing to do before :meth:`apply` (each listener sets up its own server)."""
 
     def prepare_tls(self, listeners: list[ListenerConfig]) -> dict[str, ssl.SSLContext | None]:
         """Load every certificate first (a bad one fails the reload before anything changes)."""
@@ -41,11 +63,11 @@ class Listeners:
             if lc.tls is None:
                 out[lc.address] = None
                 continue
-            existing = self.sites.get(lc.address)
-            if existing is not None and existing[2] is not None:
+            existing = self.listeners.get(lc.address)
+            if existing is not None and existing.tls is not None:
                 # Same listener, TLS before and after: re-read into the live context.
-                load_into(existing[2], lc.tls, f"listen[{i}].tls")
-                out[lc.address] = existing[2]
+                load_into(existing.tls, lc.tls, f"listen[{i}].tls")
+                out[lc.address] = existing.tls
             else:
                 out[lc.address] = make_context(lc.tls, f"listen[{i}].tls")
         return out
@@ -53,27 +75,66 @@ class Listeners:
     async def apply(self, listeners: list[ListenerConfig]) -> None:
         tls = self.prepare_tls(listeners)
         wanted = {lc.address: lc for lc in listeners}
-        for address, (site, _lc, ctx) in list(self.sites.items()):
-            if address not in wanted or (ctx is None) != (tls[address] is None):
-                await site.stop()
-                del self.sites[address]
+        for address, listener in list(self.listeners.items()):
+            if address not in wanted or (listener.tls is None) != (tls[address] is None):
+                await self._stop(listener)
+                del self.listeners[address]
                 log.info("listener stopped", extra={"address": address})
         for address, lc in wanted.items():
-            if address in self.sites:
-                self.sites[address] = (self.sites[address][0], lc, tls[address])
+            existing = self.listeners.get(address)
+            if existing is not None:
+                existing.update(lc, tls[address])
                 continue
-            host, port = parse_address(address)
-            site = web.TCPSite(
-                self.runner, host, port, ssl_context=tls[address], reuse_address=True, backlog=1024
+            listener = Listener(self.handler, lc, tls[address])
+            await self._start(listener)
+            self.listeners[address] = listener
+            log.info(
+                "listening",
+                extra={
+                    "address": address,
+                    "tls": tls[address] is not None,
+                    "trusted_proxies": len(lc.trusted_proxies),
+                    "trusted_hops": lc.trusted_hops,
+                },
             )
+
+    async def _start(self, listener: Listener) -> None:
+        cfg = self.server_config
+        server = web.Server(
+            listener.handle,
+            handler_cancellation=True,
+            max_line_size=cfg.max_header_size,
+            max_field_size=cfg.max_header_size,
+            keepalive_timeout=cfg.keepalive_timeout,
+            access_log=None,
+        )
+        runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=1.0)
+        await runner.setup()
+        host, port = parse_address(listener.config.address)
+        site = web.TCPSite(
+            runner, host, port, ssl_context=listener.tls, reuse_address=True, backlog=1024
+        )
+        try:
             await site.start()
-            self.sites[address] = (site, lc, tls[address])
-            log.info("listening", extra={"address": address, "tls": tls[address] is not None})
+        except BaseException:
+            await runner.cleanup()
+            raise
+        listener.runner, listener.site = runner, site
+
+    async def _stop(self, listener: Listener) -> None:
+        if listener.site is not None:
+            await listener.site.stop()
+            listener.site = None
+        if listener.runner is not None:
+            self.retired.append(listener.runner)
+            listener.runner = None
 
     async def stop_accepting(self) -> None:
-        for site, _, _ in self.sites.values():
-            await site.stop()
-        self.sites.clear()
+        for listener in self.listeners.values():
+            await self._stop(listener)
+        self.listeners.clear()
 
     async def close(self) -> None:
-        await self.runner.cleanup()
+        runners = self.retired + [lr.runner for lr in self.listeners.values() if lr.runner]
+        self.retired, self.listeners = [], {}
+        await asyncio.gather(*(r.cleanup() for r in runners))

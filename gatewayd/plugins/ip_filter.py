@@ -1,22 +1,24 @@
 """``ip_filter``: allow or deny clients by address (CIDR lists; deny wins; 403).
 
-The client address is the TCP peer, unless the peer is one of ``trusted_proxies``: then
-``X-Forwarded-For`` is believed, read right to left, skipping trusted proxies; the first
-untrusted address is the client. (Without ``trusted_proxies``, X-Forwarded-For is ignored:
-anyone can write it.) The address used is left in ``ctx.state["client_ip"]`` for later plugins.
+The address is the request's real client IP, ``ctx.request.client_ip``: the socket peer or,
+behind the listener's ``listen[].trusted_proxies`` / ``trusted_hops``, the one the core worked
+out from X-Forwarded-For (docs/identity.md). It is the same value the rate limiter, the
+balancer and the access log use, so this plugin has no trusted proxies of its own: the former
+``ip_filter.trusted_proxies`` key is refused with an error that points to the listener's. A
+client IP that is not an address (which the core never produces for a TCP client) is refused.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Any
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 
-from gatewayd.chain import Plugin, PluginConfig, RequestContext, Response
+from gatewayd.chain import Plugin, PluginConfig, PluginContext, RequestContext, Response
 
-Network = IPv4Network | IPv6Network
-Address = IPv4Address | IPv6Address
+Masks = tuple[tuple[int, int, int], ...]  # (IP version, network as int, netmask as int)
 
 
 def _networks(values: list[str]) -> list[str]:
@@ -31,31 +33,45 @@ def _networks(values: list[str]) -> list[str]:
 class IpFilterConfig(PluginConfig):
     allow: list[str] = []
     deny: list[str] = []
-    trusted_proxies: list[str] = []
 
-    @field_validator("allow", "deny", "trusted_proxies")
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "trusted_proxies" in data:
+            raise ValueError(
+                "'trusted_proxies' moved to the listener: set listen[].trusted_proxies (or "
+                "listen[].trusted_hops) so that every plugin, the balancer and the access log "
+                "see the same client IP; ip_filter then filters on it"
+            )
+        return data
+
+    @field_validator("allow", "deny")
     @classmethod
     def _check(cls, v: list[str]) -> list[str]:
         return _networks(v)
 
 
-def _parse(value: str) -> Address | None:
-    value = value.strip()
-    if value.startswith("[") and "]" in value:  # [v6]:port
-        value = value[1 : value.index("]")]
-    elif value.count(":") == 1:  # v4:port
-        value = value.split(":", 1)[0]
+def _masks(values: list[str]) -> Masks:
+    nets = [ipaddress.ip_network(v, strict=False) for v in values]
+    return tuple((n.version, int(n.network_address), int(n.netmask)) for n in nets)
+
+
+@functools.lru_cache(maxsize=8192)
+def _address(value: str) -> tuple[int, int] | None:
+    """(IP version, integer value) of a client IP, IPv4-mapped IPv6 as IPv4; None if it is not
+    an address. Cached: the same clients come back, and ``ipaddress`` is slow."""
     try:
         addr = ipaddress.ip_address(value)
     except ValueError:
         return None
-    if isinstance(addr, IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.version, int(addr)
 
 
-def _within(addr: Address, nets: list[Network]) -> bool:
-    return any(addr.version == n.version and addr in n for n in nets)
+def _within(addr: tuple[int, int], masks: Masks) -> bool:
+    version, value = addr
+    return any(v == version and value & m == net for v, net, m in masks)
 
 
 class IpFilterPlugin(Plugin):
@@ -63,34 +79,17 @@ class IpFilterPlugin(Plugin):
     Config = IpFilterConfig
     priority = 3000  # first: refuse before any other work
 
-    def __init__(self, config: IpFilterConfig, context: object) -> None:
-        super().__init__(config, context)  # type: ignore[arg-type]
-        net = ipaddress.ip_network
-        self.allow = [net(v, strict=False) for v in config.allow]
-        self.deny = [net(v, strict=False) for v in config.deny]
-        self.trusted = [net(v, strict=False) for v in config.trusted_proxies]
-
-    def client_address(self, ctx: RequestContext) -> Address | None:
-        addr = _parse(ctx.request.client_ip)
-        if addr is None or not self.trusted or not _within(addr, self.trusted):
-            return addr
-        hops = []
-        for value in ctx.request.headers.getall("X-Forwarded-For", ()):
-            hops += [h for h in value.split(",") if h.strip()]
-        for hop in reversed(hops):
-            parsed = _parse(hop)
-            if parsed is None:
-                return None  # garbage where an address should be: trust nothing
-            addr = parsed
-            if not _within(addr, self.trusted):
-                return addr
-        return addr
+    def __init__(self, config: IpFilterConfig, context: PluginContext) -> None:
+        super().__init__(config, context)
+        self.allow = _masks(config.allow)
+        self.deny = _masks(config.deny)
 
     def on_request(self, ctx: RequestContext) -> Response | None:
-        addr = self.client_address(ctx)
-        if addr is None:
-            return ctx.error_response(403, "forbidden", "client address not allowed")
-        ctx.state["client_ip"] = str(addr)
-        if _within(addr, self.deny) or (self.allow and not _within(addr, self.allow)):
+        addr = _address(ctx.request.client_ip)
+        if (
+            addr is None
+            or _within(addr, self.deny)
+            or (self.allow and not _within(addr, self.allow))
+        ):
             return ctx.error_response(403, "forbidden", "client address not allowed")
         return None

@@ -26,6 +26,7 @@ from gatewayd.config.schema import TimeoutsConfig
 from gatewayd.observability.access import AccessLog
 from gatewayd.observability.metrics import NO_ROUTE, Metrics
 from gatewayd.proxy import websocket
+from gatewayd.proxy.client_ip import ListenerTrust, client_ip
 from gatewayd.proxy.errors import UpstreamError
 from gatewayd.proxy.headers import add_forwarded, strip_hop_by_hop, valid_request_id
 from gatewayd.proxy.leases import LeaseUpstreams, lease_of
@@ -81,7 +82,9 @@ class Dispatcher:
         # system call per request (ids must be unique, not secret).
         self._ids = random.Random()
 
-    async def handle(self, raw: web.BaseRequest) -> web.StreamResponse:
+    async def handle(
+        self, raw: web.BaseRequest, listener: ListenerTrust | None = None
+    ) -> web.StreamResponse:
         """Serve one request (the caller has pinned this dispatcher's generation).
 
         One coroutine from request to reply on purpose: every extra layer of ``await`` costs on
@@ -93,16 +96,17 @@ class Dispatcher:
         try:
             path = normalise_path(target)
         except BadPath as exc:
-            return self.refuse(raw, rid, target, 400, "bad_request", str(exc))
+            return self.refuse(raw, rid, target, 400, "bad_request", str(exc), listener)
         host = raw.host
         route = self.table.match(host, path, raw.method)
         if route is None:
-            return self.refuse(raw, rid, path, 404, "no_route", "no route matches this request")
+            return self.refuse(
+                raw, rid, path, 404, "no_route", "no route matches this request", listener
+            )
         headers = CIMultiDict(raw.headers)
         for name in PRINCIPAL_HEADERS:  # only the gateway may set these (ctx.authenticate does)
             if name in headers:
                 del headers[name]
-        peer = raw.transport.get_extra_info("peername") if raw.transport else None
         request = Request(
             raw.method,
             path,
@@ -110,7 +114,7 @@ class Dispatcher:
             headers,
             host,
             raw.scheme,
-            peer[0] if peer else "",
+            client_ip(raw.transport, headers, listener),
             None,
             raw.content_length,
         )
@@ -161,15 +165,21 @@ class Dispatcher:
                 self.access_log.record(ctx, status, ctx.upstream)
 
     def refuse(
-        self, raw: web.BaseRequest, rid: str, path: str, status: int, code: str, message: str
+        self,
+        raw: web.BaseRequest,
+        rid: str,
+        path: str,
+        status: int,
+        code: str,
+        message: str,
+        listener: ListenerTrust | None = None,
     ) -> web.Response:
         """An error before any route was chosen: counted and access-logged like the rest."""
         self.metrics.route(NO_ROUTE).count(status)
         if self.access_log is not None:
-            peer = raw.transport.get_extra_info("peername") if raw.transport else None
+            ip = client_ip(raw.transport, CIMultiDict(raw.headers), listener)
             request = Request(
-                raw.method, path, "", CIMultiDict(), raw.host, raw.scheme,
-                peer[0] if peer else "", None, None,
+                raw.method, path, "", CIMultiDict(), raw.host, raw.scheme, ip, None, None
             )  # fmt: skip
             self.access_log.record(RequestContext(request, rid, NO_ROUTE_INFO), status, None)
         return json_error(status, code, message, rid)

@@ -51,9 +51,11 @@ def strip_hop_by_hop(headers: CIMultiDict[str]) -> CIMultiDict[str]:
 
 
 def add_forwarded(headers: CIMultiDict[str], client_ip: str, scheme: str, host: str) -> None:
-    """Append the client to X-Forwarded-For; set X-Forwarded-Proto/-Host; append to Via."""
-    xff = headers.get("X-Forwarded-For")
-    headers["X-Forwarded-For"] = f"{xff}, {client_ip}" if xff else client_ip
+    """X-Forwarded-For: as the listener left it (the real client, the trusted proxies it came
+    through and our peer: :mod:`gatewayd.proxy.client_ip`), else the client alone; set
+    X-Forwarded-Proto/-Host; append to Via."""
+    if "X-Forwarded-For" not in headers:
+        headers["X-Forwarded-For"] = client_ip
     headers["X-Forwarded-Proto"] = scheme
     if host:
         headers["X-Forwarded-Host"] = host

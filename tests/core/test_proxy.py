@@ -67,7 +67,9 @@ async def test_forwarded_headers_hop_by_hop_and_request_id(gateway, backend, con
         assert "X-Hop" not in r.headers and "Keep-Alive" not in r.headers
         assert r.headers["Via"] == "1.1 gatewayd"
     got = {k.lower(): v for k, v in data["headers"]}
-    assert got["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+    # This listener trusts no proxy: the client's own X-Forwarded-For is dropped (tests/identity/
+    # test_client_ip.py covers trusted proxies).
+    assert got["x-forwarded-for"] == "127.0.0.1"
     assert got["x-forwarded-proto"] == "http"
     assert got["x-forwarded-host"] == gw.url.removeprefix("http://")
     assert got["via"] == "1.1 gatewayd"
