@@ -189,7 +189,7 @@ class CircuitBreakerPlugin(Plugin):
         super().__init__(config, context)
         self.board = context.keep("breakers", BreakerBoard)
         services = context.services
-        self.events = getattr(services, "events", None)
+        self.events = services.events
         self.metrics = _metrics(services)
         self.failure_statuses = frozenset(config.failure_statuses)
         self.failure_errors = frozenset(config.failure_errors)

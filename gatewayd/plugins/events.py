@@ -44,7 +44,7 @@ class EventsPlugin(Plugin):
             return ctx.error_response(
                 405, "method_not_allowed", "the event stream answers GET", {"Allow": "GET, HEAD"}
             )
-        bus = getattr(self.context.services, "events", None)
+        bus = self.context.services.events
         if bus is None:
             return ctx.error_response(503, "events_unavailable", "the event bus is not running")
         tenant = ctx.principal.tenant if ctx.principal is not None else None

@@ -123,7 +123,7 @@ class RateLimitPlugin(Plugin):
         self.limits = [Limit(i, s) for i, s in enumerate(specs)]
         self.policy = ", ".join(lim.policy for lim in self.limits)
         services = context.services
-        stores = getattr(services, "stores", None)
+        stores = services.stores
         if stores is None:
             raise ValueError("rate_limit needs the daemon's state stores (services.stores)")
         backend = stores.backend if config.store == "default" else config.store
@@ -137,7 +137,7 @@ class RateLimitPlugin(Plugin):
             self.limiter = context.keep(
                 "buckets", lambda: stores.memory_limiter(config.max_entries)
             )
-        self.events = getattr(services, "events", None)
+        self.events = services.events
         # gatewayd_ratelimit_total{route, result}: plain counts, exposed when scraped
         self.counts = _counts(services, context.route or "_global")
         if not self.limiter.is_async:

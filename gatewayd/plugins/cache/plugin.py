@@ -99,7 +99,7 @@ class CachePlugin(Plugin):
 
     def __init__(self, config: CacheConfig, context: PluginContext) -> None:
         super().__init__(config, context)
-        stores = getattr(context.services, "stores", None)
+        stores = context.services.stores
         backend = config.store
         if backend == "default":
             backend = getattr(stores, "backend", "memory")
