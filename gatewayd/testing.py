@@ -282,7 +282,7 @@ class PluginHarness:
         self.handover = handover
         self.upstream_requests: list[UpstreamRequest] = []
         self.failures: list[PluginFailure] = []
-        self.last_context: RequestContext | None = None
+        self._last_context: RequestContext | None = None
         self._started = False
         self._next_target = 0
         self._first_event = self._last_event_id()
@@ -303,6 +303,13 @@ class PluginHarness:
         self.plugin: Any = self.plugins[0]
         self.chain: Chain = ChainBuilder.order([], instances)
         lineage.members.append(self)
+
+    @property
+    def last_context(self) -> RequestContext:
+        """The context of the last request (``principal``, ``state``, ``attempts``...)."""
+        if self._last_context is None:
+            raise RuntimeError("no request has been made through this harness yet")
+        return self._last_context
 
     # -- services --------------------------------------------------------------------------------
 
@@ -481,7 +488,7 @@ class PluginHarness:
         ctx = self._context(method, path, headers, body, client_ip, query_string, host)
         if principal is not None:
             ctx.authenticate(principal)
-        self.last_context = ctx
+        self._last_context = ctx
         catcher = _FailureCatcher(ctx.request_id)
         chain_log = logging.getLogger("gatewayd.chain")
         chain_log.addHandler(catcher)
