@@ -27,7 +27,8 @@ the functions the daemon's dispatcher runs::
   targets in ``ctx.excluded_targets`` (an open breaker) are skipped and, with none left, the reply
   is 503 ``upstream_unavailable`` without calling it. Raise
   :class:`~gatewayd.chain.UpstreamTimeout` (504), :class:`~gatewayd.chain.UpstreamConnectError`
-  (502) or another :class:`~gatewayd.chain.UpstreamError` to act out a failing backend.
+  (502) or another :class:`~gatewayd.chain.UpstreamError` to act out a failing backend. A
+  plugin's own requests (``await context.forward(ctx)``) reach the same backend the same way.
 - Replies come back with the body collected into bytes; ``h.last_context`` is the request's
   :class:`~gatewayd.chain.RequestContext` (``principal``, ``state``, ``attempts``...).
 - A plugin that raises in ``on_request``/``on_response`` fails closed (the 500 is the reply); one
@@ -76,7 +77,7 @@ from gatewayd.chain.api import (
     RouteInfo,
     new_request_id,
 )
-from gatewayd.chain.builder import Chain, ChainBuilder
+from gatewayd.chain.builder import Chain, ChainBuilder, Forwarder
 from gatewayd.chain.handover import Handover, close_objects
 from gatewayd.chain.registry import PluginConfigProblems, PluginRegistry
 from gatewayd.chain.runner import failure_response, run_done, run_request, run_response
@@ -293,7 +294,11 @@ class PluginHarness:
             registry.add(name, cls)  # the daemon's checks: PluginLoadError for a non-plugin
             data = config.model_dump() if isinstance(config, BaseModel) else dict(config or {})
             specs.append(PluginSpec(name=name, config=data))
-        builder = ChainBuilder(registry, lineage.services, handover)
+        # PluginContext.forward (a plugin's own request, e.g. the cache's background
+        # revalidation) goes to the fake backend the way a request of the chain does.
+        forwarder = Forwarder()
+        forwarder.target = self._forward
+        builder = ChainBuilder(registry, lineage.services, handover, forwarder)
         try:
             instances = builder.instantiate(specs, f"route:{route}", "plugins", route, UPSTREAM)
         except PluginConfigProblems as exc:
@@ -560,7 +565,8 @@ class PluginHarness:
         return None
 
     async def _forward(self, ctx: RequestContext) -> Response:
-        """One attempt at a target, as the daemon's forwarder makes it."""
+        """One attempt at a target, as the daemon's forwarder makes it (also
+        ``PluginContext.forward``); failures are error replies."""
         request = ctx.request
         target = self._pick(ctx)
         if target is None:

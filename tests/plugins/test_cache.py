@@ -200,3 +200,19 @@ async def test_the_cache_survives_a_reload_with_the_same_config():
     assert (await h.reload().request()).headers["X-Cache"] == "HIT"
     assert (await h.reload({"default_ttl": "2m"}).request()).headers["X-Cache"] == "MISS"
     await h.close()
+
+
+async def test_stale_while_revalidate_serves_stale_and_refreshes_in_the_background():
+    backend = Backend({"Cache-Control": "max-age=0, stale-while-revalidate=60", "ETag": '"v1"'})
+    async with PluginHarness(CachePlugin, upstream=backend) as h:
+        assert (await h.request("GET", "/swr")).body == b"call 1"
+        stale = await h.request("GET", "/swr")
+        assert stale.headers["X-Cache"] == "STALE" and stale.body == b"call 1"
+        for _ in range(100):  # the revalidation runs in the background
+            if backend.calls == 2 and not getattr(h.plugin.shared, "revalidating", ()):
+                break
+            await asyncio.sleep(0.01)
+        assert backend.calls == 2
+        assert h.upstream_requests[-1].headers["If-None-Match"] == '"v1"'
+        refreshed = await h.request("GET", "/swr")
+        assert refreshed.headers["X-Cache"] == "STALE" and refreshed.body == b"call 2"

@@ -279,3 +279,25 @@ async def test_harness_services_on_redis_share_state_between_harnesses(redis_ser
     finally:
         await one.close()
         await two.close()
+
+
+async def test_context_forward_reaches_the_fake_backend():
+    class Prefetch(Plugin):
+        """Answers with what the backend says for /warm, fetched on its own."""
+
+        name = "prefetch"
+
+        async def on_request(self, ctx: RequestContext) -> Response | None:
+            ctx.request.path = "/warm"
+            reply = await self.context.forward(ctx)
+            return Response(reply.status, {"X-Prefetched": "1"}, reply.body)
+
+    async def slow(ctx: RequestContext) -> Response:
+        if ctx.request.path == "/warm":
+            return Response(200, {}, b"warmed")
+        raise UpstreamTimeout()
+
+    async with PluginHarness(Prefetch, upstream=slow) as h:
+        reply = await h.request("GET", "/cold")
+        assert reply.body == b"warmed" and reply.headers["X-Prefetched"] == "1"
+        assert [r.path for r in h.upstream_requests] == ["/warm"]
