@@ -198,6 +198,55 @@ async def test_stale_while_revalidate_refreshes_in_background(gateway, backend, 
     assert counting.hits == 2
 
 
+async def test_background_revalidation_goes_to_the_upstream_not_through_the_chain(
+    gateway, backend, config
+):
+    """The refresh is a conditional request to the route's upstream, forwarded as the daemon
+    forwards (path mapping, X-Forwarded-*), never a request to the gateway's own listener."""
+    seen: list[dict[str, str | None]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(
+            {
+                "path": request.path,
+                "inm": request.headers.get("If-None-Match"),
+                "xff": request.headers.get("X-Forwarded-For"),
+                "rid": request.headers.get("X-Request-ID"),
+            }
+        )
+        headers = {"Cache-Control": "max-age=1, stale-while-revalidate=30", "ETag": '"v1"'}
+        if request.headers.get("If-None-Match") == '"v1"':
+            return web.Response(status=304, headers=headers)
+        return web.Response(text="body-v1", headers=headers)
+
+    counting = Counting(handler)
+    srv = await backend(counting.app)
+    cfg = cache_cfg(config, srv)
+    cfg["routes"][0].update({"match": {"path": "/api/"}, "strip_prefix": True})
+    gw = await gateway(cfg)
+    async with aiohttp.ClientSession() as s:
+        async with s.get(gw.url + "/api/w") as r:
+            assert await r.text() == "body-v1" and r.headers["X-Cache"] == "MISS"
+        await asyncio.sleep(1.2)
+        async with s.get(gw.url + "/api/w") as r:
+            assert await r.text() == "body-v1" and r.headers["X-Cache"] == "STALE"
+        for _ in range(50):
+            if counting.hits == 2:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
+        async with s.get(gw.url + "/api/w") as r:  # freshened by the 304
+            assert await r.text() == "body-v1" and r.headers["X-Cache"] == "HIT"
+            assert int(r.headers["Age"]) < 1
+    assert counting.hits == 2
+    first, refresh = seen
+    assert first["path"] == refresh["path"] == "/w"  # the route's path mapping
+    assert refresh["inm"] == '"v1"' and first["inm"] is None  # conditional, with the validator
+    assert refresh["xff"] == "127.0.0.1" and refresh["rid"] and refresh["rid"] != first["rid"]
+    # Only the three client requests went through the listener and the chain.
+    assert await gw.metric("gatewayd_requests_total", route="api", status="200") == 3
+
+
 async def test_large_bodies_stream_and_are_not_stored(gateway, backend, config):
     big = b"z" * (300 * 1024)
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import hmac
-import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -21,6 +19,7 @@ from gatewayd.chain import (
     Plugin,
     PluginConfig,
     PluginContext,
+    Request,
     RequestContext,
     Response,
     Size,
@@ -40,7 +39,6 @@ from gatewayd.plugins.cache.store import MemoryCacheStore, RedisCacheStore, full
 CACHEABLE = frozenset({"GET", "HEAD"})
 UNSAFE = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 CONDITIONALS = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since")
-REVALIDATE_HEADER = "X-Gatewayd-Cache-Revalidate"
 NOT_MODIFIED_HEADERS = frozenset(
     ("cache-control", "content-location", "date", "etag", "expires", "last-modified", "vary")
 )
@@ -60,21 +58,17 @@ class CacheConfig(PluginConfig):
 
 
 class Shared:
-    """What the plugin keeps across reloads: the store, in-flight fills, a process secret."""
+    """What the plugin keeps across reloads: the store, in-flight fills and revalidations."""
 
     def __init__(self, store: Any) -> None:
         self.store = store
         self.fills: dict[str, asyncio.Future[None]] = {}
         self.revalidating: set[str] = set()
-        self.token = secrets.token_hex(16)
-        self.session: Any = None
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
         for t in list(self.tasks):
             t.cancel()
-        if self.session is not None:
-            await self.session.close()
 
 
 class CacheState:
@@ -160,27 +154,26 @@ class CachePlugin(Plugin):
         if "no-store" in rcc or req.is_websocket:
             ctx.state["cache"] = CacheState("bypass", primary)
             return None
-        revalidation = self._is_revalidation(req.headers)
         st = CacheState("miss", primary)
         ctx.state["cache"] = st
         entry = await self._lookup(ctx, st)
-        if entry is None and not revalidation and "only-if-cached" in rcc:
+        if entry is None and "only-if-cached" in rcc:
             return ctx.error_response(504, "not_cached", "not in cache (only-if-cached)")
-        if entry is None and self.config.coalesce and not revalidation:
+        if entry is None and self.config.coalesce:
             entry = await self._wait_or_lead(ctx, st)
         if entry is None:
             return None
         now = time.time()
         age = entry.age(now)
         client_max_age = seconds(rcc, "max-age")
-        must_check = entry.no_cache or "no-cache" in rcc or revalidation
+        must_check = entry.no_cache or "no-cache" in rcc
         if client_max_age is not None and age > client_max_age:
             must_check = True
         if not must_check and age < entry.ttl:
             return self._hit(ctx, entry, age, "HIT")
         swr = max(entry.stale_while_revalidate, self.config.stale_while_revalidate)
         if not must_check and not entry.must_revalidate and age < entry.ttl + swr:
-            self._revalidate_later(ctx, st)
+            self._revalidate_later(ctx, st, entry)
             return self._hit(ctx, entry, age, "STALE")
         # Revalidate now: ask the backend with the entry's validators.
         st.mode = "validate"
@@ -194,10 +187,6 @@ class CachePlugin(Plugin):
         if entry.last_modified:
             req.headers["If-Modified-Since"] = entry.last_modified
         return None
-
-    def _is_revalidation(self, headers: CIMultiDict[str]) -> bool:
-        token = headers.popall(REVALIDATE_HEADER, None)
-        return token is not None and hmac.compare_digest(token[0], self.shared.token)
 
     async def _lookup(self, ctx: RequestContext, st: CacheState) -> Entry | None:
         req = ctx.request
@@ -368,48 +357,72 @@ class CachePlugin(Plugin):
 
     # -- background revalidation (stale-while-revalidate) ----------------------------------
 
-    def _revalidate_later(self, ctx: RequestContext, st: CacheState) -> None:
-        """Serve stale now and refresh in the background: the gateway sends the same request
-        to itself (through the whole chain) with a secret header that makes this plugin
-        revalidate instead of answering from the cache."""
+    def _revalidate_later(self, ctx: RequestContext, st: CacheState, entry: Entry) -> None:
+        """Serve stale now and refresh in the background: a copy of the request, with the
+        entry's validators, goes to the request's upstream through ``context.forward`` (as the
+        daemon forwards it, without running the chain again); a 304 freshens the entry, a
+        storable reply replaces it, a failure leaves the stale copy in place."""
         key = st.key or st.primary
-        raw = ctx.request.raw
         shared = self.shared
-        if (
-            key in shared.revalidating
-            or raw is None
-            or raw.transport is None
-            or len(shared.revalidating) >= self.config.max_revalidations
-        ):
+        if key in shared.revalidating or len(shared.revalidating) >= self.config.max_revalidations:
             return
-        sock = raw.transport.get_extra_info("sockname")
-        if not sock:
-            return
-        host = f"[{sock[0]}]" if ":" in sock[0] else sock[0]
-        url = f"{'https' if raw.secure else 'http'}://{host}:{sock[1]}{raw.raw_path}"
-        headers = CIMultiDict(raw.headers)
-        for name in (*CONDITIONALS, "Cache-Control", "Connection", "Content-Length"):
+        req = ctx.request
+        headers = CIMultiDict(req.headers)
+        for name in (*CONDITIONALS, "Cache-Control", "Content-Length", "Transfer-Encoding"):
             headers.popall(name, None)
-        headers[REVALIDATE_HEADER] = shared.token
+        if entry.etag:
+            headers["If-None-Match"] = entry.etag
+        if entry.last_modified:
+            headers["If-Modified-Since"] = entry.last_modified
+        copy = Request(
+            "GET",  # a HEAD's stale entry came from a GET: refresh it with one
+            req.path,
+            req.query_string,
+            headers,
+            req.host,
+            req.scheme,
+            req.client_ip,
+            None,
+            None,
+        )
+        bg = RequestContext(copy, f"{ctx.request_id}-revalidate", ctx.route)
+        bg.upstream = ctx.upstream
+        if ctx.principal is not None:  # its identity headers are in the copied headers
+            bg.authenticate(ctx.principal, forward_headers=False)
+        bg.excluded_targets = set(ctx.excluded_targets)  # the breaker's view of this moment
+        state = CacheState("validate", st.primary, st.key)
+        state.entry = entry
         shared.revalidating.add(key)
-        self._spawn(self._revalidate(key, url, headers))
+        self._spawn(self._revalidate(key, bg, state))
 
-    async def _revalidate(self, key: str, url: str, headers: CIMultiDict[str]) -> None:
-        import aiohttp
-
+    async def _revalidate(self, key: str, bg: RequestContext, st: CacheState) -> None:
         shared = self.shared
+        response: Response | None = None
         try:
-            if shared.session is None:
-                shared.session = aiohttp.ClientSession(
-                    timeout=aiohttp.ClientTimeout(total=30),
-                    cookie_jar=aiohttp.DummyCookieJar(),
-                    auto_decompress=False,
+            response = await self.context.forward(bg)
+            entry = st.entry
+            if response.status == 304 and entry is not None:
+                await self._store(st, refresh(entry, response.headers, self.config.default_ttl))
+            elif response.status < 500:
+                body = response.body
+                await self._maybe_store(bg, st, response)
+                teed = response.body
+                if teed is not body and not isinstance(teed, bytes):
+                    async for _ in teed:  # teed: reading it to the end stores it
+                        pass
+            else:
+                self.context.logger.info(
+                    "background revalidation failed: the stale copy stays",
+                    extra={"status": response.status, "key": st.primary},
                 )
-            async with shared.session.get(url, headers=headers, ssl=False) as resp:
-                await resp.read()
         except Exception as exc:
             self.context.logger.warning("background revalidation failed", extra={"error": str(exc)})
         finally:
+            if response is not None and not isinstance(response.body, bytes):
+                aclose = getattr(response.body, "aclose", None)
+                if aclose is not None:
+                    with contextlib.suppress(Exception):
+                        await aclose()
             shared.revalidating.discard(key)
 
 
