@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import aiohttp
@@ -20,7 +21,9 @@ from relay_helpers import (
     wait_for,
 )
 
+from gatewayd.relay import protocol as p
 from gatewayd.relay.peer import Peer
+from gatewayd.relay.protocol import FrameType
 
 
 async def push(s: aiohttp.ClientSession, gw: Any, lease: str, body: Any) -> aiohttp.ClientResponse:
@@ -158,3 +161,122 @@ async def test_peer_connects_and_disconnects_are_on_the_event_bus(tmp_path, gate
                     if "relay.peer.disconnected" in seen:
                         break
     assert seen == ["relay.peer.connected", "relay.peer.disconnected"]
+
+
+async def test_an_event_whose_frame_is_over_max_frame_is_refused_413(tmp_path, gateway, config):
+    """An event just under relay.max_event_bytes needs a frame over max_frame: refused (413),
+    never sent (the peers used to close with 4400, reconnect, and the event was lost)."""
+    gw = await gateway(relay_config(tmp_path, config, max_frame="64KiB", max_event_bytes="64KiB"))
+    key, _ = await make_key(state_dir(gw), "relay:app")
+    got: list[dict[str, Any]] = []
+    async with Peer(relay_url(gw), "app", key, "http://127.0.0.1:9", on_event=got.append) as peer:
+        await peer.wait_connected()
+        async with aiohttp.ClientSession() as s:
+            payload = "x" * (64 * 1024 - 10)  # its JSON is 10 bytes under max_event_bytes
+            async with s.post(
+                gw.admin_url + "/_admin/relay/leases/app/events",
+                json={"type": "api.deployed", "payload": payload},
+                headers=ADMIN,
+            ) as r:
+                assert r.status == 413
+                error = (await r.json())["error"]
+            assert error["code"] == "event_too_large"
+            assert "relay.max_frame" in error["message"]
+            r = await push(s, gw, "app", {"type": "api.deployed", "payload": "x" * 60_000})
+            assert r.status == 202
+
+        async def delivered() -> bool:
+            return len(got) == 1
+
+        await wait_for(delivered, 5)
+        assert got[0]["seq"] == 1  # the refused event took no sequence number
+        stats = await relay_stats(gw)
+        assert stats["connects"] == 1 and stats["disconnects"] == 0  # nobody was dropped
+        (conn,) = stats["leases"]["app"]["connections"]
+        assert conn["events_failed"] == 0
+
+
+async def test_delivery_stats_per_identity_survive_a_reconnect(tmp_path, gateway, config):
+    gw = await gateway(relay_config(tmp_path, config))
+    key, kid = await make_key(state_dir(gw), "relay:app")
+    identity = f"{kid}/worker"
+    got: list[int] = []
+    peer = Peer(
+        relay_url(gw),
+        "app",
+        key,
+        "http://127.0.0.1:9",
+        on_event=lambda e: got.append(e["seq"]),
+        name="worker",
+    )
+
+    async def acked(n: int) -> bool:
+        peers = (await relay_stats(gw))["leases"]["app"]["peers"]
+        return peers[identity]["events_acked"] == n
+
+    async with peer, aiohttp.ClientSession() as s:
+        await peer.wait_connected()
+        for i in range(3):
+            assert (await push(s, gw, "app", {"type": "api.deployed", "payload": i})).status == 202
+        await wait_for(lambda: acked(3), 5)
+        first = (await lease_connections(gw, "app"))[0]["id"]
+        await peer.links[0].ws.close()  # the peer reconnects
+
+        async def reconnected() -> bool:
+            conns = await lease_connections(gw, "app")
+            return len(conns) == 1 and conns[0]["id"] != first
+
+        await wait_for(reconnected, 5)
+        for i in range(2):
+            assert (await push(s, gw, "app", {"type": "api.deployed", "payload": i})).status == 202
+        await wait_for(lambda: acked(5), 5)
+    stats = (await relay_stats(gw))["leases"]["app"]
+    assert stats["peers"][identity]["events_sent"] == 5
+    assert stats["peers"][identity]["events_failed"] == 0
+    assert got == [1, 2, 3, 4, 5]
+
+
+async def test_failed_deliveries_are_counted_and_logged(tmp_path, gateway, config):
+    """Events sent to a peer that never acknowledges them fail with "disconnected" when it goes:
+    counted on its identity and logged at WARNING with the lease, peer, event id and reason."""
+    gw = await gateway(relay_config(tmp_path, config))
+    key, kid = await make_key(state_dir(gw), "relay:app")
+    identity = f"{kid}/mute"
+    async with aiohttp.ClientSession() as s:
+        ws = await s.ws_connect(
+            relay_url(gw), protocols=(p.SUBPROTOCOL,), headers={"Authorization": f"Bearer {key}"}
+        )
+        hello = {"lease": "app", "version": 1, "peer": "mute"}
+        await ws.send_bytes(p.encode_json(0, FrameType.HELLO, hello))
+        assert p.decode((await ws.receive()).data, 1 << 20).type == FrameType.HELLO_ACK
+        async with s.post(
+            gw.admin_url + "/_admin/relay/leases/app/events",
+            json={"type": "api.deployed", "payload": {"v": 1}},
+            headers=ADMIN,
+        ) as r:
+            assert r.status == 202
+            event_id = (await r.json())["id"]
+        while True:  # the event arrives; we never acknowledge it
+            frame = p.decode((await ws.receive()).data, 1 << 20)
+            if frame.type == FrameType.EVENT:
+                assert frame.json()["id"] == event_id
+                break
+        await ws.close()
+
+        async def failed() -> bool:
+            peers = (await relay_stats(gw))["leases"]["app"]["peers"]
+            return peers[identity]["events_failed"] == 1
+
+        await wait_for(failed, 5)
+        r = await push(s, gw, "app", {"type": "api.deployed", "payload": {"v": 2}})
+        assert r.status == 404  # no peer now: failed as well
+    entry = (await relay_stats(gw))["leases"]["app"]
+    assert entry["peers"][identity]["last_failure_reason"] == "disconnected"
+    assert entry["peers"][identity]["events_sent"] == 1
+    assert entry["events_failed_no_peer"] == 1
+    records = [json.loads(line) for line in gw.logs().splitlines() if line.startswith("{")]
+    failures = [r for r in records if r.get("message") == "relay event delivery failed"]
+    assert failures[0]["level"] == "WARNING"
+    assert (failures[0]["lease"], failures[0]["peer"]) == ("app", identity)
+    assert (failures[0]["event_id"], failures[0]["reason"]) == (event_id, "disconnected")
+    assert failures[1]["reason"] == "no_peer" and failures[1]["lease"] == "app"
