@@ -3,6 +3,7 @@ phases, the chunk phase. Driven through PluginHarness, which runs these same fun
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import pytest
@@ -237,3 +238,17 @@ async def test_the_runner_functions_directly():
     empty = Chain.of([])
     assert await run_request(empty, ctx) == (None, -1)
     await run_done(empty, ctx, -1)
+
+
+def test_the_daemon_and_the_harness_run_these_functions():
+    """Defect 7: the dispatcher ran an inlined copy of the chain loop, the harness this one."""
+    import gatewayd.proxy.dispatch as dispatch
+    import gatewayd.testing as testing
+
+    for module in (dispatch, testing):
+        assert module.run_request is run_request
+        assert module.run_response is run_response
+        assert module.run_done is run_done
+    source = inspect.getsource(dispatch)
+    for phase in ("chain.request", "chain.response", "chain.chunk"):
+        assert f"in {phase}" not in source, f"the dispatcher loops over {phase} itself"
