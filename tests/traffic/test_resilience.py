@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -486,3 +488,41 @@ async def test_breaker_on_a_relay_by_path_route_survives_a_reconnect(
     finally:
         for p in peers:
             p.stop()
+
+
+async def test_breaker_on_a_plugin_upstream_kind(gateway, config):
+    """``kind: unix`` from the gatewayd-example distribution: breakers key on its target ids
+    (the socket paths) as on any kind's."""
+    sock_dir = Path(tempfile.mkdtemp(prefix="gwr-", dir="/tmp"))
+    bad, good = Counting(lambda r: asyncio.sleep(0, web.Response(status=500))), Counting()
+    runners = []
+    try:
+        paths = []
+        for name, app in (("bad", bad.app), ("good", good.app)):
+            runner = web.AppRunner(app)
+            await runner.setup()
+            paths.append(str(sock_dir / f"{name}.sock"))
+            await web.UnixSite(runner, paths[-1]).start()
+            runners.append(runner)
+        cb = {"circuit_breaker": {"consecutive_failures": 2, "open_for": "1m"}}
+        gw = await gateway(
+            with_admin(
+                config(
+                    upstreams={"app": {"kind": "unix", "targets": paths}},
+                    routes=[route(upstream="app", plugins=[cb])],
+                )
+            )
+        )
+        statuses = [s for s, _ in await get_many(gw.url + "/x", 20)]
+        assert statuses.count(500) == 2 and statuses.count(200) == 18
+        assert bad.hits == 2 and good.hits == 18
+        (b,) = await breakers(gw, state="open")
+        assert (b["upstream"], b["target"]) == ("app", paths[0])
+        targets = {t["id"]: t for t in (await admin_upstreams(gw))["app"]["targets"]}
+        assert targets[paths[0]]["available"] is False
+        assert targets[paths[0]]["plugins"]["circuit_breaker"][0]["state"] == "open"
+        assert targets[paths[1]]["available"] is True
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        shutil.rmtree(sock_dir, ignore_errors=True)
