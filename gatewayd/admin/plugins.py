@@ -58,7 +58,8 @@ class PluginAdmin:
                 cached = admin_routes_of(cls)
             except Exception as exc:
                 cached = f"{type(exc).__name__}: {exc}"
-                log.error("plugin admin routes refused", extra={"plugin": cls, "error": cached})
+                where = f"{cls.__module__}.{cls.__qualname__}"
+                log.error("plugin admin routes refused", extra={"plugin": where, "error": cached})
             self._routes[cls] = cached
         return cached
 
@@ -125,11 +126,12 @@ async def _route(
     if isinstance(routes, str):
         return admin_error(500, "plugin_error", f"plugin '{plugin}' has malformed admin routes")
     allowed = []
+    method = "GET" if request.method == "HEAD" else request.method  # aiohttp drops the body
     for route in routes:
         params = route.match(path)
         if params is None:
             continue
-        if route.method != request.method:
+        if route.method != method:
             allowed.append(route.method)
             continue
         if not has_role(request, route.role):
@@ -138,7 +140,7 @@ async def _route(
         if isinstance(body, web.Response):
             return body
         call = AdminRequest(
-            method=request.method,
+            method=method,
             path=path,
             params=params,
             query={k: request.query[k] for k in request.query},

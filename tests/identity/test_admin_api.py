@@ -275,6 +275,8 @@ async def test_plugin_admin_route_errors(gateway, backend, config, tmp_path):
             assert r.status == 404
         async with s.delete(base + "/admin_demo/state", headers=AUTH) as r:
             assert r.status == 405 and r.headers["Allow"] == "GET"
+        async with s.head(base + "/admin_demo/state", headers=AUTH) as r:
+            assert r.status == 200  # HEAD of a GET route
 
 
 async def test_plugin_admin_routes_follow_the_serving_generation(
