@@ -14,7 +14,14 @@ from fnmatch import fnmatchcase
 
 from pydantic import field_validator
 
-from gatewayd.chain import Plugin, PluginConfig, Principal, RequestContext, Response
+from gatewayd.chain import (
+    Plugin,
+    PluginConfig,
+    PluginContext,
+    Principal,
+    RequestContext,
+    Response,
+)
 
 KINDS = ("key", "tenant", "sub", "role", "scope")
 
@@ -69,8 +76,8 @@ class AclPlugin(Plugin):
     Config = AclConfig
     priority = 950  # after authentication (key_auth 1250, jwt_auth 1450)
 
-    def __init__(self, config: AclConfig, context: object) -> None:
-        super().__init__(config, context)  # type: ignore[arg-type]
+    def __init__(self, config: AclConfig, context: PluginContext) -> None:
+        super().__init__(config, context)
         self.allow = [Rule.parse(r) for r in config.allow]
         self.deny = [Rule.parse(r) for r in config.deny]
 

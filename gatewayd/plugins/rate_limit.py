@@ -13,7 +13,7 @@ import math
 from collections.abc import MutableMapping
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from gatewayd.chain import Plugin, PluginConfig, PluginContext, Rate, RequestContext, Response
 from gatewayd.observability.metrics import outcome_counts
@@ -28,9 +28,14 @@ class LimitSpec(PluginConfig):
     quota: Rate | None = None  # fixed window: e.g. 1000/day (windows aligned to the epoch)
     key: str = "ip"
 
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        check_key(v)
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> LimitSpec:
-        check_key(self.key)
         if self.rate is not None and self.quota is not None:
             raise ValueError("a limit has either 'rate' (with 'burst') or 'quota', not both")
         if self.burst is not None and self.rate is None:
@@ -143,7 +148,7 @@ class RateLimitPlugin(Plugin):
         if not self.limiter.is_async:
             # The memory store never waits: the chain calls a plain method without the cost of
             # a coroutine (the Redis store's decisions are awaited in on_request).
-            self.on_request = self.check  # type: ignore[method-assign]
+            self.on_request = self.check  # type: ignore[method-assign, assignment]
 
     def check(self, ctx: RequestContext) -> Response | None:
         """on_request for a store that answers at once."""

@@ -82,18 +82,18 @@ class WebhookSignaturePlugin(Plugin):
         header = {"github": "X-Hub-Signature-256", "stripe": "Stripe-Signature"}.get(
             cfg.provider, cfg.header or ""
         )
-        given = headers.get(header)
-        if not given:
+        signature = headers.get(header)
+        if not signature:
             return self.deny(ctx, f"missing {header} header")
         body = await ctx.read_body(cfg.max_body)  # BodyTooLarge -> 413
         assert cfg.secret is not None
         if cfg.provider == "github":
             want = "sha256=" + _mac(cfg.secret, body).hex()
-            ok = _eq(given.strip(), want)
+            ok = _eq(signature.strip(), want)
         elif cfg.provider == "stripe":
-            ok = self._stripe(given, body, cfg.secret)
+            ok = self._stripe(signature, body, cfg.secret)
         else:
-            ok = self._generic(given, body)
+            ok = self._generic(signature, body)
         return None if ok else self.deny(ctx, "signature does not match")
 
     def _stripe(self, header: str, body: bytes, secret: str) -> bool:
