@@ -19,9 +19,10 @@ raising :class:`UpstreamError` (or a subclass) after setting ``attempt.error`` t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from gatewayd.config.schema import (
     HealthConfig,
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
     from multidict import CIMultiDict
 
     from gatewayd.chain.api import Attempt, RequestContext, Response
+    from gatewayd.chain.services import PluginServices
+
+T = TypeVar("T")
 
 
 __all__ = [
@@ -148,17 +152,24 @@ class WebSocketChannel(Protocol):
 
 class UpstreamContext:
     """What a kind gets at construction: the daemon's shared services, a logger, and
-    ``keep(key, factory)`` to hand state over across reloads (as plugins have it)."""
+    ``keep(key, factory)`` to hand state over across reloads (as plugins have it): while the
+    upstream's config is unchanged, the new generation's kind gets the old one's object."""
 
     __slots__ = ("_keep", "logger", "services")
 
-    def __init__(self, services: Any, logger: Any, keep: Any) -> None:
+    def __init__(
+        self,
+        services: PluginServices,
+        logger: logging.Logger,
+        keep: Callable[[str, Callable[[], Any]], Any],
+    ) -> None:
         self.services = services
         self.logger = logger
         self._keep = keep
 
-    def keep(self, key: str, factory: Any) -> Any:
-        return self._keep(key, factory)
+    def keep(self, key: str, factory: Callable[[], T]) -> T:
+        kept: T = self._keep(key, factory)
+        return kept
 
 
 @runtime_checkable
