@@ -5,16 +5,26 @@ response. It shows every part of the plugin API a typical plugin needs:
 - a default priority (higher runs first);
 - state that survives reloads through ``context.keep`` (unchanged config = same counter);
 - a local reply from ``on_request`` (answer without calling the backend);
-- ``on_response`` to change headers, ``on_done`` for accounting that always runs.
+- ``on_response`` to change headers, ``on_done`` for accounting that always runs;
+- an admin route of its own: ``GET /_admin/plugins/request_counter/counts`` (any admin token).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pydantic import Field
 
-from gatewayd.chain import Plugin, PluginConfig, PluginContext, RequestContext, Response
+from gatewayd.chain import (
+    AdminRequest,
+    AdminRoute,
+    Plugin,
+    PluginConfig,
+    PluginContext,
+    RequestContext,
+    Response,
+)
 
 
 class RequestCounterConfig(PluginConfig):
@@ -38,6 +48,10 @@ class RequestCounterPlugin(Plugin):
         # Same place, same config after a reload: the same Counter object comes back.
         self.counter = context.keep("counter", Counter)
 
+    @classmethod
+    def admin_routes(cls) -> list[AdminRoute]:
+        return [AdminRoute("GET", "/counts", counts, summary="requests served, per route")]
+
     async def on_request(self, ctx: RequestContext) -> Response | None:
         if self.config.limit is not None and self.counter.served >= self.config.limit:
             return ctx.error_response(429, "too_many", "this route has served its quota")
@@ -50,3 +64,16 @@ class RequestCounterPlugin(Plugin):
 
     async def on_done(self, ctx: RequestContext) -> None:
         self.counter.done += 1
+
+
+async def counts(request: AdminRequest, instances: Sequence[RequestCounterPlugin]) -> Response:
+    """``GET /_admin/plugins/request_counter/counts``: the instances are this plugin's in the
+    serving generation, one per route (or the global chain) that uses it."""
+    return Response.json(
+        {
+            "counts": [
+                {"route": p.context.route, "served": p.counter.served, "done": p.counter.done}
+                for p in instances
+            ]
+        }
+    )
