@@ -28,8 +28,6 @@ from multidict import CIMultiDict
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
-    from aiohttp import web
-
     from gatewayd.chain.services import PluginServices
 
 T = TypeVar("T")
@@ -141,7 +139,6 @@ class Request:
         "method",
         "path",
         "query_string",
-        "raw",
         "scheme",
     )
 
@@ -156,7 +153,6 @@ class Request:
         client_ip: str,
         body: Body | None,
         content_length: int | None,
-        raw: web.BaseRequest | None = None,
     ) -> None:
         self.method = method
         self.path = path
@@ -167,7 +163,6 @@ class Request:
         self.client_ip = client_ip
         self.body = body
         self.content_length = content_length
-        self.raw = raw
 
     @property
     def is_websocket(self) -> bool:
