@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import report
+from . import baseline, report
 from .extras import EXTRAS, Extra, ExtraResult, ExtraSettings, measure_extra
 from .procs import (
     Children,
@@ -32,7 +32,16 @@ from .procs import (
     other_cpu_seconds,
     peak_rss_mib,
 )
-from .targets import SMALL_BODY, Context, Row, Target, all_rows, nginx_backend
+from .targets import (
+    BASE_SUFFIX,
+    SMALL_BODY,
+    ConfigRefused,
+    Context,
+    Row,
+    Target,
+    all_rows,
+    nginx_backend,
+)
 from .wrk import Load, WrkError, WrkResult, run_wrk
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,6 +66,7 @@ class Settings:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     names = ", ".join([r.name for r in all_rows()] + [e.name for e in EXTRAS])
+    names += f" (with --baseline, also <gatewayd row>{BASE_SUFFIX})"
     parser = argparse.ArgumentParser(
         prog="scripts/bench",
         description="Benchmark gatewayd against nginx and a minimal aiohttp proxy "
@@ -103,7 +113,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--gatewayd", type=Path, default=VENV / "bin/gatewayd", help="the gatewayd executable"
     )
-    parser.add_argument("--keep-tmp", action="store_true", help="keep configs and logs")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run every gatewayd row on REV's gatewayd (a temporary git worktree and "
+        "venv) as <row>@base, in the same rounds, and compare (default: none)",
+    )
+    parser.add_argument(
+        "--keep-tmp", action="store_true", help="keep configs and logs (and the baseline's tree)"
+    )
     return parser.parse_args(argv)
 
 
@@ -117,16 +135,21 @@ def _positive(text: str) -> int:
 def select_rows(
     rows: list[Row], extras: list[Extra], only: str | None
 ) -> tuple[list[Row], list[Extra]]:
+    """The rows and parts ``--only`` names; a gatewayd row brings its ``@base`` row along."""
     if not only:
         return rows, extras
     wanted = [name.strip() for name in only.split(",") if name.strip()]
     known = [r.name for r in rows] + [e.name for e in extras]
     unknown = sorted(set(wanted) - set(known))
     if unknown:
+        hint = ""
+        if any(name.endswith(BASE_SUFFIX) for name in unknown):
+            hint = f"; {BASE_SUFFIX} rows need --baseline REV"
         raise SystemExit(
-            f"scripts/bench: unknown row(s) {', '.join(unknown)} (known: {', '.join(known)})"
+            f"scripts/bench: unknown row(s) {', '.join(unknown)} (known: {', '.join(known)}{hint})"
         )
-    return [r for r in rows if r.name in wanted], [e for e in extras if e.name in wanted]
+    chosen = [r for r in rows if r.name in wanted or r.base_of in wanted]
+    return chosen, [e for e in extras if e.name in wanted]
 
 
 def pick_cores() -> tuple[int | None, int | None]:
@@ -178,6 +201,13 @@ def _start(row: Row, ctx: Context, stack: ExitStack, result: report.RowResult) -
         target = stack.enter_context(row.start(ctx))
         smoke_check(target)
         return target
+    except ConfigRefused as err:
+        if result.base_of is None:
+            result.error = str(err)
+        else:  # the baseline predates something this row uses: say so, it is not a failure
+            result.unsupported = str(err)
+            progress(f"{row.name}: not run: the baseline cannot run this row: {err}")
+            return None
     except (StartError, SmokeError, WrkError) as err:
         result.error = str(err)
     except Exception as err:  # a broken row must not end the run: report it and go on
@@ -210,7 +240,7 @@ def measure(rows: Sequence[Row], ctx: Context, s: Settings) -> list[report.RowRe
     rounds over all of them (GET /small, then the 64 MiB download), each round in a rotated
     order, so that the machine's drift and bursts of noise fall on every row alike; then each
     row's peak RSS. A row's figures are the medians of its rounds."""
-    results = [report.RowResult(row.name) for row in rows]
+    results = [report.RowResult(row.name, base_of=row.base_of) for row in rows]
     with ExitStack() as stack:
         live: list[tuple[report.RowResult, Target]] = []
         for row, result in zip(rows, results, strict=True):
@@ -241,6 +271,7 @@ def run_rows(
     tmp: Path,
     args: argparse.Namespace,
     cores: tuple[int | None, int | None],
+    meta: dict[str, Any],
 ) -> tuple[list[report.RowResult], list[ExtraResult]]:
     client_core, proxy_core = cores
     settings = Settings(
@@ -261,7 +292,10 @@ def run_rows(
         relay_peers=args.relay_peers,
         relay_hold=5.0,
     )
-    with Children() as children:
+    with Children() as children, ExitStack() as stack:
+        base_gatewayd = None
+        if args.baseline and any(r.base_of for r in rows):
+            base_gatewayd = _prepare_baseline(stack, children, tmp, args, meta)
         progress(f"backend: nginx on core {client_core}, 64 MiB file in {tmp}")
         with nginx_backend(tmp, children, client_core) as backend:
             ctx = Context(
@@ -273,6 +307,7 @@ def run_rows(
                 gatewayd=args.gatewayd,
                 proxy_core=proxy_core,
                 client_core=client_core,
+                base_gatewayd=base_gatewayd,
             )
             results = measure(rows, ctx, settings)
             extra_results = []
@@ -282,6 +317,36 @@ def run_rows(
                 if extra_results[-1].error:
                     progress(f"{extra.name}: FAILED: {extra_results[-1].error}")
             return results, extra_results
+
+
+def _prepare_baseline(
+    stack: ExitStack, children: Children, tmp: Path, args: argparse.Namespace, meta: dict[str, Any]
+) -> Path:
+    """Check out and install ``--baseline`` (removed when ``stack`` closes, unless --keep-tmp);
+    its description goes into ``meta``; returns its gatewayd."""
+    progress(f"baseline: git worktree of {args.baseline} and a venv for it in {tmp}")
+    base = stack.enter_context(
+        baseline.prepare(ROOT, args.baseline, tmp, children, args.python, keep=args.keep_tmp)
+    )
+    probe = [str(base.python), "-c", _PROBE]
+    meta["baseline"] = base.describe() | {
+        "gatewayd": _version([str(base.gatewayd), "version"]),
+        "python_aiohttp_uvloop": _version(probe),
+    }
+    how = "our dependency versions" if base.pinned else "its own dependency versions (see meta)"
+    progress(f"baseline: {args.baseline} = {base.commit[:12]} installed with {how}")
+    if base.differs:
+        listed = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in sorted(base.differs.items()))
+        progress(f"baseline: dependencies that differ from ours: {listed}")
+    if args.keep_tmp:
+        progress(f"baseline: keeping {base.worktree} (git worktree remove --force {base.worktree})")
+    return base.gatewayd
+
+
+_PROBE = (
+    "import sys, aiohttp, uvloop;"
+    "print(sys.version.split()[0], aiohttp.__version__, uvloop.__version__)"
+)
 
 
 def _version(argv: Sequence[str]) -> str:
@@ -295,10 +360,6 @@ def _version(argv: Sequence[str]) -> str:
 
 def metadata(args: argparse.Namespace, cores: tuple[int | None, int | None]) -> dict[str, Any]:
     client_core, proxy_core = cores
-    probe = (
-        "import sys, aiohttp, uvloop;"
-        "print(sys.version.split()[0], aiohttp.__version__, uvloop.__version__)"
-    )
     return {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "kernel": platform.release(),
@@ -314,8 +375,10 @@ def metadata(args: argparse.Namespace, cores: tuple[int | None, int | None]) -> 
         "large_connections": args.large_connections,
         "nginx": _version(["nginx", "-v"]),
         "wrk": _version(["wrk", "--version"]),
-        "python_aiohttp_uvloop": _version([args.python, "-c", probe]),
+        "python_aiohttp_uvloop": _version([args.python, "-c", _PROBE]),
         "gatewayd": _version([str(args.gatewayd), "version"]),
+        "tree": baseline.describe_tree(ROOT),  # what the rows without @base run
+        "baseline": None,
     }
 
 
@@ -354,7 +417,15 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    rows, extras = select_rows(all_rows(), EXTRAS, args.only)
+    rows, extras = select_rows(all_rows(baseline=bool(args.baseline)), EXTRAS, args.only)
+    if args.baseline:
+        try:
+            baseline.resolve(ROOT, args.baseline)
+        except baseline.BaselineError as err:
+            print(f"scripts/bench: {err}", file=sys.stderr)
+            return 2
+        if not any(r.base_of for r in rows):
+            progress("warning: --baseline, but no gatewayd row is selected: nothing to compare")
     missing = _missing_tools()
     if missing:
         print(f"scripts/bench: not on PATH: {', '.join(missing)}", file=sys.stderr)
@@ -370,10 +441,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress(f"warning: the CPUs were {busy:.0%} busy before we started: expect noise")
     tmp = Path(tempfile.mkdtemp(prefix="gatewayd-bench-"))
     try:
-        results, extra_results = run_rows(rows, extras, tmp, args, cores)
+        results, extra_results = run_rows(rows, extras, tmp, args, cores, meta)
     except KeyboardInterrupt:
         print("scripts/bench: interrupted; every child process was stopped", file=sys.stderr)
         return 130
+    except baseline.BaselineError as err:
+        print(f"scripts/bench: the baseline: {err}", file=sys.stderr)
+        return 2
     finally:
         if args.keep_tmp:
             progress(f"kept {tmp}")
@@ -406,9 +480,15 @@ def _print_report(
         print("\nFloors (docs/benchmarks.md):")
         for check in checks:
             print(f"  {check}")
+    comparison = report.vs_baseline(results)
+    if meta["baseline"] is not None:
+        base = meta["baseline"]
+        print(f"\nvs baseline {base['rev']} ({base['commit'][:12]}; these rows: {meta['tree']}):")
+        for text in report.render_vs_baseline(comparison):
+            print(f"  {text}")
     for note in report.notes(results) + report.extra_notes(extras):
         print(f"\n* {note}")
     if json_path is not None:
-        report.write_json(json_path, meta, rows, report.extra_json(extras))
+        report.write_json(json_path, meta, rows, report.extra_json(extras), comparison)
     failed = any(r.error for r in results) or any(e.error for e in extras)
     return 1 if failed else 0

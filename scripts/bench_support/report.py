@@ -33,6 +33,8 @@ class RowResult:
     error: str | None = None
     other_cpu_seconds: float = 0.0  # CPU time other processes used while this row was loaded
     measured_seconds: float = 0.0
+    base_of: str | None = None  # an @base row: the row it is the baseline of
+    unsupported: str | None = None  # an @base row the baseline cannot run (why), not a failure
 
     @property
     def other_cpu_cores(self) -> float | None:
@@ -90,6 +92,8 @@ def table_rows(results: Sequence[RowResult]) -> list[dict[str, Any]]:
                 "peak_rss_mib": r.peak_rss_mib,
                 "other_cpu_cores": r.other_cpu_cores,
                 "error": r.error,
+                "baseline_of": r.base_of,
+                "unsupported_on_baseline": r.unsupported,
                 "rounds": [asdict(w) | {"requests_per_sec": w.requests_per_sec} for w in r.rounds],
                 "large_rounds": [
                     asdict(w) | {"mib_per_sec": w.mib_per_sec} for w in r.large_rounds
@@ -100,6 +104,8 @@ def table_rows(results: Sequence[RowResult]) -> list[dict[str, Any]]:
 
 
 def _cells(row: dict[str, Any]) -> list[str]:
+    if row["unsupported_on_baseline"]:
+        return [row["row"], "not on base", *["-"] * (len(COLUMNS) - 2)]
     if row["error"] and row["requests_per_sec"] is None:
         return [row["row"], "FAILED", *["-"] * (len(COLUMNS) - 2)]
     return [
@@ -153,6 +159,8 @@ def notes(results: Sequence[RowResult], noise: float = 0.05) -> list[str]:
     out = []
     for r in results:
         out += _suspect(r.name, r.error, r.other_cpu_cores, noise)
+        if r.unsupported:
+            out.append(f"{r.name}: not run, the baseline cannot run this row: {r.unsupported}")
         runs = [("small", w) for w in r.rounds] + [("large", w) for w in r.large_rounds]
         for label, res in runs:
             if res and (res.non_2xx or res.socket_errors):
@@ -209,6 +217,12 @@ def floors(results: Sequence[RowResult]) -> list[str]:
             ),
             ("gatewayd+key_auth", 0.9, False, "key_auth costs {cost:.1%} of req/s (floor < 10 %)"),
             (
+                "gatewayd+api_chain",
+                0.85,
+                False,
+                "key_auth + acl + rate_limit keep {x:.2f}x gatewayd's req/s (floor >= 0.85)",
+            ),
+            (
                 "gatewayd+cache",
                 1.0,
                 True,
@@ -221,6 +235,119 @@ def floors(results: Sequence[RowResult]) -> list[str]:
             x = (row.rps() or 0) / (gw.rps() or 1)
             ok = x > floor if strict else x >= floor
             line(ok, text.format(cost=1 - x, x=x) + f"; rounds: {_per_round(row, gw)}")
+    return out
+
+
+MAX_LOSS = 0.05  # no row may lose more than this share of its req/s against its @base row
+
+
+def _change(value: float | None, base: float | None) -> float | None:
+    return value / base - 1 if value is not None and base else None
+
+
+def _round_ratios(a: Sequence[WrkResult], b: Sequence[WrkResult], mib: bool) -> list[float]:
+    """Round k of a row over round k of its @base row (they ran next to each other)."""
+    if mib:
+        return [x.mib_per_sec / y.mib_per_sec for x, y in zip(a, b, strict=False) if y.mib_per_sec]
+    pairs = zip(a, b, strict=False)
+    return [x.requests_per_sec / y.requests_per_sec for x, y in pairs if y.requests_per_sec]
+
+
+def vs_baseline(results: Sequence[RowResult]) -> list[dict[str, Any]]:
+    """Each row that has an @base row, against it: req/s and the 64 MiB stream's MiB/s, as the
+    ratio of medians and per round; ``status`` says whether there is anything to compare."""
+    out = []
+    for base in results:
+        if base.base_of is None:
+            continue
+        row = next((r for r in results if r.name == base.base_of), None)
+        if row is None:
+            continue
+        if base.unsupported:
+            status, reason = "unsupported", base.unsupported
+        elif row.error or base.error or not row.rounds or not base.rounds:
+            status, reason = "failed", row.error or base.error or "no rounds"
+        else:
+            status, reason = "ok", None
+        out.append(
+            {
+                "row": row.name,
+                "base_row": base.name,
+                "status": status,
+                "reason": reason,
+                "requests_per_sec": row.rps(),
+                "base_requests_per_sec": base.rps(),
+                "change": _change(row.rps(), base.rps()),
+                "round_ratios": _round_ratios(row.rounds, base.rounds, mib=False),
+                "large_mib_per_sec": row.large_mib(),
+                "base_large_mib_per_sec": base.large_mib(),
+                "large_change": _change(row.large_mib(), base.large_mib()),
+                "large_round_ratios": _round_ratios(row.large_rounds, base.large_rounds, mib=True),
+            }
+        )
+    return out
+
+
+def baseline_floor(comparison: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """No row loses more than MAX_LOSS of its req/s: checked on the rows that have a figure
+    on both sides; the others are listed, since a check over fewer rows says less."""
+    measured = [c for c in comparison if c["status"] == "ok" and c["change"] is not None]
+    if not comparison:
+        return None
+    worst = min(measured, key=lambda c: c["change"], default=None)
+    return {
+        "max_loss": MAX_LOSS,
+        "ok": bool(measured) and all(c["change"] >= -MAX_LOSS for c in measured),
+        "worst_row": worst["row"] if worst else None,
+        "worst_change": worst["change"] if worst else None,
+        "below": [c["row"] for c in measured if c["change"] < -MAX_LOSS],
+        "not_compared": {c["row"]: c["status"] for c in comparison if c not in measured},
+    }
+
+
+def _ratios(values: Sequence[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
+
+
+def render_vs_baseline(comparison: Sequence[dict[str, Any]]) -> list[str]:
+    """The lines under the table: req/s per row against its @base row, the floor, then the
+    64 MiB stream's MiB/s (reported, no floor)."""
+    if not comparison:
+        return []
+    width = max(len(c["row"]) for c in comparison)
+    out = ["req/s, this tree vs @base (change of the medians; per round, this / @base):"]
+    for c in comparison:
+        name = c["row"].ljust(width)
+        if c["status"] == "unsupported":
+            out.append(f"  {name}  no baseline: the baseline cannot run this row")
+        elif c["change"] is None:
+            out.append(f"  {name}  not compared: {c['status']}")
+        else:
+            out.append(
+                f"  {name}  {c['requests_per_sec']:>9,.0f} vs {c['base_requests_per_sec']:>9,.0f}"
+                f"  {c['change']:+7.1%}  (rounds: {_ratios(c['round_ratios'])})"
+            )
+    floor = baseline_floor(comparison)
+    if floor is not None:
+        worst = ""
+        if floor["worst_row"] is not None:
+            worst = f"; worst: {floor['worst_row']} {floor['worst_change']:+.1%}"
+        missing = ""
+        if floor["not_compared"]:
+            missing = f"; not compared: {', '.join(sorted(floor['not_compared']))}"
+        out.append(
+            f"[{'ok' if floor['ok'] else 'BELOW'}] no row loses more than "
+            f"{floor['max_loss']:.0%} of its requests/s{worst}{missing}"
+        )
+    out.append("64 MiB stream MiB/s, this tree vs @base (reported, no floor):")
+    for c in comparison:
+        if c["large_change"] is None:
+            continue
+        out.append(
+            f"  {c['row'].ljust(width)}  {c['large_mib_per_sec']:>9,.0f} vs "
+            f"{c['base_large_mib_per_sec']:>9,.0f}  {c['large_change']:+7.1%}  "
+            f"(rounds: {_ratios(c['large_round_ratios'])})"
+        )
     return out
 
 
@@ -244,6 +371,9 @@ def write_json(
     meta: dict[str, Any],
     rows: Sequence[dict[str, Any]],
     extras: dict[str, Any] | None = None,
+    comparison: Sequence[dict[str, Any]] = (),
 ) -> None:
     doc = {"meta": meta, "rows": list(rows), "extras": extras or {}}
+    if meta.get("baseline") is not None:
+        doc["vs_baseline"] = {"rows": list(comparison), "floor": baseline_floor(comparison)}
     path.write_text(json.dumps(doc, indent=2) + "\n")

@@ -2,16 +2,19 @@
 
 A row starts its proxy (pinned to the proxy core), yields a :class:`Target` to load, and stops
 it when the ``with`` ends. gatewayd rows are data: add one :class:`GatewaydVariant` line to
-``GATEWAYD_VARIANTS`` to benchmark another plugin chain.
+``GATEWAYD_VARIANTS`` to benchmark another plugin chain. With a baseline (``--baseline REV``),
+every gatewayd row also runs as ``<row>@base`` on the baseline's gatewayd
+(``Context.base_gatewayd``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,7 @@ class Context:
     gatewayd: Path
     proxy_core: int | None
     client_core: int | None = None
+    base_gatewayd: Path | None = None  # the baseline's gatewayd (--baseline), for @base rows
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,14 @@ class Target:
 class Row:
     name: str
     start: Callable[[Context], AbstractContextManager[Target]]
+    base_of: str | None = None  # ``gatewayd@base`` runs the baseline's gatewayd for ``gatewayd``
+
+
+BASE_SUFFIX = "@base"
+
+
+class ConfigRefused(StartError):
+    """``gatewayd check`` refused the row's config (on a baseline: a feature it does not have)."""
 
 
 # --- the backend -----------------------------------------------------------------------------
@@ -284,6 +296,12 @@ def relay_setup(ctx: Context, state_dir: Path) -> RowSetup:
 
 
 RATE_LIMIT = {"rate_limit": {"rate": "1000000/s", "burst": 1000000, "key": "ip"}}
+# The chain an API operator runs: authenticate, authorise the tenant, limit per key.
+API_CHAIN: list[dict[str, Any]] = [
+    {"key_auth": {}},
+    {"acl": {"allow": ["tenant:bench"]}},
+    {"rate_limit": {"rate": "1000000/s", "burst": 1000000, "key": "api_key"}},
+]
 
 # One line per row. A row that needs keys or other state passes setup=, which runs before the
 # daemon starts and returns a RowSetup (config, client headers, a hook run once it is up).
@@ -305,6 +323,12 @@ GATEWAYD_VARIANTS: list[GatewaydVariant] = [
         expect_headers={"X-Cache": "HIT"},
     ),
     GatewaydVariant("gatewayd+relay", setup=relay_setup),
+    GatewaydVariant(
+        "gatewayd+api_chain",
+        API_CHAIN,
+        setup=key_auth_setup,
+        expect_headers={"RateLimit-Limit": "1000000"},
+    ),
 ]
 
 
@@ -349,9 +373,20 @@ def gatewayd_row(variant: GatewaydVariant) -> Row:
     return Row(variant.name, partial(_gatewayd, variant=variant))
 
 
+def base_row(variant: GatewaydVariant) -> Row:
+    """The same row on the baseline's gatewayd (its keys made, its peer run, by that one too)."""
+    name = variant.name + BASE_SUFFIX
+    return Row(name, partial(_gatewayd, variant=variant, base=True), base_of=variant.name)
+
+
 @contextmanager
-def _gatewayd(ctx: Context, variant: GatewaydVariant) -> Iterator[Target]:
-    workdir = ctx.tmp / variant.name
+def _gatewayd(ctx: Context, variant: GatewaydVariant, base: bool = False) -> Iterator[Target]:
+    name = variant.name
+    if base:
+        if ctx.base_gatewayd is None:
+            raise StartError("no baseline gatewayd (run with --baseline REV)")
+        ctx, name = replace(ctx, gatewayd=ctx.base_gatewayd), name + BASE_SUFFIX
+    workdir = ctx.tmp / name
     state_dir = workdir / "state"
     state_dir.mkdir(parents=True)
     extra = variant.setup(ctx, state_dir) if variant.setup else RowSetup()
@@ -384,6 +419,7 @@ def start_gatewayd(
     config_path = workdir / "gatewayd.yaml"
     # JSON is valid YAML, and keeps the harness free of third-party imports.
     config_path.write_text(json.dumps(merge(config, extra.config), indent=2) + "\n")
+    check_config(ctx, config_path)
     admin_url = f"http://127.0.0.1:{admin_port}"
     with serving(
         ctx.children,
@@ -397,6 +433,24 @@ def start_gatewayd(
         yield Gatewayd(f"http://127.0.0.1:{port}", admin_url, pid, config_path, workdir)
 
 
-def all_rows() -> list[Row]:
+def check_config(ctx: Context, config_path: Path) -> None:
+    """``gatewayd check``: a config this gatewayd refuses is :class:`ConfigRefused`, with its
+    one-line reason, rather than a daemon that exits at start."""
+    try:
+        argv = [str(ctx.gatewayd), "check", "-c", str(config_path)]
+        ctx.children.run(argv, core=None, timeout=60)
+    except RuntimeError as err:  # "<argv> exited N: <stderr>": keep what gatewayd said
+        said = re.search(r" exited -?\d+: (.*)", str(err), re.S)
+        reason = said.group(1).strip() if said else str(err)
+        raise ConfigRefused(f"{ctx.gatewayd} check refuses the config: {reason}") from None
+
+
+def all_rows(baseline: bool = False) -> list[Row]:
+    """Every row; with ``baseline``, each gatewayd row is followed by its ``@base`` row (so the
+    two run next to each other in every round)."""
     rows = [Row("direct", direct), Row("nginx", nginx_proxy), Row("minimal", minimal_proxy)]
-    return rows + [gatewayd_row(v) for v in GATEWAYD_VARIANTS]
+    for variant in GATEWAYD_VARIANTS:
+        rows.append(gatewayd_row(variant))
+        if baseline:
+            rows.append(base_row(variant))
+    return rows
