@@ -17,10 +17,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from multidict import CIMultiDict
 
 from gatewayd.chain.api import Attempt, PluginError, RequestContext, Response
-from gatewayd.chain.upstream import Target, UpstreamConnectError
+from gatewayd.chain.upstream import Target, UpstreamConnectError, UpstreamError, UpstreamTimeout
 from gatewayd.config.schema import RelayUpstreamConfig, TimeoutsConfig
-from gatewayd.proxy.errors import UpstreamError, UpstreamTimeout
-from gatewayd.proxy.headers import response_headers
 from gatewayd.relay import protocol as p
 from gatewayd.relay.connection import Disconnected, PeerConnection, TunnelStream
 from gatewayd.relay.flow import StreamReset
@@ -42,6 +40,42 @@ HANDSHAKE_HEADERS = frozenset(
         "sec-websocket-accept",
     }
 )
+
+
+# Hop-by-hop response headers (RFC 9110 7.6.1), removed again at the gateway (the peer removes
+# them too). The HTTP kind does the same in gatewayd.proxy.headers; the relay, a sibling layer,
+# sees only the public upstream interface, hence this copy until the core does it for every kind.
+HOP_BY_HOP = frozenset(
+    (
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    )
+)
+VIA = "1.1 gatewayd"
+
+
+def response_headers(pairs: list[tuple[str, str]]) -> CIMultiDict[str]:
+    """A peer's response headers without the hop-by-hop ones (and those Connection names),
+    with our hop in Via."""
+    named = {
+        token.strip().lower()
+        for name, value in pairs
+        if name.lower() == "connection"
+        for token in value.split(",")
+    }
+    out: CIMultiDict[str] = CIMultiDict(
+        (k, v) for k, v in pairs if k.lower() not in HOP_BY_HOP and k.lower() not in named
+    )
+    via = out.get("Via")
+    out["Via"] = f"{via}, {VIA}" if via else VIA
+    return out
 
 
 class _NotStarted(Exception):
@@ -161,7 +195,7 @@ class RelayLeaseUpstream:
             raise self._map_error(exc, attempt, ctx, pump, written) from None
         assert pump is not None
         attempt.status = reply["status"]
-        hdrs = response_headers(CIMultiDict(reply["headers"]))  # type: ignore[arg-type]
+        hdrs = response_headers(reply["headers"])
         body = TunnelBody(conn, stream, pump.task, timeouts.read, attempt, started)
         return Response(reply["status"], hdrs, body, reply.get("reason") or None)
 
