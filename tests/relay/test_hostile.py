@@ -292,3 +292,66 @@ async def test_streams_a_leaving_peer_never_read_are_retried_at_once(
             return (await relay_stats(gw))["connections"] == 0
 
         await wait_for(forgotten, 3)
+
+
+async def test_a_hostile_peer_cannot_break_a_relayed_websocket(tmp_path, gateway, config):
+    """A peer that overruns a WebSocket stream's window, or sends a message over max_message,
+    gets that WebSocket closed (1011, 1009); its relay connection and the gateway carry on."""
+    cfg = relay_config(tmp_path, config)
+    cfg["routes"][0]["websocket"] = {"max_message": "64KiB"}
+    gw = await gateway(cfg)
+    key, _ = await make_key(state_dir(gw), "relay:*")
+    s, ws = await dial(gw, key)
+    await ws.receive()  # HELLO_ACK
+
+    async def next_of(type_: int) -> p.Frame:
+        while True:
+            frame = p.decode((await ws.receive()).data, 1 << 24)
+            if frame.type == type_:
+                return frame
+
+    async def upgraded(client: aiohttp.ClientSession) -> tuple[Any, int]:
+        pending = asyncio.create_task(
+            client.ws_connect(gw.url + "/peer/app/ws", protocols=("chat",))
+        )
+        head = await next_of(FrameType.HEADERS)
+        request = head.json()
+        assert request["upgrade"] == "websocket" and request["protocols"] == ["chat"]
+        assert request["max_message"] == 64 * 1024
+        answer = {"status": 101, "reason": "Switching Protocols", "headers": [], "protocol": "chat"}
+        await ws.send_bytes(p.encode_json(head.stream, FrameType.HEADERS, answer))
+        sock = await pending
+        assert sock.protocol == "chat"
+        return sock, head.stream
+
+    try:
+        async with aiohttp.ClientSession() as client:
+            sock, sid = await upgraded(client)
+            await ws.send_bytes(p.encode(sid, FrameType.WS_MESSAGE, b"hi", p.FLAG_TEXT))
+            assert await sock.receive_str(timeout=5) == "hi"
+            # Past the window (256 KiB): the stream is reset, the client closed with 1011.
+            await ws.send_bytes(p.encode(sid, FrameType.WS_MESSAGE, b"x" * (300 * 1024)))
+            msg = await sock.receive(timeout=5)
+            assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1011)
+            reset = await next_of(FrameType.RESET)
+            assert reset.stream == sid and reset.json()["code"] == "flow_control"
+
+            # Fragments within the window, but a message over max_message: 1009 both ways.
+            sock, sid = await upgraded(client)
+            more = p.FLAG_MORE
+            await ws.send_bytes(p.encode(sid, FrameType.WS_MESSAGE, b"y" * 40_000, more))
+            await ws.send_bytes(p.encode(sid, FrameType.WS_MESSAGE, b"y" * 40_000))
+            msg = await sock.receive(timeout=5)
+            assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1009)
+            close = await next_of(FrameType.WS_CLOSE)
+            assert close.stream == sid and close.json()["code"] == 1009
+
+        await ws.send_bytes(p.encode(0, FrameType.PING, b"12345678"))
+        pong = await next_of(FrameType.PING)
+        assert pong.flags & p.FLAG_ACK
+        stats = await relay_stats(gw)
+        assert stats["connects"] == 1 and stats["disconnects"] == 0
+        assert await alive(gw)
+    finally:
+        await ws.close()
+        await s.close()
