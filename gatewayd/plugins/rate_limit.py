@@ -16,7 +16,6 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from gatewayd.chain import Plugin, PluginConfig, PluginContext, Rate, RequestContext, Response
-from gatewayd.observability.metrics import outcome_counts
 
 KEY_KINDS = ("global", "ip", "api_key", "tenant", "route")
 MAX_KEY_CHARS = 128  # longer key values are hashed, so a hostile header cannot grow memory
@@ -286,10 +285,16 @@ class RateLimitPlugin(Plugin):
 
 
 def _counts(services: Any, route: str) -> dict[str, int]:
-    return outcome_counts(
-        services,
+    """gatewayd_ratelimit_total{route, result}: plain counts, exported when scraped (unexported
+    when the plugin runs without metrics)."""
+    results = ("allowed", "limited", "store_error")
+    metrics = getattr(services, "metrics", None)
+    if metrics is None:
+        return dict.fromkeys(results, 0)
+    counts: dict[str, int] = metrics.results(
         "gatewayd_ratelimit_total",
         "Rate-limit decisions, by route and result (allowed, limited, store_error)",
         route,
-        ("allowed", "limited", "store_error"),
+        results,
     )
+    return counts
