@@ -253,9 +253,10 @@ def _round_ratios(a: Sequence[WrkResult], b: Sequence[WrkResult], mib: bool) -> 
     return [x.requests_per_sec / y.requests_per_sec for x, y in pairs if y.requests_per_sec]
 
 
-def vs_baseline(results: Sequence[RowResult]) -> list[dict[str, Any]]:
+def vs_baseline(results: Sequence[RowResult], noise: float = 0.05) -> list[dict[str, Any]]:
     """Each row that has an @base row, against it: req/s and the 64 MiB stream's MiB/s, as the
-    ratio of medians and per round; ``status`` says whether there is anything to compare."""
+    ratio of medians and per round; ``status`` says whether there is anything to compare, and
+    ``suspect`` whether other processes used the CPUs while either side ran."""
     out = []
     for base in results:
         if base.base_of is None:
@@ -283,6 +284,7 @@ def vs_baseline(results: Sequence[RowResult]) -> list[dict[str, Any]]:
                 "base_large_mib_per_sec": base.large_mib(),
                 "large_change": _change(row.large_mib(), base.large_mib()),
                 "large_round_ratios": _round_ratios(row.large_rounds, base.large_rounds, mib=True),
+                "suspect": any((r.other_cpu_cores or 0) > noise for r in (row, base)),
             }
         )
     return out
@@ -326,6 +328,7 @@ def render_vs_baseline(comparison: Sequence[dict[str, Any]]) -> list[str]:
             out.append(
                 f"  {name}  {c['requests_per_sec']:>9,.0f} vs {c['base_requests_per_sec']:>9,.0f}"
                 f"  {c['change']:+7.1%}  (rounds: {_ratios(c['round_ratios'])})"
+                + ("  suspect: other load, see the notes" if c["suspect"] else "")
             )
     floor = baseline_floor(comparison)
     if floor is not None:
