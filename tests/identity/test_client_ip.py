@@ -234,3 +234,26 @@ def test_config_errors_point_to_the_field(tmp_path, config, listen, plugin, expe
     out = result.stdout + result.stderr
     assert expected in out, out
     assert "Traceback" not in out
+
+
+async def test_a_reload_changes_a_listeners_trust_on_open_connections(gateway, backend, config):
+    echo = await backend(echo_app())
+    cfg = config(
+        upstreams={"api": {"targets": [upstream_url(echo)]}},
+        routes=[route("echo", "api", "/", [])],
+    )
+    gw = await gateway(cfg)
+    async with aiohttp.ClientSession() as s:  # one keep-alive connection throughout
+        _, seen = await get(s, gw.url + "/x", CLIENT, "before")
+        assert seen["headers"]["X-Forwarded-For"] == "127.0.0.1"
+        cfg["listen"][0]["trusted_proxies"] = ["127.0.0.0/8"]
+        gw.write_config(cfg)
+        await gw.reload()
+        _, seen = await get(s, gw.url + "/x", CLIENT, "after")
+        assert seen["headers"]["X-Forwarded-For"] == f"{CLIENT}, 127.0.0.1"
+        assert (await access_entry(gw, "after"))["client"] == CLIENT
+        cfg["listen"][0]["trusted_proxies"] = ["not-a-cidr"]
+        gw.write_config(cfg)
+        await gw.reload(expect_success=False)  # refused: the old trust keeps serving
+        _, seen = await get(s, gw.url + "/x", CLIENT, "refused")
+        assert seen["headers"]["X-Forwarded-For"] == f"{CLIENT}, 127.0.0.1"
