@@ -19,7 +19,7 @@ import inspect
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -49,7 +49,7 @@ class PeerRefused(Exception):
 
 
 class PeerStream:
-    __slots__ = ("body", "id", "inbox", "task", "window")
+    __slots__ = ("body", "closer", "id", "inbox", "task", "window")
 
     def __init__(self, sid: int, window: int, link: Link) -> None:
         self.id = sid
@@ -57,6 +57,8 @@ class PeerStream:
         self.body = InboundBody(window, lambda n: link.send_quiet(p.window_update(sid, n)))
         self.task: asyncio.Task[None] | None = None
         self.inbox: MessageInbox | None = None  # WebSocket messages, for an upgrade
+        # An upgraded stream's way to close its WebSocket (1001) when the peer leaves.
+        self.closer: Callable[[], Awaitable[None]] | None = None
 
     def fail(self, exc: BaseException) -> None:
         self.body.fail(exc)
@@ -417,6 +419,11 @@ class Peer:
         self.stopping = True
         for link in list(self.links.values()):
             await link.send_quiet(p.reset(0, "going_away", "peer is leaving"))
+        # HTTP streams finish; WebSockets would not on their own: they close with 1001.
+        closers = [
+            s.closer for link in self.links.values() for s in link.streams.values() if s.closer
+        ]
+        await asyncio.gather(*(close() for close in closers), return_exceptions=True)
         deadline = time.monotonic() + drain
         while time.monotonic() < deadline:
             if not any(link.streams for link in self.links.values()):

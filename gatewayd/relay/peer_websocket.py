@@ -84,6 +84,14 @@ async def serve_websocket(link: Link, stream: PeerStream, head: dict[str, Any]) 
         await link.reset(stream, "target_error", type(exc).__name__)
         return
     state = _Closing()
+
+    async def going_away() -> None:
+        with contextlib.suppress(StreamReset):
+            await _send_close(link, sid, state, 1001, "peer going away")
+        with contextlib.suppress(Exception):
+            await ws.close(code=1001, message=b"peer going away")
+
+    stream.closer = going_away
     try:
         reply = {
             "status": 101,

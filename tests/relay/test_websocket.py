@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import aiohttp
 import pytest
@@ -193,3 +194,19 @@ async def test_the_peer_dying_closes_the_client_1011(tunnel):
         msg = await ws.receive(timeout=5)
         assert msg.type == WSMsgType.CLOSE
         assert msg.data == 1011
+
+
+async def test_a_leaving_peer_closes_its_websockets_1001(tunnel):
+    """On SIGTERM the peer finishes its HTTP streams, but a WebSocket would never end on its
+    own: it is closed with 1001 at once, and the peer exits without waiting for its drain."""
+    gw, seen, peer = tunnel
+    async with aiohttp.ClientSession() as s, s.ws_connect(gw.url + "/peer/app/ws") as ws:
+        await ws.send_str("hi")
+        assert await ws.receive_str(timeout=5) == "hi"
+        started = time.monotonic()
+        peer.kill(signal.SIGTERM)
+        msg = await ws.receive(timeout=5)
+        assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 1001, "peer going away")
+    assert await peer.wait(5) == 0
+    assert time.monotonic() - started < 3.0
+    assert seen["closed"] == [1001]
