@@ -98,15 +98,15 @@ def prepare(
     remove both afterwards unless ``keep``."""
     commit = resolve(root, rev)
     worktree, venv = tmp / "baseline-src", tmp / "baseline-venv"
-    try:
-        children.run(
-            ["git", "-C", str(root), "worktree", "add", "--detach", str(worktree), commit],
-            core=None,
-            timeout=120,
-        )
-    except RuntimeError as err:
-        raise BaselineError(f"git worktree add {rev}: {err}") from None
-    try:
+    try:  # (an interrupted ``worktree add`` is cleaned up too)
+        try:
+            children.run(
+                ["git", "-C", str(root), "worktree", "add", "--detach", str(worktree), commit],
+                core=None,
+                timeout=120,
+            )
+        except RuntimeError as err:
+            raise BaselineError(f"git worktree add {rev}: {err}") from None
         yield _install(children, python, worktree, venv, rev, commit)
     finally:
         if not keep:

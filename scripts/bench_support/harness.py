@@ -108,7 +108,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--python",
         default=str(VENV / "bin/python") if (VENV / "bin/python").exists() else sys.executable,
-        help="interpreter for the minimal proxy (default: .venv's)",
+        help="interpreter for the minimal proxy and the baseline's venv (default: .venv's)",
     )
     parser.add_argument(
         "--gatewayd", type=Path, default=VENV / "bin/gatewayd", help="the gatewayd executable"
