@@ -178,9 +178,11 @@ class UpstreamKind(Protocol):
     retries, times out (``total`` until the reply's head, ``read`` per body chunk) and counts.
 
     - ``targets()``: the targets now (may change over time: relay peers come and go).
-    - ``send(target, ctx, path, headers, timeouts)``: the target's reply; its body is bytes or
-      an async iterator of chunks (with ``aclose``), read by the core. Set ``ctx.attempts[-1]``
-      fields through the ``attempt`` argument: ``status``, ``error``.
+    - ``send(target, attempt, ctx, path, headers, timeouts)``: the target's reply, its headers
+      as the target sent them (a mutable ``CIMultiDict``: the core removes the hop-by-hop ones
+      and adds ``Via``, once, for every kind); its body is bytes or an async iterator of chunks
+      (with ``aclose``) whose every chunk the kind times with ``timeouts.read``. On failure set
+      ``attempt.error`` and raise :class:`UpstreamError`.
     - ``upgrade(...)``: a WebSocket to the target (:class:`WebSocketChannel`), or raise
       :class:`UpstreamError` (``websocket_refused`` when the target declines the upgrade).
     """

@@ -63,9 +63,9 @@ def add_forwarded(headers: CIMultiDict[str], client_ip: str, scheme: str, host: 
     headers["Via"] = f"{via}, {VIA}" if via else VIA
 
 
-def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    """A mutable copy of an upstream response's headers without the hop-by-hop ones."""
-    out = strip_hop_by_hop(CIMultiDict(headers))
-    via = out.get("Via")
-    out["Via"] = f"{via}, {VIA}" if via else VIA
-    return out
+def upstream_response_headers(headers: CIMultiDict[str]) -> None:
+    """An upstream's response headers made ours, in place, whatever the kind that fetched them:
+    no hop-by-hop headers, our hop in Via."""
+    strip_hop_by_hop(headers)
+    via = headers.get("Via")
+    headers["Via"] = f"{via}, {VIA}" if via else VIA

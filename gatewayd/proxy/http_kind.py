@@ -29,7 +29,6 @@ from gatewayd.chain.upstream import (
 from gatewayd.config.schema import HttpUpstreamConfig, TimeoutsConfig
 from gatewayd.proxy.client import HttpClient
 from gatewayd.proxy.deadlines import Deadlines
-from gatewayd.proxy.headers import response_headers
 
 # Responses up to this size with a Content-Length are read in one go (bounded) and written with
 # one call; anything larger or of unknown length streams chunk by chunk.
@@ -96,7 +95,7 @@ class HttpUpstream:
             if resp is not None:
                 resp.close()
             raise self._map_error(exc, attempt) from exc
-        return Response(resp.status, response_headers(resp.headers), body, resp.reason)
+        return Response(resp.status, CIMultiDict(resp.headers), body, resp.reason)
 
     def _map_error(self, exc: BaseException, attempt: Attempt) -> BaseException:
         if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):

@@ -36,6 +36,7 @@ from gatewayd.chain.upstream import (
 from gatewayd.config.schema import TimeoutsConfig, UpstreamConfig
 from gatewayd.proxy.balancer import BALANCERS
 from gatewayd.proxy.deadlines import Deadlines
+from gatewayd.proxy.headers import upstream_response_headers
 from gatewayd.proxy.health import HealthChecker
 from gatewayd.proxy.retry import RetryBudget, RetryPolicy
 
@@ -326,6 +327,7 @@ class ManagedUpstream:
             raise exc from None
         attempt.status = reply.status
         self.state.account(self.impl.targets(), target, reply.status in self.passive_statuses)
+        upstream_response_headers(reply.headers)  # once, here, for every kind
         body = reply.body
         if isinstance(body, bytes | bytearray):
             target.inflight -= 1

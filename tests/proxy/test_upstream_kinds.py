@@ -55,7 +55,8 @@ class Backends:
 def backend_app(name: str, state: Backends) -> web.Application:
     async def ok(request: web.Request) -> web.Response:
         state.hits[name] += 1
-        return web.Response(text=f"hello from {name}", headers={"X-Backend": name})
+        hop = {"Proxy-Authenticate": "Basic", "Keep-Alive": "timeout=5"}  # the backend's hop only
+        return web.Response(text=f"hello from {name}", headers={"X-Backend": name, **hop})
 
     async def echo(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"X-Backend": name})
@@ -257,6 +258,9 @@ async def cell_plain(s: Setup) -> None:
                 assert r.status == 200
                 assert (await r.text()).startswith("hello from ")
                 seen.add(r.headers["X-Backend"])
+                # hop-by-hop headers stop at the gateway, whatever the kind; Via names it
+                assert "Proxy-Authenticate" not in r.headers and "Keep-Alive" not in r.headers
+                assert "gatewayd" in r.headers["Via"]
         assert seen == {"a", "b"}  # balanced over both targets
 
 

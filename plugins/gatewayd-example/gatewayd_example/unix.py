@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import ClassVar, Literal
 
 import aiohttp
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from yarl import URL
 
@@ -58,17 +58,6 @@ from gatewayd.chain import (
     UpstreamTimeout,
 )
 
-HOP_BY_HOP = (
-    "Connection",
-    "Keep-Alive",
-    "Proxy-Authenticate",
-    "Proxy-Authorization",
-    "Proxy-Connection",
-    "TE",
-    "Trailer",
-    "Transfer-Encoding",
-    "Upgrade",
-)
 NO_BODY_STATUS = frozenset({204, 304})
 SMALL_BODY = 64 * 1024  # replies up to this size with a Content-Length are read whole
 CLOSE_TIMEOUT = 5.0  # a WebSocket close handshake at most
@@ -174,7 +163,7 @@ class UnixUpstream:
                 resp.close()
             raise self._map_error(exc, attempt) from exc
         attempt.status = resp.status
-        return Response(resp.status, _response_headers(resp.headers), body, resp.reason)
+        return Response(resp.status, CIMultiDict(resp.headers), body, resp.reason)
 
     async def upgrade(
         self,
@@ -245,16 +234,6 @@ def _url(path: str, query: str) -> URL:
     # The host only names the virtual server: the socket is the connector's.
     target = f"{path}?{query}" if query else path
     return URL(f"http://localhost{target}", encoded=True)
-
-
-def _response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    out = CIMultiDict(headers)
-    for value in headers.getall("Connection", ()):
-        for token in value.split(","):
-            out.popall(token.strip(), None)
-    for name in HOP_BY_HOP:
-        out.popall(name, None)
-    return out
 
 
 class UnixBody:
