@@ -42,42 +42,6 @@ HANDSHAKE_HEADERS = frozenset(
 )
 
 
-# Hop-by-hop response headers (RFC 9110 7.6.1), removed again at the gateway (the peer removes
-# them too). The HTTP kind does the same in gatewayd.proxy.headers; the relay, a sibling layer,
-# sees only the public upstream interface, hence this copy until the core does it for every kind.
-HOP_BY_HOP = frozenset(
-    (
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    )
-)
-VIA = "1.1 gatewayd"
-
-
-def response_headers(pairs: list[tuple[str, str]]) -> CIMultiDict[str]:
-    """A peer's response headers without the hop-by-hop ones (and those Connection names),
-    with our hop in Via."""
-    named = {
-        token.strip().lower()
-        for name, value in pairs
-        if name.lower() == "connection"
-        for token in value.split(",")
-    }
-    out: CIMultiDict[str] = CIMultiDict(
-        (k, v) for k, v in pairs if k.lower() not in HOP_BY_HOP and k.lower() not in named
-    )
-    via = out.get("Via")
-    out["Via"] = f"{via}, {VIA}" if via else VIA
-    return out
-
-
 class _NotStarted(Exception):
     """The peer did not start on the request: it refused the stream, or the connection went
     before the request's head was written (``certain``); or the connection went before an
@@ -195,7 +159,7 @@ class RelayLeaseUpstream:
             raise self._map_error(exc, attempt, ctx, pump, written) from None
         assert pump is not None
         attempt.status = reply["status"]
-        hdrs = response_headers(reply["headers"])
+        hdrs = CIMultiDict(reply["headers"])  # as the peer sent them: the core makes them ours
         body = TunnelBody(conn, stream, pump.task, timeouts.read, attempt, started)
         return Response(reply["status"], hdrs, body, reply.get("reason") or None)
 

@@ -19,7 +19,6 @@ from gatewayd.chain.upstream import UpstreamConnectError, UpstreamError
 from gatewayd.config.schema import RelayConfig, StateConfig, TimeoutsConfig
 from gatewayd.relay.peer import Peer
 from gatewayd.relay.registry import MAX_IDLE_LEASES, RelayRegistry
-from gatewayd.relay.tunnel import response_headers
 from gatewayd.stores.keys import KeyStoreSettings, open_key_store
 
 TIMEOUTS = TimeoutsConfig(connect=2, read=5, total=5)
@@ -162,21 +161,3 @@ async def test_upgrade_gives_a_websocket_channel(relay, target):
                 t, attempt, context("/plain"), "/plain", CIMultiDict(), TIMEOUTS, [], 1 << 20
             )
         assert err.value.code == "websocket_refused" and attempt.status == 200
-
-
-def test_response_hop_by_hop_headers_are_removed():
-    pairs = [
-        ("Connection", "close, X-Private"),
-        ("X-Private", "1"),
-        ("Keep-Alive", "timeout=5"),
-        ("Transfer-Encoding", "chunked"),
-        ("Set-Cookie", "a=1"),
-        ("Set-Cookie", "b=2"),
-        ("Via", "1.1 peer-proxy"),
-    ]
-    out = response_headers(pairs)
-    assert list(out.items()) == [
-        ("Set-Cookie", "a=1"),
-        ("Set-Cookie", "b=2"),
-        ("Via", "1.1 peer-proxy, 1.1 gatewayd"),
-    ]
