@@ -27,6 +27,7 @@ from gatewayd.relay.protocol import FrameType
 from gatewayd.relay.websocket import RelayWebSocket
 
 if TYPE_CHECKING:
+    from gatewayd.relay.peers import PeerIdentity
     from gatewayd.relay.registry import RelayRegistry
 
 DATA_CHUNK = 64 * 1024
@@ -74,7 +75,7 @@ class RelayLeaseUpstream:
     async def close(self) -> None:
         pass
 
-    def _connections(self, target: Target, attempt: Attempt) -> Any:
+    def _connections(self, target: Target, attempt: Attempt) -> PeerIdentity:
         identity = self.registry.identity(self.lease, target.id)
         if identity is None:
             attempt.error = "connect"

@@ -41,10 +41,6 @@ class RelayWebSocket:
     def close_code(self) -> int | None:
         return self._close_code
 
-    @property
-    def closed(self) -> bool:
-        return self._sent_close or self.inbox.closed is not None
-
     async def receive(self) -> WSMessage:
         if self._ended:
             return CLOSED
