@@ -70,7 +70,7 @@ def lease_upstreams(services: Services, handover: Handover) -> LeaseUpstreams | 
         if not relay.leases.get(lease):
             return None
         name = f"relay:{lease}"
-        impl = relay_kind(services, name, lease)
+        impl = relay.lease_upstream(lease)
         # Keyed by lease, not by generation: ejections and the like survive a reload.
         state = handover.keep(f"lease:{lease}#state", lambda: UpstreamState(name, config, services))
         return ManagedUpstream(name, impl, config, state)
