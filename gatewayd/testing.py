@@ -21,11 +21,12 @@ the functions the daemon's dispatcher runs::
             PluginHarness(RequestCounterPlugin, {"limit": 0})
         assert err.value.problems[0].path == "plugins[0].request_counter.limit"
 
-- The backend is a coroutine ``upstream(ctx) -> Response`` (default: 200 ``text/plain`` "ok").
-  It runs like one attempt at a target of the upstream: the request body is read first (a
-  plugin's body limit answers as in the daemon), ``ctx.target`` and ``ctx.attempts`` are set,
-  targets in ``ctx.excluded_targets`` (an open breaker) are skipped and, with none left, the reply
-  is 503 ``upstream_unavailable`` without calling it. Raise
+- The backend is a coroutine ``upstream(ctx) -> Response`` (default: 200 ``text/plain`` "ok"),
+  reached through the daemon's own upstream machinery (``ManagedUpstream`` over a small
+  in-process kind): the request body is read first (a plugin's body limit answers as in the
+  daemon), ``ctx.target`` and ``ctx.attempts`` are set, targets in ``ctx.excluded_targets`` (an
+  open breaker) are skipped and, with none left, the reply is 503 ``upstream_unavailable``
+  without calling it; hop-by-hop headers are dropped from the reply and ``Via`` added. Raise
   :class:`~gatewayd.chain.UpstreamTimeout` (504), :class:`~gatewayd.chain.UpstreamConnectError`
   (502) or another :class:`~gatewayd.chain.UpstreamError` to act out a failing backend. A
   plugin's own requests (``await context.forward(ctx)``) reach the same backend the same way.
@@ -47,7 +48,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
-import time
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -59,7 +59,7 @@ from collections.abc import (
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
@@ -80,13 +80,21 @@ from gatewayd.chain.api import (
 from gatewayd.chain.builder import Chain, ChainBuilder, Forwarder
 from gatewayd.chain.handover import Handover, close_objects
 from gatewayd.chain.registry import PluginConfigProblems, PluginRegistry
-from gatewayd.chain.runner import failure_response, run_done, run_request, run_response
+from gatewayd.chain.runner import run_done, run_request, run_response
 from gatewayd.chain.services import PluginServices
-from gatewayd.chain.upstream import UpstreamConnectError, UpstreamError, UpstreamTimeout
+from gatewayd.chain.upstream import (
+    Target,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamTimeout,
+    WebSocketChannel,
+)
 from gatewayd.config.errors import ConfigError, Problem
-from gatewayd.config.schema import PluginSpec, StateConfig
+from gatewayd.config.schema import PluginSpec, StateConfig, TimeoutsConfig, UpstreamConfig
 from gatewayd.events.bus import Event, EventBus
 from gatewayd.observability.metrics import Metrics
+from gatewayd.proxy.dispatch import error_reply
+from gatewayd.proxy.upstream import ManagedUpstream, UpstreamState
 from gatewayd.stores.keys import KeyStore, KeyStoreSettings
 from gatewayd.stores.keys_sqlite import SQLiteKeyBackend
 from gatewayd.stores.state import PluginStores
@@ -285,7 +293,7 @@ class PluginHarness:
         self.failures: list[PluginFailure] = []
         self._last_context: RequestContext | None = None
         self._started = False
-        self._next_target = 0
+        self._managed: ManagedUpstream | None = None
         self._first_event = self._last_event_id()
         registry = PluginRegistry()
         specs = []
@@ -555,34 +563,55 @@ class PluginHarness:
             request.body = _counted(body, ctx)
         return ctx
 
-    def _pick(self, ctx: RequestContext) -> str | None:
-        n = len(self.targets)
-        for i in range(n):
-            target = self.targets[(self._next_target + i) % n]
-            if target not in ctx.excluded_targets:
-                self._next_target = (self._next_target + i + 1) % n
-                return target
-        return None
-
     async def _forward(self, ctx: RequestContext) -> Response:
-        """One attempt at a target, as the daemon's forwarder makes it (also
-        ``PluginContext.forward``); failures are error replies."""
+        """A request to the fake backend through the daemon's own upstream machinery
+        (:class:`~gatewayd.proxy.upstream.ManagedUpstream`: target choice, excluded targets,
+        timeouts, attempts), as the dispatcher forwards it (also ``PluginContext.forward``);
+        failures are the daemon's error replies."""
+        if self._managed is None:
+            config = UpstreamConfig()
+            kind = _HarnessKind(self)
+            self._managed = ManagedUpstream(UPSTREAM, kind, config, UpstreamState(UPSTREAM, config))
         request = ctx.request
-        target = self._pick(ctx)
-        if target is None:
-            err = UpstreamError(503, "upstream_unavailable", "no healthy upstream target", 1)
-            ctx.error = err
-            return ctx.error_response(err.status, err.code, err.message, {"Retry-After": "1"})
         try:
-            data = await _read(request.body)
-        except PluginError as exc:  # the body broke a plugin's limit while it was read
-            ctx.error = exc
-            return failure_response(ctx, "request", exc)
+            return await self._managed.send(ctx, request.path, request.headers, TimeoutsConfig())
+        except (UpstreamError, PluginError) as exc:
+            return error_reply(ctx, exc)
+
+
+class _HarnessKind:
+    """The harness's upstream kind: its targets are ``PluginHarness(targets=...)``, one attempt
+    reads the request body and asks the fake backend coroutine for the reply."""
+
+    kind: ClassVar[str] = "harness"
+
+    def __init__(self, harness: PluginHarness) -> None:
+        self.name = UPSTREAM
+        self.harness = harness
+        self._targets = [Target(t) for t in harness.targets]
+
+    def targets(self) -> Sequence[Target]:
+        return self._targets
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def send(
+        self,
+        target: Target,
+        attempt: Attempt,
+        ctx: RequestContext,
+        path: str,
+        headers: CIMultiDict[str],
+        timeouts: TimeoutsConfig,
+    ) -> Response:
+        request = ctx.request
+        data = await _read(request.body)  # a plugin's body limit raises PluginError here
         request.body = data
-        ctx.target = target
-        attempt = Attempt(target)
-        ctx.attempts.append(attempt)
-        self.upstream_requests.append(
+        self.harness.upstream_requests.append(
             UpstreamRequest(
                 request.method,
                 request.path,
@@ -591,15 +620,13 @@ class PluginHarness:
                 data,
                 request.client_ip,
                 ctx.upstream,
-                target,
+                target.id,
                 ctx,
             )
         )
-        started = time.monotonic()
         try:
-            reply = await self.upstream(ctx)
+            reply = await self.harness.upstream(ctx)
         except UpstreamError as exc:
-            attempt.duration = time.monotonic() - started
             if attempt.error is None:
                 attempt.error = (
                     "timeout"
@@ -608,12 +635,21 @@ class PluginHarness:
                     if isinstance(exc, UpstreamConnectError)
                     else "disconnect"
                 )
-            ctx.error = exc
-            retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-            return ctx.error_response(exc.status, exc.code, exc.message, retry)
-        attempt.duration = time.monotonic() - started
-        attempt.status = reply.status
-        return reply
+            raise
+        return Response(reply.status, CIMultiDict(reply.headers), reply.body, reply.reason)
+
+    async def upgrade(
+        self,
+        target: Target,
+        attempt: Attempt,
+        ctx: RequestContext,
+        path: str,
+        headers: CIMultiDict[str],
+        timeouts: TimeoutsConfig,
+        protocols: Sequence[str],
+        max_message: int,
+    ) -> WebSocketChannel:
+        raise UpstreamError(501, "websocket_unsupported", "the harness backend has no WebSockets")
 
 
 async def _counted(body: AsyncIterable[bytes], ctx: RequestContext) -> AsyncIterator[bytes]:

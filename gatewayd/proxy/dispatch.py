@@ -54,6 +54,21 @@ async def client_body(raw: web.BaseRequest, ctx: RequestContext) -> AsyncIterato
         yield chunk
 
 
+def error_reply(ctx: RequestContext, exc: Exception) -> Response:
+    """The reply for an upstream failure (:class:`UpstreamError`: 502/503/504 with
+    ``Retry-After`` when it has one) or for a request body that broke a plugin's limit while it
+    was sent (:class:`PluginError`, e.g. 413), with the JSON error body."""
+    if isinstance(exc, PluginError):
+        ctx.error = exc
+        return failure_response(ctx, "request", exc)
+    assert isinstance(exc, UpstreamError)
+    ctx.error = ctx.error or exc
+    if isinstance(ctx.error, PluginError):  # e.g. the body grew past a limit
+        return failure_response(ctx, "request", ctx.error)
+    retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+    return ctx.error_response(exc.status, exc.code, exc.message, retry)
+
+
 class Dispatcher:
     """Serves requests for one generation: its route table, chains and upstreams.
 
@@ -257,17 +272,16 @@ class Dispatcher:
 
     def failed(self, ctx: RequestContext, exc: Exception) -> Response:
         """The error reply for an upstream failure (or a body that broke a plugin's limit)."""
-        if isinstance(exc, PluginError):
-            ctx.error = exc
-            return failure_response(ctx, "request", exc)
-        assert isinstance(exc, UpstreamError)
-        ctx.error = ctx.error or exc
-        if isinstance(ctx.error, PluginError):  # e.g. the body grew past a limit
-            return failure_response(ctx, "request", ctx.error)
-        retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-        if ctx.attempts and ctx.attempts[-1].error and ctx.upstream:
-            self.metrics.upstream_errors.labels(ctx.upstream, ctx.attempts[-1].error).inc()
-        return ctx.error_response(exc.status, exc.code, exc.message, retry)
+        upstream, attempts = ctx.upstream, ctx.attempts
+        if (
+            isinstance(exc, UpstreamError)
+            and not isinstance(ctx.error, PluginError)
+            and upstream
+            and attempts
+            and attempts[-1].error
+        ):
+            self.metrics.upstream_errors.labels(upstream, attempts[-1].error).inc()
+        return error_reply(ctx, exc)
 
     def reply(self, raw: web.BaseRequest, ctx: RequestContext, reply: Response) -> web.Response:
         """A reply whose body is bytes, as one aiohttp response."""

@@ -24,7 +24,7 @@ from typing import Any
 
 from multidict import CIMultiDict
 
-from gatewayd.chain.api import Attempt, Request, RequestContext, Response, RouteInfo
+from gatewayd.chain.api import Attempt, PluginError, Request, RequestContext, Response, RouteInfo
 from gatewayd.chain.upstream import (
     Target,
     UpstreamError,
@@ -313,8 +313,8 @@ class ManagedUpstream:
                 attempt.error = "timeout"
                 exc = UpstreamTimeout(f"upstream '{self.name}' timed out")
             elif not isinstance(exc, UpstreamError):
-                if not isinstance(exc, Exception):
-                    raise  # CancelledError: the client went away
+                if not isinstance(exc, Exception) or isinstance(exc, PluginError):
+                    raise  # the client went away, or its body broke a plugin's limit (413)
                 log.error(
                     "upstream kind failed",
                     exc_info=exc,
