@@ -2,6 +2,7 @@
 
 from gatewayd.chain.admin import AdminRequest, AdminRole, AdminRoute
 from gatewayd.chain.api import (
+    IDEMPOTENT_METHODS,
     PRINCIPAL_HEADERS,
     Attempt,
     Body,
@@ -32,6 +33,7 @@ from gatewayd.chain.services import (
     StateStores,
 )
 from gatewayd.chain.upstream import (
+    ClientWebSocketChannel,
     HealthConfig,
     PassiveConfig,
     RetriesConfig,
@@ -49,6 +51,7 @@ from gatewayd.chain.upstream import (
 from gatewayd.config.units import Duration, Rate, RateValue, Ratio, Size
 
 __all__ = [
+    "IDEMPOTENT_METHODS",
     "PRINCIPAL_HEADERS",
     "AdminRequest",
     "AdminRole",
@@ -57,6 +60,7 @@ __all__ = [
     "Attempt",
     "Body",
     "BodyTooLarge",
+    "ClientWebSocketChannel",
     "CounterFamily",
     "Duration",
     "EmptyConfig",

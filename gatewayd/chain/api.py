@@ -68,6 +68,9 @@ class BodyTooLarge(PluginError):
         self.limit = limit
 
 
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+"""The methods RFC 9110 (9.2.2) calls idempotent: a request of these may be sent again."""
+
 PRINCIPAL_HEADERS = (
     "X-Gateway-Tenant",
     "X-Gateway-Subject",

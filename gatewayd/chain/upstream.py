@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
+from aiohttp import WSMsgType
+
 from gatewayd.config.schema import (
     HealthConfig,
     PassiveConfig,
@@ -40,9 +42,11 @@ if TYPE_CHECKING:
     from gatewayd.chain.services import PluginServices
 
 T = TypeVar("T")
+_WS_CLOSED, _WS_ERROR = WSMsgType.CLOSED, WSMsgType.ERROR
 
 
 __all__ = [
+    "ClientWebSocketChannel",
     "HealthConfig",
     "PassiveConfig",
     "RetriesConfig",
@@ -145,6 +149,48 @@ class WebSocketChannel(Protocol):
     async def pong(self, message: bytes = b"") -> None: ...
 
     async def close(self, *, code: int = 1000, message: bytes = b"") -> bool: ...
+
+
+class ClientWebSocketChannel:
+    """A :class:`WebSocketChannel` over an aiohttp client WebSocket and the session it was
+    opened on (a session of its own, so that no pool of the upstream holds it and a reload
+    cannot cut it): closing the channel, or the connection ending, closes the session too.
+    For kinds that open their WebSockets with aiohttp (``session.ws_connect``)."""
+
+    __slots__ = ("session", "ws")
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, session: aiohttp.ClientSession) -> None:
+        self.ws = ws
+        self.session = session
+
+    @property
+    def protocol(self) -> str | None:
+        return self.ws.protocol
+
+    @property
+    def close_code(self) -> int | None:
+        return self.ws.close_code
+
+    async def receive(self) -> aiohttp.WSMessage:
+        msg = await self.ws.receive()
+        if msg.type in (_WS_CLOSED, _WS_ERROR):
+            await self.session.close()
+        return msg
+
+    async def send_str(self, data: str) -> None:
+        await self.ws.send_str(data)
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self.ws.send_bytes(data)
+
+    async def pong(self, message: bytes = b"") -> None:
+        await self.ws.pong(message)
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
+        try:
+            return await self.ws.close(code=code, message=message)
+        finally:
+            await self.session.close()
 
 
 # -- the kind ----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from yarl import URL
 
 from gatewayd.chain.api import Attempt, RequestContext, Response
 from gatewayd.chain.upstream import (
+    ClientWebSocketChannel,
     Target,
     UpstreamConnectError,
     UpstreamContext,
@@ -119,7 +120,7 @@ class HttpUpstream:
         timeouts: TimeoutsConfig,
         protocols: Sequence[str],
         max_message: int,
-    ) -> SessionWebSocket:
+    ) -> ClientWebSocketChannel:
         base = target.id.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
         qs = ctx.request.query_string
         url = URL(f"{base}{path}?{qs}" if qs else f"{base}{path}", encoded=True)
@@ -152,43 +153,7 @@ class HttpUpstream:
                     f"upstream '{self.name}' refused the WebSocket upgrade (status {exc.status})",
                 ) from None
             raise self._map_error(exc, attempt) from exc
-        return SessionWebSocket(ws, session)
-
-
-class SessionWebSocket:
-    """An aiohttp client WebSocket with the session it owns: closing one closes the other."""
-
-    __slots__ = ("session", "ws")
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, session: aiohttp.ClientSession):
-        self.ws = ws
-        self.session = session
-
-    @property
-    def protocol(self) -> str | None:
-        return self.ws.protocol
-
-    @property
-    def close_code(self) -> int | None:
-        return self.ws.close_code
-
-    async def receive(self) -> aiohttp.WSMessage:
-        return await self.ws.receive()
-
-    async def send_str(self, data: str) -> None:
-        await self.ws.send_str(data)
-
-    async def send_bytes(self, data: bytes) -> None:
-        await self.ws.send_bytes(data)
-
-    async def pong(self, message: bytes = b"") -> None:
-        await self.ws.pong(message)
-
-    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
-        try:
-            return await self.ws.close(code=code, message=message)
-        finally:
-            await self.session.close()
+        return ClientWebSocketChannel(ws, session)
 
 
 class _Stream:

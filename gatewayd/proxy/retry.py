@@ -7,10 +7,9 @@ import random
 import time
 from collections import deque
 
-from gatewayd.chain.api import Request
+from gatewayd.chain.api import IDEMPOTENT_METHODS, Request
 from gatewayd.config.schema import RetriesConfig
 
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 BUDGET_WINDOW = 10  # seconds
 
 
@@ -56,7 +55,7 @@ class RetryPolicy:
 
     def replayable(self, request: Request) -> bool:
         """May this request be sent twice if it did reach a target?"""
-        if request.method in IDEMPOTENT:
+        if request.method in IDEMPOTENT_METHODS:
             return True
         return self.config.idempotency_key and "Idempotency-Key" in request.headers
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from multidict import CIMultiDict
 
-from gatewayd.chain.api import Attempt, PluginError, RequestContext, Response
+from gatewayd.chain.api import IDEMPOTENT_METHODS, Attempt, PluginError, RequestContext, Response
 from gatewayd.chain.upstream import Target, UpstreamConnectError, UpstreamError, UpstreamTimeout
 from gatewayd.config.schema import RelayUpstreamConfig, TimeoutsConfig
 from gatewayd.relay import protocol as p
@@ -31,16 +31,6 @@ if TYPE_CHECKING:
     from gatewayd.relay.registry import RelayRegistry
 
 DATA_CHUNK = 64 * 1024
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-HANDSHAKE_HEADERS = frozenset(
-    {
-        "sec-websocket-key",
-        "sec-websocket-version",
-        "sec-websocket-extensions",
-        "sec-websocket-protocol",
-        "sec-websocket-accept",
-    }
-)
 
 
 class _NotStarted(Exception):
@@ -186,7 +176,7 @@ class RelayLeaseUpstream:
             gone = isinstance(exc, Disconnected)
             if exc.code == "refused" or (gone and not written):
                 return _NotStarted(replayable, certain=True)
-            if gone and ctx.request.method in IDEMPOTENT:
+            if gone and ctx.request.method in IDEMPOTENT_METHODS:
                 return _NotStarted(replayable, certain=False)
             if exc.code == "target_unreachable" and replayable:
                 attempt.error = "connect"  # the peer never reached its target: try elsewhere
@@ -250,7 +240,7 @@ class RelayLeaseUpstream:
             "path": path,
             "query": ctx.request.query_string,
             "body": False,
-            "headers": [[k, v] for k, v in headers.items() if k.lower() not in HANDSHAKE_HEADERS],
+            "headers": [[k, v] for k, v in headers.items()],  # the core left out the handshake's
             "upgrade": "websocket",
             "protocols": list(protocols),
             "max_message": max_message,

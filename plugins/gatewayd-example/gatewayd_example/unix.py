@@ -46,6 +46,7 @@ from yarl import URL
 
 from gatewayd.chain import (
     Attempt,
+    ClientWebSocketChannel,
     Duration,
     RequestContext,
     Response,
@@ -175,7 +176,7 @@ class UnixUpstream:
         timeouts: TimeoutsConfig,
         protocols: Sequence[str],
         max_message: int,
-    ) -> UnixWebSocket:
+    ) -> ClientWebSocketChannel:
         session = _session(aiohttp.UnixConnector(target.id, limit=1), timeouts.connect)
         try:
             ws = await session.ws_connect(
@@ -199,7 +200,7 @@ class UnixUpstream:
                     f"upstream '{self.name}' refused the WebSocket upgrade (status {exc.status})",
                 ) from None
             raise self._map_error(exc, attempt) from exc
-        return UnixWebSocket(ws, session)
+        return ClientWebSocketChannel(ws, session)
 
     def _map_error(self, exc: BaseException, attempt: Attempt) -> BaseException:
         if isinstance(exc, aiohttp.ConnectionTimeoutError | asyncio.TimeoutError):
@@ -279,43 +280,3 @@ class UnixBody:
             self.resp.release()
         else:
             self.resp.close()
-
-
-class UnixWebSocket:
-    """``gatewayd.chain.WebSocketChannel``: an aiohttp ``ClientWebSocketResponse`` (``ws``) and
-    the session it runs on; closing the channel closes both."""
-
-    __slots__ = ("session", "ws")
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, session: aiohttp.ClientSession):
-        self.ws = ws
-        self.session = session
-
-    @property
-    def protocol(self) -> str | None:
-        return self.ws.protocol
-
-    @property
-    def close_code(self) -> int | None:
-        return self.ws.close_code
-
-    async def receive(self) -> aiohttp.WSMessage:
-        msg = await self.ws.receive()
-        if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-            await self.session.close()
-        return msg
-
-    async def send_str(self, data: str) -> None:
-        await self.ws.send_str(data)
-
-    async def send_bytes(self, data: bytes) -> None:
-        await self.ws.send_bytes(data)
-
-    async def pong(self, message: bytes = b"") -> None:
-        await self.ws.pong(message)
-
-    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
-        try:
-            return await self.ws.close(code=code, message=message)
-        finally:
-            await self.session.close()
