@@ -9,17 +9,18 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from gatewayd.config.schema import GatewayConfig
 from gatewayd.daemon.generation import Generation
 from gatewayd.daemon.services import Services
 from gatewayd.observability.metrics import Metrics
-from gatewayd.proxy.client_ip import ListenerTrust
+from gatewayd.proxy.client_ip import ListenerTrust, client_ip
 
 log = logging.getLogger("gatewayd.daemon")
 
 
-RelayEndpoint = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+RelayEndpoint = Callable[[web.BaseRequest, str], Awaitable[web.StreamResponse]]
 
 
 def relay_endpoint(services: Services, config: GatewayConfig) -> tuple[str, RelayEndpoint] | None:
@@ -51,7 +52,8 @@ class Gateway:
         with the generation pinned until the reply is done."""
         relay = self.relay
         if relay is not None and raw.raw_path.partition("?")[0] == relay[0]:
-            return await relay[1](raw)
+            ip = client_ip(raw.transport, CIMultiDict(raw.headers), listener)
+            return await relay[1](raw, ip)
         gen = self.current
         gen.inflight += 1
         try:

@@ -46,10 +46,10 @@ class RelayEndpoint:
         await ws.close(code=code, message=reason.encode())
         return ws
 
-    async def handle(self, raw: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, raw: web.BaseRequest, ip: str) -> web.StreamResponse:
+        """Serve one peer connection; ``ip`` is the real client IP (the socket peer, or from
+        X-Forwarded-For behind the listener's trusted proxies): ``connect_rate`` is per IP."""
         config = self.config
-        peer = raw.transport.get_extra_info("peername") if raw.transport else None
-        ip = peer[0] if peer else ""
         ws = web.WebSocketResponse(
             protocols=(p.SUBPROTOCOL,),
             max_msg_size=config.max_frame + p.HEADER_SIZE,

@@ -270,7 +270,7 @@ class RelayRegistry:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def endpoint(self, config: RelayConfig) -> Callable[[web.BaseRequest], Awaitable[Any]]:
+    def endpoint(self, config: RelayConfig) -> Callable[[web.BaseRequest, str], Awaitable[Any]]:
         from gatewayd.relay.endpoint import RelayEndpoint
 
         return RelayEndpoint(self, config).handle

@@ -154,6 +154,33 @@ async def test_connect_flood_from_one_ip_gets_4429(tmp_path, gateway, config):
     assert await alive(gw)
 
 
+async def test_connect_rate_is_per_real_client_behind_trusted_proxies(tmp_path, gateway, config):
+    """Behind a trusted load balancer every peer comes from its address: the connect rate must
+    count the forwarded client, not the balancer (which would share one bucket)."""
+    cfg = relay_config(tmp_path, config, connect_rate="2/min")
+    cfg["listen"][0]["trusted_proxies"] = ["127.0.0.1/32"]
+    gw = await gateway(cfg)
+
+    async def code(client: str) -> int | None:
+        s = aiohttp.ClientSession()
+        headers = {"Authorization": "Bearer gwd_x_y", "X-Forwarded-For": client}
+        ws = await s.ws_connect(relay_url(gw), protocols=(p.SUBPROTOCOL,), headers=headers)
+        await ws.send_bytes(p.encode_json(0, FrameType.HELLO, {"lease": "app", "version": 1}))
+        try:
+            async with asyncio.timeout(5):
+                while True:
+                    msg = await ws.receive()
+                    if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                        return ws.close_code
+        finally:
+            await ws.close()
+            await s.close()
+
+    assert [await code("203.0.113.7") for _ in range(3)] == [4401, 4401, 4429]
+    assert await code("203.0.113.8") == 4401  # another client has its own bucket
+    assert "203.0.113.7" in gw.logs()  # refusals are logged with the real client
+
+
 async def test_max_connections_4503(tmp_path, gateway, config):
     gw = await gateway(relay_config(tmp_path, config, max_connections=2))
     key, _ = await make_key(state_dir(gw), "relay:*")
