@@ -39,6 +39,7 @@ CELLS = [
     "disconnect_499",
     "admin_view",
     "metrics",
+    "health_checks",
 ]
 TOKEN = "matrix-admin-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -49,6 +50,7 @@ MIB = 1024 * 1024
 class Backends:
     hits: dict[str, int] = field(default_factory=lambda: {"a": 0, "b": 0})
     failing: set[str] = field(default_factory=set)
+    sick: set[str] = field(default_factory=set)  # their /healthz answers 503
     cancelled: list[str] = field(default_factory=list)
 
 
@@ -102,7 +104,7 @@ def backend_app(name: str, state: Backends) -> web.Application:
         return sock
 
     async def healthz(request: web.Request) -> web.Response:
-        return web.Response(text="ok")
+        return web.Response(status=503 if name in state.sick else 200, text=name)
 
     app = web.Application(client_max_size=128 * MIB)
     app.router.add_get("/ok", ok)
@@ -185,6 +187,8 @@ async def setup(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     common = {
         "retries": {"attempts": 1, "backoff": "10ms", "statuses": [503], "min_retries": 50},
         "timeouts": {"connect": "1s", "read": "1s", "total": "5s"},
+        "health": {"path": "/healthz", "interval": "200ms", "timeout": "1s"}
+        | {"unhealthy_after": 2, "healthy_after": 2},
     }
     upstream: dict[str, Any]
     if kind == "http":
@@ -391,6 +395,37 @@ async def cell_metrics(s: Setup) -> None:
     text = await admin_get(s.gw, "/metrics")
     assert 'gatewayd_upstream_duration_seconds_count{upstream="m"}' in text
     assert 'gatewayd_upstream_target_up{target="' in text or 'upstream="m",target=' in text
+
+
+async def cell_health_checks(s: Setup) -> None:
+    """Active health checks go through the kind like any request: "a" fails its probes, leaves
+    the rotation, and comes back once they pass again."""
+    s.state.sick.add("a")
+
+    async def out() -> bool:
+        return (await target_item(s, "a"))["healthy"] is False
+
+    await wait_for(out, 10)
+    async with aiohttp.ClientSession() as c:
+        for _ in range(6):
+            async with c.get(s.gw.url + "/ok") as r:
+                assert r.status == 200
+                assert r.headers["X-Backend"] == "b"
+    item = await target_item(s, "a")
+    assert item["available"] is False
+    assert item["health_check"]["last_status"] == 503
+    s.state.sick.clear()
+
+    async def back() -> bool:
+        return (await target_item(s, "a"))["healthy"] is True
+
+    await wait_for(back, 10)
+    async with aiohttp.ClientSession() as c:
+        seen = set()
+        for _ in range(4):
+            async with c.get(s.gw.url + "/ok") as r:
+                seen.add(r.headers["X-Backend"])
+    assert seen == {"a", "b"}
 
 
 @pytest.mark.parametrize("cell", CELLS)
