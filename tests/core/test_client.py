@@ -1,4 +1,4 @@
-"""The forwarder's HTTP client (aiohttp's public ClientSession API, set up for a proxy): what it
+"""The forwarder's HTTP client (gatewayd.proxy.h1: httptools on asyncio protocols): what it
 sends is what it was given, what it returns is what the target said, and a stale pooled
 connection is retried only when that is safe. Against raw sockets, to see the bytes."""
 
@@ -8,15 +8,14 @@ import asyncio
 import contextlib
 import gzip
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
-import aiohttp
 import pytest
 from multidict import CIMultiDict
 from yarl import URL
 
 from gatewayd.config.schema import PoolConfig
-from gatewayd.proxy.client import HttpClient
+from gatewayd.proxy import h1
 
 Answer = Callable[[bytes, bytes], bytes]  # (head, body) -> the raw response
 
@@ -99,22 +98,34 @@ def names_of(head: bytes) -> list[str]:
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[HttpClient]:
-    c = HttpClient(PoolConfig(read_buffer=64 * 1024))
+async def client() -> AsyncIterator[h1.Pool]:
+    c = h1.Pool(PoolConfig(read_buffer=64 * 1024))
     yield c
     await c.close()
 
 
+def send(
+    client: h1.Pool,
+    url: URL,
+    headers: CIMultiDict[str],
+    method: str,
+    body: h1.Body,
+    connect_timeout: float,
+) -> Awaitable[h1.Response]:
+    origin = client.origin(str(url.origin()))
+    return client.request(origin, method, url.raw_path_qs, headers, body, connect_timeout)
+
+
 async def fetch(
-    client: HttpClient,
+    client: h1.Pool,
     url: URL,
     headers: dict[str, str] | list[tuple[str, str]] | None = None,
     method: str = "GET",
-    body: object = None,
-) -> tuple[aiohttp.ClientResponse, bytes]:
-    resp = await client.fetch(method, url, CIMultiDict(headers or {}), body, 2.0)
+    body: h1.Body = None,
+) -> tuple[h1.Response, bytes]:
+    resp = await send(client, url, CIMultiDict(headers or {}), method, body, 2.0)
     data = await resp.read()
-    resp.release()
+    resp.close()
     return resp, data
 
 
@@ -196,7 +207,7 @@ async def test_a_stale_pooled_connection_is_retried_for_idempotent_requests_only
             assert (resp.status, data) == (200, b"ok")
         methods = [h.split(b" ", 1)[0] for h, _ in target.requests]
         assert methods == [b"GET", b"GET", b"GET", b"GET", b"GET"]  # 1, (dropped, again) x2
-        with pytest.raises((aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
+        with pytest.raises(h1.Disconnected):
             await fetch(client, target.url(), {"Content-Length": "2"}, "POST", b"hi")
         assert [h.split(b" ", 1)[0] for h, _ in target.requests[5:]] == [b"POST"]  # once
 
@@ -207,7 +218,7 @@ async def test_a_stale_pooled_connection_is_retried_for_idempotent_requests_only
 
         await fetch(client, target.url())  # a pooled connection with one request served
         before = len(target.requests)
-        with contextlib.suppress(aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+        with contextlib.suppress(h1.Disconnected):
             await fetch(client, target.url(), None, "PUT", stream())  # fails if it had started
         sent = target.requests[before:]
         assert [h.split(b" ", 1)[0] for h, _ in sent] in ([b"PUT"], [b"PUT", b"PUT"])
@@ -215,7 +226,7 @@ async def test_a_stale_pooled_connection_is_retried_for_idempotent_requests_only
             assert sent[1][1] == b"partrest"
 
 
-async def test_the_connect_timeout_is_aiohttps_connection_timeout(client) -> None:
+async def test_the_connect_timeout_is_a_connect_timeout(client) -> None:
     # A listening socket whose backlog is full never accepts: connects hang until the timeout.
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -232,8 +243,8 @@ async def test_the_connect_timeout_is_aiohttps_connection_timeout(client) -> Non
             url = URL(f"http://127.0.0.1:{port}/", encoded=True)
             loop = asyncio.get_running_loop()
             started = loop.time()
-            with pytest.raises(aiohttp.ConnectionTimeoutError):
-                await client.fetch("GET", url, CIMultiDict(), None, 0.2)
+            with pytest.raises(h1.ConnectTimeout):
+                await send(client, url, CIMultiDict(), "GET", None, 0.2)
             assert loop.time() - started < 2
         finally:
             for s in fillers:
