@@ -41,7 +41,12 @@ async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
     registry = RelayRegistry(store)
     config = RelayConfig(connect_rate="1000/s")  # type: ignore[arg-type]
     app = web.Application()
-    app.router.add_get(config.path, registry.endpoint(config))
+    endpoint = registry.endpoint(config)
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        return await endpoint(request, request.remote or "")  # the socket peer is the client
+
+    app.router.add_get(config.path, serve)
     server = TestServer(app)
     await server.start_server()
     try:
