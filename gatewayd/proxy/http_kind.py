@@ -1,7 +1,7 @@
 """The ``http`` upstream kind: a pool of HTTP/1.1 targets (``targets: [http://host:port]``).
 
 One attempt at one target per call (the core picks, retries and times out): the request goes
-through the upstream's pooled client (:mod:`gatewayd.proxy.client`), a small response (up to
+through the upstream's connection pool (:mod:`gatewayd.proxy.h1`), a small response (up to
 ``SMALL_BODY`` with a Content-Length) is read whole, anything else streams with a ``read``
 deadline per chunk. A WebSocket gets its own small client session, so it holds no slot of the
 HTTP pool and a reload, which closes the old generation's pool once its last request is done,
@@ -28,7 +28,7 @@ from gatewayd.chain.upstream import (
     UpstreamTimeout,
 )
 from gatewayd.config.schema import HttpUpstreamConfig, TimeoutsConfig
-from gatewayd.proxy.client import HttpClient
+from gatewayd.proxy import h1
 from gatewayd.proxy.deadlines import Deadlines
 
 # Responses up to this size with a Content-Length are read in one go (bounded) and written with
@@ -50,19 +50,19 @@ class HttpUpstream:
         self._targets: list[Target] = context.keep(
             "targets", lambda: [Target(url) for url in config.targets]
         )
-        self.client: HttpClient | None = None
+        self.pool: h1.Pool | None = None
         self.deadlines: Deadlines | None = None
 
     def targets(self) -> Sequence[Target]:
         return self._targets
 
     async def start(self) -> None:
-        self.client = HttpClient(self.config.pool)
+        self.pool = h1.Pool(self.config.pool)
         self.deadlines = Deadlines(asyncio.get_running_loop())
 
     async def close(self) -> None:
-        if self.client is not None:
-            await self.client.close()
+        if self.pool is not None:
+            await self.pool.close()
 
     async def send(
         self,
@@ -73,14 +73,20 @@ class HttpUpstream:
         headers: CIMultiDict[str],
         timeouts: TimeoutsConfig,
     ) -> Response:
-        client = self.client
-        assert client is not None, "upstream not started"
+        pool = self.pool
+        assert pool is not None, "upstream not started"
         req = ctx.request
         qs = req.query_string
-        url = URL(f"{target.id}{path}?{qs}" if qs else f"{target.id}{path}", encoded=True)
-        resp: aiohttp.ClientResponse | None = None
+        resp: h1.Response | None = None
         try:
-            resp = await client.fetch(req.method, url, headers, req.body, timeouts.connect)
+            resp = await pool.request(
+                pool.origin(target.id),
+                req.method,
+                f"{path}?{qs}" if qs else path,
+                headers,
+                req.body,
+                timeouts.connect,
+            )
             length = resp.content_length
             if (
                 req.method == "HEAD"
@@ -88,7 +94,7 @@ class HttpUpstream:
                 or (length is not None and length <= SMALL_BODY)
             ):
                 body: bytes | AsyncIterator[bytes] = await resp.read()
-                resp.release()
+                resp.close()
             else:
                 assert self.deadlines is not None
                 body = _Stream(resp, self.deadlines, timeouts.read, attempt)
@@ -96,9 +102,19 @@ class HttpUpstream:
             if resp is not None:
                 resp.close()
             raise self._map_error(exc, attempt) from exc
-        return Response(resp.status, CIMultiDict(resp.headers), body, resp.reason)
+        return Response(resp.status, resp.headers, body, resp.reason)
 
     def _map_error(self, exc: BaseException, attempt: Attempt) -> BaseException:
+        if isinstance(exc, h1.ConnectTimeout):
+            attempt.error = "timeout"
+            return UpstreamTimeout(f"connecting to upstream '{self.name}' timed out")
+        if isinstance(exc, h1.ConnectError):
+            attempt.error = "connect"
+            return UpstreamConnectError(f"cannot connect to upstream '{self.name}'")
+        if isinstance(exc, h1.ClientError):
+            attempt.error = "disconnect"
+            return UpstreamError(502, "upstream_error", f"upstream '{self.name}' failed")
+        # the WebSocket handshake (aiohttp's client)
         if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
             if isinstance(exc, aiohttp.ConnectionTimeoutError):
                 attempt.error = "timeout"
@@ -164,7 +180,7 @@ class _Stream:
     __slots__ = ("attempt", "closed", "deadlines", "read", "resp")
 
     def __init__(
-        self, resp: aiohttp.ClientResponse, deadlines: Deadlines, read: float, attempt: Attempt
+        self, resp: h1.Response, deadlines: Deadlines, read: float, attempt: Attempt
     ) -> None:
         self.resp = resp
         self.deadlines = deadlines
@@ -178,16 +194,27 @@ class _Stream:
     async def __anext__(self) -> bytes:
         if self.closed:
             raise StopAsyncIteration
+        try:
+            chunk = self.resp.take()  # what has arrived already: no deadline to wait on
+        except h1.ClientError as exc:
+            self.attempt.error = "disconnect"
+            await self.aclose()
+            raise UpstreamError(502, "upstream_error", "upstream failed mid-response") from exc
+        if chunk is not None:
+            if not chunk:
+                await self.aclose()
+                raise StopAsyncIteration
+            return chunk
         deadline = self.deadlines.start(self.read)
         try:
-            chunk = await self.resp.content.readany()
+            chunk = await self.resp.readany()
         except asyncio.CancelledError as exc:
             if not deadline.timed_out(exc):
                 raise  # not the deadline's alone: the client went away too
             self.attempt.error = "timeout"
             await self.aclose()
             raise UpstreamTimeout("upstream read timed out mid-response") from None
-        except aiohttp.ClientError as exc:
+        except h1.ClientError as exc:
             self.attempt.error = "disconnect"
             await self.aclose()
             raise UpstreamError(502, "upstream_error", "upstream failed mid-response") from exc
@@ -202,7 +229,4 @@ class _Stream:
         if self.closed:
             return
         self.closed = True
-        if self.resp.content.at_eof():
-            self.resp.release()
-        else:
-            self.resp.close()
+        self.resp.close()
