@@ -109,8 +109,8 @@ class ServerConfig(Model):
 class PoolConfig(Model):
     max_connections: int = Field(256, ge=1)
     keepalive: Duration = 30.0
-    # Response bodies are read in chunks up to this size; reading pauses while about twice this
-    # waits for a slow client (so about 4x this is held per stalled response, all told).
+    # Response bodies are read in chunks up to this size; reading from the target pauses while
+    # more than this waits unread for a slow client (about this plus one socket read is held).
     read_buffer: Size = 512 * 1024
 
     @field_validator("read_buffer")

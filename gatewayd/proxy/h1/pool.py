@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from multidict import CIMultiDict
 from yarl import URL
 
+from gatewayd.chain.api import IDEMPOTENT_METHODS
 from gatewayd.config.schema import PoolConfig
 from gatewayd.proxy.h1.errors import ClientClosed, ConnectError, ConnectTimeout, Disconnected
 from gatewayd.proxy.h1.head import Body, encode_head, is_resendable
 from gatewayd.proxy.h1.protocol import Connection
 from gatewayd.proxy.h1.response import Response
 
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 SCHEMES = {"http": "http", "ws": "http", "https": "https", "wss": "https"}
 
 
@@ -110,7 +110,12 @@ class Pool:
         try:
             return await conn.send(head, body, head_only, length)
         except Disconnected:
-            if not (reused and not conn.got_data and method in IDEMPOTENT and is_resendable(body)):
+            if not (
+                reused
+                and not conn.got_data
+                and method in IDEMPOTENT_METHODS
+                and is_resendable(body)
+            ):
                 raise
         except BaseException:  # cancelled, most likely: the connection cannot be trusted
             conn.abort()
