@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
-from aiohttp import WSMsgType
+from aiohttp import ClientWSTimeout, WSMsgType, WSServerHandshakeError
 
 from gatewayd.config.schema import (
     HealthConfig,
@@ -37,12 +37,14 @@ from gatewayd.config.schema import (
 if TYPE_CHECKING:
     import aiohttp
     from multidict import CIMultiDict
+    from yarl import URL
 
     from gatewayd.chain.api import Attempt, RequestContext, Response
     from gatewayd.chain.services import PluginServices
 
 T = TypeVar("T")
 _WS_CLOSED, _WS_ERROR = WSMsgType.CLOSED, WSMsgType.ERROR
+CLOSE_TIMEOUT = 5.0  # how long a WebSocket close handshake may take
 
 
 __all__ = [
@@ -162,6 +164,47 @@ class ClientWebSocketChannel:
     def __init__(self, ws: aiohttp.ClientWebSocketResponse, session: aiohttp.ClientSession) -> None:
         self.ws = ws
         self.session = session
+
+    @classmethod
+    async def open(
+        cls,
+        session: aiohttp.ClientSession,
+        url: str | URL,
+        headers: CIMultiDict[str],
+        protocols: Sequence[str],
+        max_message: int,
+        attempt: Attempt,
+        upstream: str,
+    ) -> ClientWebSocketChannel:
+        """``session.ws_connect`` as a proxy needs it (no automatic close or ping handling:
+        the relay of messages does both; ``max_message`` bounds a message; no compression;
+        no receive timeout, a close handshake within ``CLOSE_TIMEOUT``). A target that declines
+        the upgrade raises :class:`UpstreamError` ``websocket_refused`` (502) with
+        ``attempt.status``; any other failure closes ``session`` and propagates as aiohttp
+        raised it, for the kind to map."""
+        try:
+            ws = await session.ws_connect(
+                url,
+                headers=headers,
+                protocols=tuple(protocols),
+                autoclose=False,
+                autoping=False,
+                max_msg_size=max_message,
+                compress=0,
+                timeout=ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT),
+            )
+        except BaseException as exc:
+            await session.close()
+            if isinstance(exc, WSServerHandshakeError):
+                attempt.status = exc.status
+                attempt.error = "handshake"
+                raise UpstreamError(
+                    502,
+                    "websocket_refused",
+                    f"upstream '{upstream}' refused the WebSocket upgrade (status {exc.status})",
+                ) from None
+            raise
+        return cls(ws, session)
 
     @property
     def protocol(self) -> str | None:

@@ -35,7 +35,6 @@ from gatewayd.proxy.deadlines import Deadlines
 # one call; anything larger or of unknown length streams chunk by chunk.
 SMALL_BODY = 64 * 1024
 NO_BODY_STATUS = frozenset({204, 304})
-CLOSE_TIMEOUT = 5.0  # a WebSocket close handshake at most
 
 
 class HttpUpstream:
@@ -148,28 +147,13 @@ class HttpUpstream:
             trust_env=False,
         )
         try:
-            ws = await session.ws_connect(
-                url,
-                headers=headers,
-                protocols=tuple(protocols),
-                autoclose=False,
-                autoping=False,
-                max_msg_size=max_message,
-                compress=0,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT),
+            return await ClientWebSocketChannel.open(
+                session, url, headers, protocols, max_message, attempt, self.name
             )
+        except UpstreamError:
+            raise
         except BaseException as exc:
-            await session.close()
-            if isinstance(exc, aiohttp.WSServerHandshakeError):
-                attempt.status = exc.status
-                attempt.error = "handshake"
-                raise UpstreamError(
-                    502,
-                    "websocket_refused",
-                    f"upstream '{self.name}' refused the WebSocket upgrade (status {exc.status})",
-                ) from None
             raise self._map_error(exc, attempt) from exc
-        return ClientWebSocketChannel(ws, session)
 
 
 class _Stream:

@@ -31,7 +31,7 @@ from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gatewayd.chain.api import RequestContext, Response
-from gatewayd.chain.upstream import UpstreamError, WebSocketChannel
+from gatewayd.chain.upstream import CLOSE_TIMEOUT, UpstreamError, WebSocketChannel
 from gatewayd.config.schema import TimeoutsConfig, WebSocketConfig
 
 if TYPE_CHECKING:
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gatewayd.proxy")
 
-CLOSE_TIMEOUT = 5.0  # how long a close handshake may take before the connection is dropped
 HANDSHAKE_HEADERS = frozenset(
     {
         "sec-websocket-key",

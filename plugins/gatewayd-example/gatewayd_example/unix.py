@@ -61,7 +61,6 @@ from gatewayd.chain import (
 
 NO_BODY_STATUS = frozenset({204, 304})
 SMALL_BODY = 64 * 1024  # replies up to this size with a Content-Length are read whole
-CLOSE_TIMEOUT = 5.0  # a WebSocket close handshake at most
 # aiohttp adds these to a request that lacks them; a proxy must not.
 SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
@@ -179,28 +178,19 @@ class UnixUpstream:
     ) -> ClientWebSocketChannel:
         session = _session(aiohttp.UnixConnector(target.id, limit=1), timeouts.connect)
         try:
-            ws = await session.ws_connect(
+            return await ClientWebSocketChannel.open(
+                session,
                 _url(path, ctx.request.query_string),
-                headers=headers,
-                protocols=tuple(protocols),
-                autoclose=False,
-                autoping=False,
-                max_msg_size=max_message,
-                compress=0,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT),
+                headers,
+                protocols,
+                max_message,
+                attempt,
+                self.name,
             )
+        except UpstreamError:
+            raise
         except BaseException as exc:
-            await session.close()
-            if isinstance(exc, aiohttp.WSServerHandshakeError):
-                attempt.status = exc.status
-                attempt.error = "handshake"
-                raise UpstreamError(
-                    502,
-                    "websocket_refused",
-                    f"upstream '{self.name}' refused the WebSocket upgrade (status {exc.status})",
-                ) from None
             raise self._map_error(exc, attempt) from exc
-        return ClientWebSocketChannel(ws, session)
 
     def _map_error(self, exc: BaseException, attempt: Attempt) -> BaseException:
         if isinstance(exc, aiohttp.ConnectionTimeoutError | asyncio.TimeoutError):
