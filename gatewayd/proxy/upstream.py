@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from multidict import CIMultiDict
@@ -92,7 +92,9 @@ class UpstreamState:
             except Exception:
                 log.exception("publishing a target event failed")
 
-    def account(self, targets: Sequence[Target], target: Target, failed: bool) -> None:
+    def account(
+        self, targets: Callable[[], Sequence[Target]], target: Target, failed: bool
+    ) -> None:
         """Passive ejection: consecutive failures take a target out for ``eject_for``."""
         passive = self.config.passive
         if not failed:
@@ -101,7 +103,7 @@ class UpstreamState:
         target.failures += 1
         if passive is None or target.ejected or target.failures < passive.failures:
             return
-        if not any(t is not target and t.healthy and not t.ejected for t in targets):
+        if not any(t is not target and t.healthy and not t.ejected for t in targets()):
             return  # never eject the last target in the rotation
         target.ejected = True
         target.failures = 0
@@ -323,10 +325,10 @@ class ManagedUpstream:
                 attempt.error = attempt.error or "disconnect"
                 exc = UpstreamError(502, "upstream_error", f"upstream '{self.name}' failed")
             if attempt.error is not None:
-                self.state.account(self.impl.targets(), target, True)
+                self.state.account(self.impl.targets, target, True)
             raise exc from None
         attempt.status = reply.status
-        self.state.account(self.impl.targets(), target, reply.status in self.passive_statuses)
+        self.state.account(self.impl.targets, target, reply.status in self.passive_statuses)
         upstream_response_headers(reply.headers)  # once, here, for every kind
         body = reply.body
         if isinstance(body, bytes | bytearray):
@@ -373,10 +375,10 @@ class ManagedUpstream:
                 attempt.error = "disconnect"
                 exc = UpstreamError(502, "upstream_error", f"upstream '{self.name}' failed")
             if attempt.error in ("connect", "timeout", "disconnect"):
-                self.state.account(self.impl.targets(), target, True)
+                self.state.account(self.impl.targets, target, True)
             raise exc from None
         attempt.status = 101
-        self.state.account(self.impl.targets(), target, False)
+        self.state.account(self.impl.targets, target, False)
         return Upgraded(channel, target, attempt, started)
 
     async def probe(self, target: Target) -> tuple[int | None, str | None]:
