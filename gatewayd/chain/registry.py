@@ -92,7 +92,7 @@ def _scan(group: str, inspect: Any) -> tuple[list[Any], dict[str, str]]:
             errors[ep.name] = f"cannot be imported: {type(exc).__name__}: {exc}"
     for name, reason in errors.items():
         log.warning(
-            "entry point not loaded", extra={"group": group, "name": name, "reason": reason}
+            "entry point not loaded", extra={"group": group, "entry_point": name, "reason": reason}
         )
     return found, errors
 

@@ -1,0 +1,213 @@
+"""What the HTTP provider kinds (openai, anthropic, ollama) share: config, one aiohttp session
+per upstream, error mapping, and reading a provider's stream with a deadline per chunk.
+
+A kind's ``send`` serves two callers: the ``llm`` plugin (``ctx.state[EXCHANGE]`` holds the
+request, see :mod:`gatewayd_llm.exchange`) and gatewayd's active health checks (no exchange: the
+kind answers a cheap probe, such as the provider's model list, never a billed completion).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, ClassVar
+
+import aiohttp
+from multidict import CIMultiDict
+from pydantic import Field, SecretStr, field_validator
+from yarl import URL
+
+from gatewayd.chain import (
+    Attempt,
+    RequestContext,
+    Response,
+    Target,
+    TimeoutsConfig,
+    UpstreamConfig,
+    UpstreamConnectError,
+    UpstreamContext,
+    UpstreamError,
+    UpstreamTimeout,
+    WebSocketChannel,
+)
+from gatewayd_llm.exchange import EXCHANGE, Exchange, StreamFailed
+
+READ_CHUNK = 64 * 1024
+
+
+class ProviderConfig(UpstreamConfig):
+    """Common keys of the HTTP provider kinds. ``api_key`` is a secret: never logged, never in
+    an error, a metric or an event (``${ENV}`` references are expanded by gatewayd's loader)."""
+
+    base_url: str
+    api_key: SecretStr | None = None
+    max_connections: int = Field(100, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        url = URL(v)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"invalid base_url {v!r} (expected http(s)://host[:port][/path])")
+        return v.rstrip("/")
+
+
+class HttpProvider:
+    """Base of the HTTP provider kinds: subclasses set ``kind``/``Config`` and implement
+    :meth:`call` (one request to the provider, answered in OpenAI's format) and :meth:`probe`."""
+
+    kind: ClassVar[str] = ""
+    Config: ClassVar[type[ProviderConfig]] = ProviderConfig
+
+    def __init__(self, name: str, config: ProviderConfig, context: UpstreamContext) -> None:
+        self.name = name
+        self.config = config
+        self.context = context
+        self.base = URL(config.base_url)
+        # One target, the provider; kept across reloads so health and ejection carry over.
+        self._targets: list[Target] = context.keep("targets", lambda: [Target(config.base_url)])
+        self.session: aiohttp.ClientSession | None = None
+
+    def targets(self) -> Sequence[Target]:
+        return self._targets
+
+    async def start(self) -> None:
+        connect = self.config.timeouts.connect
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.config.max_connections),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect),
+            trust_env=False,
+        )
+
+    async def close(self) -> None:
+        session, self.session = self.session, None
+        if session is not None:
+            await session.close()
+
+    def url(self, path: str) -> URL:
+        """``base_url`` joined with ``path`` (e.g. ``/chat/completions``)."""
+        return URL(str(self.base) + path)
+
+    def secret(self) -> str | None:
+        return self.config.api_key.get_secret_value() if self.config.api_key else None
+
+    async def send(
+        self,
+        target: Target,
+        attempt: Attempt,
+        ctx: RequestContext,
+        path: str,
+        headers: CIMultiDict[str],
+        timeouts: TimeoutsConfig,
+    ) -> Response:
+        session = self.session
+        if session is None:
+            raise UpstreamError(503, "upstream_closed", f"upstream '{self.name}' is not started")
+        exchange = ctx.state.get(EXCHANGE)
+        try:
+            if isinstance(exchange, Exchange):
+                reply = await self.call(session, exchange, attempt, timeouts)
+            else:
+                reply = await self.probe(session, attempt, timeouts)
+        except (UpstreamError, asyncio.CancelledError):
+            raise
+        except BaseException as exc:
+            raise self.map_error(exc, attempt) from exc
+        attempt.status = reply.status
+        return reply
+
+    async def call(
+        self,
+        session: aiohttp.ClientSession,
+        exchange: Exchange,
+        attempt: Attempt,
+        timeouts: TimeoutsConfig,
+    ) -> Response:
+        raise NotImplementedError
+
+    async def probe(
+        self, session: aiohttp.ClientSession, attempt: Attempt, timeouts: TimeoutsConfig
+    ) -> Response:
+        raise NotImplementedError
+
+    async def upgrade(
+        self,
+        target: Target,
+        attempt: Attempt,
+        ctx: RequestContext,
+        path: str,
+        headers: CIMultiDict[str],
+        timeouts: TimeoutsConfig,
+        protocols: Sequence[str],
+        max_message: int,
+    ) -> WebSocketChannel:
+        attempt.error = "refused"
+        raise UpstreamError(
+            502, "websocket_refused", f"upstream '{self.name}' ({self.kind}) has no WebSockets"
+        )
+
+    def map_error(self, exc: BaseException, attempt: Attempt) -> BaseException:
+        """aiohttp's errors as gatewayd's upstream errors (messages name the upstream, never a
+        URL with credentials or a header)."""
+        if isinstance(exc, aiohttp.ConnectionTimeoutError | asyncio.TimeoutError | TimeoutError):
+            attempt.error = "timeout"
+            return UpstreamTimeout(f"upstream '{self.name}' timed out")
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            attempt.error = "connect"
+            return UpstreamConnectError(f"cannot connect to upstream '{self.name}'")
+        if isinstance(exc, aiohttp.ClientError | ValueError):
+            attempt.error = "disconnect"
+            return UpstreamError(502, "upstream_error", f"upstream '{self.name}' failed")
+        return exc
+
+
+async def read_whole(resp: aiohttp.ClientResponse, timeout: float) -> bytes:
+    """A whole (non-streamed) reply body within ``timeout``; the response is released."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await resp.read()
+    finally:
+        resp.release()
+
+
+async def stream_chunks(
+    resp: aiohttp.ClientResponse, read_timeout: float, exchange: Exchange
+) -> AsyncIterator[bytes]:
+    """The raw bytes of a streamed reply as they arrive, each within ``read_timeout``
+    (else :class:`StreamFailed` ``stall``); a cut connection is ``disconnect``. Closing the
+    iterator (or cancelling its reader) closes the response: the provider sees the connection
+    go and stops generating."""
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(read_timeout):
+                    chunk = await resp.content.readany()
+            except TimeoutError:
+                raise StreamFailed("stall", "the provider stopped sending") from None
+            except aiohttp.ClientError:
+                raise StreamFailed("disconnect", "the provider's connection was cut") from None
+            if not chunk:
+                if not resp.content.is_eof():
+                    raise StreamFailed("disconnect", "the provider's connection was cut")
+                return
+            yield chunk
+    finally:
+        resp.close()
+
+
+def provider_error(status: int, payload: Any, fallback: str) -> tuple[str, str | None, str | None]:
+    """(message, code, param) from a provider's error JSON (OpenAI's and Anthropic's shapes
+    and Ollama's ``{"error": "..."}``), or ``fallback`` when it says nothing usable."""
+    message, code, param = fallback, None, None
+    if isinstance(payload, dict):
+        err = payload.get("error")
+        if isinstance(err, dict):
+            message = str(err.get("message") or fallback)
+            code = err.get("code") if isinstance(err.get("code"), str) else None
+            param = err.get("param") if isinstance(err.get("param"), str) else None
+            if code is None and isinstance(err.get("type"), str):
+                code = str(err["type"])
+        elif isinstance(err, str):
+            message = err
+    return message[:2000], code, param
