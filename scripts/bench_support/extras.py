@@ -39,6 +39,9 @@ class ExtraSettings:
     sse_clients: str
     relay_peers: int
     relay_hold: float
+    llm_rate: float = 500.0
+    llm_duration: float = 10.0
+    llm_streams: int = 1000
 
 
 @dataclass
@@ -202,10 +205,100 @@ def run_relay_idle(ctx: Context, s: ExtraSettings, out: ExtraResult) -> None:
         out.error = f"only {doc['still_connected']} of {doc['connections']} peers stayed connected"
 
 
+# --- the LLM gateway -------------------------------------------------------------------------
+
+# The issue's floors: what gatewayd may add to a provider that answers at once.
+LLM_MAX_ADDED_P50_MS = 1.0
+LLM_MAX_ADDED_P99_MS = 5.0
+LLM_MAX_ADDED_TTFT_MS = 2.0
+LLM_MAX_STREAMS_RSS_MIB = 400.0  # the daemon's RSS with 1,000 streams open (docs/llm.md)
+
+
+def run_llm(ctx: Context, s: ExtraSettings, out: ExtraResult) -> None:
+    """The ``llm`` plugin (plugins/gatewayd-llm) in front of a fake OpenAI-compatible server
+    that answers at once: latency at a fixed request rate, time to first token, and the
+    daemon's memory with ``llm_streams`` streams open, direct and through gatewayd."""
+    out.title = (
+        f"LLM gateway: chat completions at {s.llm_rate:g} req/s for {s.llm_duration:g}s "
+        f"(open loop), time to first token, {s.llm_streams:,} concurrent streams"
+    )
+    out.columns = ("path", "p50 ms", "p99 ms", "TTFT p50", "TTFT p99", "streams RSS MiB")
+    port = free_port()
+    fake = f"http://127.0.0.1:{port}"
+    args = ["--rate", str(s.llm_rate), "--duration", str(s.llm_duration)]
+    timeout = s.llm_duration + 180
+    with serving(
+        ctx.children,
+        [ctx.python, str(LOAD), "fake-openai", str(port)],
+        what="fake OpenAI server",
+        core=ctx.client_core,
+        log=ctx.tmp / "fake-openai.log",
+        ready_url=f"{fake}/v1/models",
+    ):
+        direct = load(ctx, "llm", fake, *args, "--streams", "0", timeout=timeout)
+        workdir = ctx.tmp / "llm"
+        state_dir = workdir / "state"
+        state_dir.mkdir(parents=True)
+        key = create_key(ctx, state_dir, "--tenant", "bench", "--id", "bench-llm")
+        deployments = {m: [{"upstream": "fake", "model": m}] for m in ("fast", "slow")}
+        config = {
+            "upstreams": {"fake": {"kind": "openai", "base_url": f"{fake}/v1", "api_key": "x"}},
+            "routes": [
+                {
+                    "name": "llm",
+                    "match": {"path": "/v1/"},
+                    "plugins": [{"key_auth": {}}, {"llm": {"models": deployments}}],
+                }
+            ],
+        }
+        with start_gatewayd(ctx, workdir, (), RowSetup(config=config)) as gw:
+            args += ["--key", key, "--streams", str(s.llm_streams), "--pid", str(gw.pid)]
+            proxied = load(ctx, "llm", gw.url, *args, timeout=timeout)
+    for label, doc in (("direct", direct), ("gatewayd", proxied)):
+        doc["path"] = label
+        out.data.append(doc)
+        if doc["errors"]:
+            raise RuntimeError(f"{label}: {doc['errors']} requests failed: {doc['first_error']}")
+        out.rows.append(
+            [
+                label,
+                _fmt(doc["p50_ms"], ".2f"),
+                _fmt(doc["p99_ms"], ".2f"),
+                _fmt(doc["ttft_p50_ms"], ".2f"),
+                _fmt(doc["ttft_p99_ms"], ".2f"),
+                _fmt(doc.get("streams_rss_mib"), ".1f"),
+            ]
+        )
+    added = {
+        "p50_ms": proxied["p50_ms"] - direct["p50_ms"],
+        "p99_ms": proxied["p99_ms"] - direct["p99_ms"],
+        "ttft_p50_ms": proxied["ttft_p50_ms"] - direct["ttft_p50_ms"],
+    }
+    out.data.append({"path": "added", **added})
+    ttft = _fmt(added["ttft_p50_ms"], "+.2f")
+    out.rows.append(["added", _fmt(added["p50_ms"], "+.2f"), _fmt(added["p99_ms"], "+.2f"), ttft])
+    out.rows[-1] += ["-", "-"]
+    problems = []
+    if proxied.get("streams_failures"):
+        problems.append(f"{proxied['streams_failures']} streams failed")
+    if added["p50_ms"] > LLM_MAX_ADDED_P50_MS:
+        problems.append(f"p50 adds {added['p50_ms']:.2f} ms > {LLM_MAX_ADDED_P50_MS}")
+    if added["p99_ms"] > LLM_MAX_ADDED_P99_MS:
+        problems.append(f"p99 adds {added['p99_ms']:.2f} ms > {LLM_MAX_ADDED_P99_MS}")
+    if added["ttft_p50_ms"] > LLM_MAX_ADDED_TTFT_MS:
+        problems.append(f"TTFT adds {added['ttft_p50_ms']:.2f} ms > {LLM_MAX_ADDED_TTFT_MS}")
+    rss = proxied.get("streams_rss_mib")
+    if rss is not None and rss > LLM_MAX_STREAMS_RSS_MIB:
+        problems.append(f"RSS {rss:.0f} MiB > {LLM_MAX_STREAMS_RSS_MIB:g} with streams open")
+    if problems:
+        out.error = "floor missed: " + "; ".join(problems)
+
+
 EXTRAS: list[Extra] = [
     Extra("ws", run_ws),
     Extra("sse", run_sse),
     Extra("relay-idle", run_relay_idle),
+    Extra("llm", run_llm),
 ]
 
 

@@ -7,6 +7,8 @@ Runs on the project's .venv interpreter, pinned by the harness. Each client prin
     stream_load.py ws URL --connections 50 --duration 5 --size 64
     stream_load.py sse URL --token T --pid PID --clients 1000,3000
     stream_load.py relay-idle WS_URL --lease L --key K --target URL --connections 1000 --pid PID
+    stream_load.py fake-openai PORT
+    stream_load.py llm BASE_URL --key K --rate 500 --duration 10 --streams 1000 [--pid PID]
 """
 
 from __future__ import annotations
@@ -258,6 +260,206 @@ async def relay_idle(
     )
 
 
+# --- the LLM gateway: a fake OpenAI-compatible server and its load --------------------------
+
+FAKE_CHUNKS = 8  # content chunks of a streamed answer
+SLOW_INTERVAL = 0.25  # model "slow": one chunk this often, for the concurrent-streams step
+
+
+def _completion(model: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "ok"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+    }
+
+
+def _chunk(model: str, delta: dict[str, Any], usage: bool = False) -> bytes:
+    doc: dict[str, Any] = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": None}],
+    }
+    if usage:
+        doc["usage"] = {"prompt_tokens": 5, "completion_tokens": FAKE_CHUNKS, "total_tokens": 13}
+    return b"data: " + json.dumps(doc).encode() + b"\n\n"
+
+
+async def _chat(request: web.Request) -> web.StreamResponse:
+    """Answers at once: the whole completion, or a stream of ``FAKE_CHUNKS`` chunks (model
+    ``slow``: one chunk every ``SLOW_INTERVAL`` seconds)."""
+    body = await request.json()
+    model = str(body.get("model", "fast"))
+    if not body.get("stream"):
+        return web.json_response(_completion(model))
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    await resp.write(_chunk(model, {"role": "assistant", "content": ""}))
+    for i in range(FAKE_CHUNKS):
+        if model == "slow":
+            await asyncio.sleep(SLOW_INTERVAL)
+        await resp.write(_chunk(model, {"content": f"t{i} "}))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        await resp.write(_chunk(model, {}, usage=True))
+    await resp.write(b"data: [DONE]\n\n")
+    await resp.write_eof()
+    return resp
+
+
+async def _models(request: web.Request) -> web.Response:
+    data = [{"id": m, "object": "model", "owned_by": "bench"} for m in ("fast", "slow")]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def fake_openai(port: int) -> None:
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", _chat)
+    app.router.add_get("/v1/models", _models)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, backlog=4096).start()
+    await asyncio.Event().wait()
+
+
+async def _open_loop(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str], rate: float, duration: float
+) -> tuple[list[float], int, str | None]:
+    """Non-streamed chat completions started at a fixed rate (open loop: a slow answer does not
+    delay the next request); each request's latency."""
+    body = {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}
+    latencies: list[float] = []
+    errors = 0
+    first_error: str | None = None
+
+    async def one() -> None:
+        nonlocal errors, first_error
+        sent = time.perf_counter()
+        try:
+            async with session.post(url, json=body, headers=headers) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"status {resp.status}")
+        except Exception as exc:  # counted, the run goes on
+            errors += 1
+            first_error = first_error or repr(exc)
+            return
+        latencies.append(time.perf_counter() - sent)
+
+    tasks = []
+    began = time.perf_counter()
+    n = int(rate * duration)
+    for i in range(n):
+        delay = began + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one()))
+    await asyncio.gather(*tasks)
+    latencies.sort()
+    return latencies, errors, first_error
+
+
+async def _ttft(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str], count: int
+) -> list[float]:
+    """Time to the first content chunk of streamed completions, one at a time."""
+    body = {"model": "fast", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    out: list[float] = []
+    for _ in range(count):
+        sent = time.perf_counter()
+        async with session.post(url, json=body, headers=headers) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"streamed request answered {resp.status}")
+            first = None
+            async for line in resp.content:
+                if first is None and line.startswith(b"data: {"):
+                    first = time.perf_counter() - sent
+            if first is None:
+                raise RuntimeError("a stream without a chunk")
+            out.append(first)
+    out.sort()
+    return out
+
+
+async def _concurrent_streams(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str], streams: int, pid: int
+) -> dict[str, Any]:
+    """``streams`` slow streams open at once; the daemon's RSS while all are open."""
+    body = {"model": "slow", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    baseline = rss_mib(pid) if pid else None
+    opened = asyncio.Event()
+    count = 0
+    failures: list[str] = []
+
+    async def one() -> None:
+        nonlocal count
+        try:
+            async with session.post(url, json=body, headers=headers) as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"status {resp.status}")
+                await resp.content.readline()
+                count += 1
+                if count == streams:
+                    opened.set()
+                async for _line in resp.content:
+                    pass
+        except Exception as exc:
+            failures.append(repr(exc))
+            opened.set()
+
+    tasks = [asyncio.create_task(one()) for _ in range(streams)]
+    async with asyncio.timeout(60):
+        await opened.wait()
+    peak = rss_mib(pid) if pid else None
+    await asyncio.gather(*tasks)
+    return {
+        "streams": streams,
+        "opened": count,
+        "failures": len(failures),
+        "first_failure": failures[0] if failures else None,
+        "rss_mib": peak,
+        "baseline_rss_mib": baseline,
+    }
+
+
+async def llm_load(
+    base: str, key: str, rate: float, duration: float, streams: int, pid: int
+) -> None:
+    raise_fd_limit()
+    url = base.rstrip("/") + "/v1/chat/completions"
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=NO_TIMEOUT) as session:
+        await _open_loop(session, url, headers, rate, 1.0)  # warm up: connections, caches
+        latencies, errors, first_error = await _open_loop(session, url, headers, rate, duration)
+        ttft = await _ttft(session, url, headers, 200)
+        concurrent = (
+            await _concurrent_streams(session, url, headers, streams, pid) if streams else {}
+        )
+    result(
+        {
+            "requests": len(latencies),
+            "errors": errors,
+            "first_error": first_error,
+            "p50_ms": (quantile(latencies, 0.5) or 0) * 1000,
+            "p99_ms": (quantile(latencies, 0.99) or 0) * 1000,
+            "ttft_p50_ms": (quantile(ttft, 0.5) or 0) * 1000,
+            "ttft_p99_ms": (quantile(ttft, 0.99) or 0) * 1000,
+            **{f"streams_{k}": v for k, v in concurrent.items()},
+        }
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="stream_load.py")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -281,11 +483,24 @@ def main() -> None:
     p.add_argument("--connections", type=int, default=1000)
     p.add_argument("--hold", type=float, default=5.0)
     p.add_argument("--pid", type=int, required=True)
+    p = sub.add_parser("fake-openai")
+    p.add_argument("port", type=int)
+    p = sub.add_parser("llm")
+    p.add_argument("base")
+    p.add_argument("--key", default="")
+    p.add_argument("--rate", type=float, default=500)
+    p.add_argument("--duration", type=float, default=10)
+    p.add_argument("--streams", type=int, default=1000)
+    p.add_argument("--pid", type=int, default=0)
     args = parser.parse_args()
     if args.cmd == "echo":
         uvloop.run(echo_server(args.port))
     elif args.cmd == "ws":
         uvloop.run(ws_load(args.url, args.connections, args.duration, args.size))
+    elif args.cmd == "fake-openai":
+        uvloop.run(fake_openai(args.port))
+    elif args.cmd == "llm":
+        uvloop.run(llm_load(args.base, args.key, args.rate, args.duration, args.streams, args.pid))
     elif args.cmd == "sse":
         steps = [int(n) for n in args.clients.split(",") if n.strip()]
         uvloop.run(sse_fanout(args.url, args.token, args.pid, steps))
