@@ -8,7 +8,8 @@ import contextlib
 import hashlib
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urljoin, urlsplit
 
 from multidict import CIMultiDict
 from pydantic import Field
@@ -23,21 +24,30 @@ from gatewayd.chain import (
     RequestContext,
     Response,
     Size,
+    UpstreamError,
+    UpstreamTimeout,
 )
 from gatewayd.plugins.cache import admin
+from gatewayd.plugins.cache.fields import parse_cache_control, seconds
 from gatewayd.plugins.cache.policy import (
     Entry,
+    StorePolicy,
+    if_range_matches,
     make_entry,
     not_modified,
-    parse_cache_control,
     refresh,
     secondary_key,
-    seconds,
 )
+from gatewayd.plugins.cache.ranges import byte_range
 from gatewayd.plugins.cache.store import MemoryCacheStore, RedisCacheStore, full_key
 
 CACHEABLE = frozenset({"GET", "HEAD"})
-UNSAFE = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+# RFC 9110 9.2.1: every other method is unsafe, known or not (M-SEARCH, PROPFIND, ...).
+SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+FieldName = Annotated[str, Field(pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")]
+StaleCondition = Literal["error", "timeout", "http_500", "http_502", "http_503", "http_504"]
+# What a stale-if-error directive covers (RFC 5861 4: 500, 502, 503, 504 and no answer at all).
+ERROR_CONDITIONS = frozenset({"error", "timeout", "http_500", "http_502", "http_503", "http_504"})
 CONDITIONALS = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since")
 NOT_MODIFIED_HEADERS = frozenset(
     ("cache-control", "content-location", "date", "etag", "expires", "last-modified", "vary")
@@ -51,9 +61,21 @@ class CacheConfig(PluginConfig):
     store: Literal["default", "memory", "redis"] = "default"
     coalesce: bool = True
     coalesce_timeout: Duration = 10.0  # a waiting request gives up and goes to the backend
-    stale_if_error: Duration = 0.0  # allowance when the response does not give one
+    stale_if_error: Duration = 0.0  # a stale-if-error window when the response gives none
     stale_while_revalidate: Duration = 0.0
-    methods_invalidate: bool = True  # a successful POST/PUT/PATCH/DELETE drops the entry
+    # Like nginx's proxy_cache_use_stale: serve a stale copy that no directive forbids to be
+    # served stale (must-revalidate, proxy-revalidate, no-cache, s-maxage) when the upstream
+    # fails so, at most use_stale_max past its freshness. [] turns it off.
+    use_stale: list[StaleCondition] = ["error", "timeout"]
+    use_stale_max: Duration = 86400.0
+    # RFC 9213 targeted fields, in priority order: the first present and valid one is this
+    # cache's policy (Cache-Control and Expires are then ignored for caching).
+    targeted_fields: list[FieldName] = ["Gatewayd-Cache-Control", "CDN-Cache-Control"]
+    # Targeted fields removed from the response the client gets: our own, by default; a
+    # CDN-Cache-Control goes on, for a CDN in front of the gateway.
+    strip_targeted: list[FieldName] = ["Gatewayd-Cache-Control"]
+    ranges: bool = True  # answer single byte ranges from a stored full response
+    methods_invalidate: bool = True  # a successful unsafe method drops the entries it names
     max_revalidations: int = Field(64, ge=1)  # background revalidations in flight
 
 
@@ -74,16 +96,26 @@ class Shared:
 class CacheState:
     """Per request: what the lookup found and what to do with the response."""
 
-    __slots__ = ("client_conditionals", "entry", "fill", "key", "mode", "primary", "secondary")
+    __slots__ = (
+        "client_conditionals",
+        "entry",
+        "fill",
+        "key",
+        "mode",
+        "primary",
+        "requested_at",
+        "secondary",
+    )
 
     def __init__(self, mode: str, primary: str, key: str | None = None) -> None:
-        self.mode = mode  # "hit", "miss", "validate", "bypass"
+        self.mode = mode  # "hit", "miss", "validate", "bypass", "unsafe"
         self.primary = primary
+        self.requested_at = time.time()
         self.key = key
         self.secondary: str | None = None
         self.entry: Entry | None = None
         self.fill: asyncio.Future[None] | None = None
-        self.client_conditionals: dict[str, str] = {}
+        self.client_conditionals: CIMultiDict[str] = CIMultiDict()
 
 
 class CachePlugin(Plugin):
@@ -108,6 +140,17 @@ class CachePlugin(Plugin):
         else:
             self.shared = context.keep("cache", lambda: Shared(MemoryCacheStore(config.max_bytes)))
         self.store = self.shared.store
+        self.policy = StorePolicy(
+            config.default_ttl,
+            tuple(config.targeted_fields),
+            frozenset(n.lower() for n in config.strip_targeted),
+        )
+        self.use_stale = frozenset(config.use_stale)
+        self.retain = max(
+            config.stale_if_error,
+            config.stale_while_revalidate,
+            config.use_stale_max if config.use_stale else 0.0,
+        )
         # gatewayd_cache_total{route, result}: plain counts, exposed when scraped
         self.counts = _counts(context.services, context.route or "_global")
 
@@ -147,10 +190,10 @@ class CachePlugin(Plugin):
         qs = req.query_string
         primary = f"{req.path}?{qs}" if qs else req.path
         if req.method not in CACHEABLE:
-            if req.method in UNSAFE and self.config.methods_invalidate:
+            if req.method not in SAFE and self.config.methods_invalidate:
                 ctx.state["cache"] = CacheState("unsafe", primary)
             return None
-        rcc = parse_cache_control(req.headers.get("Cache-Control"))
+        rcc = parse_cache_control(req.headers.getall("Cache-Control", ()))
         if "no-store" in rcc or req.is_websocket:
             ctx.state["cache"] = CacheState("bypass", primary)
             return None
@@ -179,9 +222,8 @@ class CachePlugin(Plugin):
         st.mode = "validate"
         st.entry = entry
         for name in CONDITIONALS:
-            value = req.headers.popall(name, None)
-            if value:
-                st.client_conditionals[name] = value[0]
+            for value in req.headers.popall(name, ()):
+                st.client_conditionals.add(name, value)
         if entry.etag:
             req.headers["If-None-Match"] = entry.etag
         if entry.last_modified:
@@ -228,7 +270,37 @@ class CachePlugin(Plugin):
         headers = CIMultiDict(entry.headers)
         headers["Age"] = str(int(age))
         headers["X-Cache"] = how
+        if self.config.ranges and entry.status == 200 and ctx.request.method == "GET":
+            ranges = ctx.request.headers.get("Range")
+            if ranges is not None:
+                return self._range(ctx, entry, headers, ranges)
         return Response(entry.status, headers, entry.body)
+
+    def _range(
+        self, ctx: RequestContext, entry: Entry, headers: CIMultiDict[str], ranges: str
+    ) -> Response:
+        """A Range request answered from the stored 200: 206 with the one range, 416 when no
+        byte satisfies it, the whole 200 for several ranges, an invalid Range or an If-Range
+        that does not match."""
+        if_range = ctx.request.headers.get("If-Range")
+        if if_range is not None and not if_range_matches(entry, if_range):
+            return Response(200, headers, entry.body)
+        length = len(entry.body)
+        span = byte_range(ranges, length)
+        if span is None:
+            return Response(200, headers, entry.body)
+        if isinstance(span, str):  # UNSATISFIABLE
+            reply = ctx.error_response(
+                416, "range_not_satisfiable", "the range is outside the representation"
+            )
+            reply.headers["Content-Range"] = f"bytes */{length}"
+            reply.headers["X-Cache"] = headers["X-Cache"]
+            return reply
+        first, last = span
+        headers.popall("Content-Length", None)
+        headers["Content-Range"] = f"bytes {first}-{last}/{length}"
+        headers["Content-Length"] = str(last - first + 1)
+        return Response(206, headers, entry.body[first : last + 1])
 
     # -- response --------------------------------------------------------------------------
 
@@ -236,28 +308,36 @@ class CachePlugin(Plugin):
         st: CacheState | None = ctx.state.get("cache")
         if st is None or st.mode == "hit":
             return
+        await self._on_response(ctx, st, response)
+        if self.policy.strip:  # read for the policy above; not for the client
+            for name in self.policy.strip:
+                response.headers.popall(name, None)
+
+    async def _on_response(self, ctx: RequestContext, st: CacheState, response: Response) -> None:
         if st.mode == "unsafe":
-            if response.status < 400:
-                await self._call("purge", st.primary, None)
+            if 200 <= response.status < 400:
+                for primary in self._invalidated(ctx, st, response):
+                    await self._call("purge", primary, None)
             return
         if st.mode == "bypass":
             response.headers["X-Cache"] = "BYPASS"
             self.counts["BYPASS"] += 1
             return
         entry = st.entry
+        condition = _failure(ctx, response)
         if st.mode == "validate" and entry is not None:
             if response.status == 304:
-                fresh = refresh(entry, response.headers, self.config.default_ttl)
+                fresh = refresh(entry, response.headers, self.policy, st.requested_at)
                 await self._store(st, fresh)
                 self._replace(ctx, response, fresh, "HIT")
                 return
-            if response.status >= 500 and self._stale_if_error(entry):
+            if condition is not None and self._may_serve_stale(entry, condition):
                 self._replace(ctx, response, entry, "STALE")
                 return
-        elif entry is None and response.status >= 500 and st.key is not None:
+        elif entry is None and condition is not None and st.key is not None:
             # A miss now, but an entry may have expired just before: serve it if allowed.
             old = await self._call("get", st.key)
-            if old is not None and self._stale_if_error(old):
+            if old is not None and self._may_serve_stale(old, condition):
                 self._replace(ctx, response, old, "STALE")
                 return
         response.headers["X-Cache"] = "MISS"
@@ -266,9 +346,38 @@ class CachePlugin(Plugin):
             return
         await self._maybe_store(ctx, st, response)
 
-    def _stale_if_error(self, entry: Entry) -> bool:
-        allowance = max(entry.stale_if_error, self.config.stale_if_error)
-        return entry.age(time.time()) < entry.ttl + allowance
+    def _may_serve_stale(self, entry: Entry, condition: str) -> bool:
+        """RFC 9111 4.2.4 and RFC 5861: a stale-if-error window (the response's, else the
+        config's) allows it for any failure; otherwise only a copy that no directive forbids
+        to be served stale, for the ``use_stale`` conditions, up to ``use_stale_max``."""
+        staleness = entry.age(time.time()) - entry.ttl
+        window = entry.stale_if_error
+        if window is None and self.config.stale_if_error:
+            window = self.config.stale_if_error
+        if window is not None and condition in ERROR_CONDITIONS and staleness < window:
+            return True
+        if entry.forbids_stale or condition not in self.use_stale:
+            return False
+        return staleness < self.config.use_stale_max
+
+    def _invalidated(self, ctx: RequestContext, st: CacheState, response: Response) -> list[str]:
+        """RFC 9111 4.4: the target URI, and the Location and Content-Location URIs when their
+        host is the request's own."""
+        req = ctx.request
+        out = [st.primary]
+        base = f"{req.scheme}://{req.host}{req.path}"
+        for name in ("Location", "Content-Location"):
+            for value in response.headers.getall(name, ()):
+                try:
+                    url = urlsplit(urljoin(base, value.strip()))
+                except ValueError:
+                    continue
+                if url.netloc.lower() != req.host.lower() or not url.path:
+                    continue
+                primary = f"{url.path}?{url.query}" if url.query else url.path
+                if primary not in out:
+                    out.append(primary)
+        return out
 
     def _replace(self, ctx: RequestContext, response: Response, entry: Entry, how: str) -> None:
         st: CacheState = ctx.state["cache"]
@@ -288,10 +397,16 @@ class CachePlugin(Plugin):
         has_auth = "Authorization" in ctx.request.headers
         # Decide on the headers first; the body is only collected when the answer is yes.
         probe = make_entry(
-            response.status, response.headers, b"", self.config.default_ttl, has_auth
+            response.status,
+            response.headers,
+            b"",
+            self.policy,
+            has_auth,
+            request_time=st.requested_at,
         )
         if probe is None:
             return
+        probe.retain = self.retain
         length = response.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > self.config.max_object:
             return
@@ -402,7 +517,8 @@ class CachePlugin(Plugin):
             response = await self.context.forward(bg)
             entry = st.entry
             if response.status == 304 and entry is not None:
-                await self._store(st, refresh(entry, response.headers, self.config.default_ttl))
+                fresh = refresh(entry, response.headers, self.policy, st.requested_at)
+                await self._store(st, fresh)
             elif response.status < 500:
                 body = response.body
                 await self._maybe_store(bg, st, response)
@@ -424,6 +540,19 @@ class CachePlugin(Plugin):
                     with contextlib.suppress(Exception):
                         await aclose()
             shared.revalidating.discard(key)
+
+
+def _failure(ctx: RequestContext, response: Response) -> str | None:
+    """How the upstream failed, in ``use_stale`` terms: ``timeout`` or ``error`` (no answer:
+    connect, disconnect, no target available: the gateway's own 502/503/504), ``http_5xx``
+    (the origin answered 500/502/503/504), or None."""
+    if isinstance(ctx.error, UpstreamTimeout):
+        return "timeout"
+    if isinstance(ctx.error, UpstreamError):
+        return "error"
+    if response.status in (500, 502, 503, 504):
+        return f"http_{response.status}"
+    return None
 
 
 def _counts(services: Any, route: str) -> dict[str, int]:

@@ -96,9 +96,13 @@ def _encode(entry: Entry) -> bytes:
         "sie": entry.stale_if_error,
         "must_revalidate": entry.must_revalidate,
         "no_cache": entry.no_cache,
+        "s_maxage": entry.s_maxage,
         "etag": entry.etag,
         "last_modified": entry.last_modified,
+        "modified_at": entry.modified_at,
+        "date_at": entry.date_at,
         "vary": list(entry.vary),
+        "retain": entry.retain,
     }
     head = json.dumps(meta, separators=(",", ":")).encode()
     return len(head).to_bytes(4, "big") + head + entry.body
@@ -119,10 +123,14 @@ def _decode(data: bytes) -> Entry:
         stale_if_error=m["sie"],
         must_revalidate=m["must_revalidate"],
         no_cache=m["no_cache"],
+        s_maxage=m.get("s_maxage", False),
         etag=m["etag"],
         last_modified=m["last_modified"],
+        modified_at=m.get("modified_at"),
+        date_at=m.get("date_at"),
         vary=tuple(m["vary"]),
         size=len(data),
+        retain=m.get("retain", 0.0),
     )
 
 
@@ -153,7 +161,8 @@ class RedisCacheStore:
         return None if raw is None else _decode(raw)
 
     async def set(self, primary: str, key: str, entry: Entry) -> None:
-        keep = entry.ttl + max(entry.stale_while_revalidate, entry.stale_if_error) + 60
+        stale = max(entry.stale_while_revalidate, entry.stale_if_error or 0.0, entry.retain)
+        keep = entry.ttl + stale + 60
         ms = max(1000, int(keep * 1000))
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.set(self.prefix + "e:" + key, _encode(entry), px=ms)
