@@ -125,13 +125,15 @@ async def ok_upstream(ctx: RequestContext) -> Response:
 class HarnessServices:
     """Real in-memory services, as the daemon's ``Services`` gives them to plugins: a
     :class:`Metrics` on a registry of its own, an :class:`EventBus`, :class:`PluginStores`
-    (``backend`` memory, or redis with ``redis_url``) and a :class:`KeyStore` on SQLite in a
-    temporary directory (made on first use; bcrypt at its cheapest cost, 4 rounds)."""
+    (``backend`` memory, or redis with ``redis_url``) and a :class:`KeyStore` on SQLite in
+    ``state_dir``: the directory given, or a temporary one (made on first use, removed by
+    :meth:`close`; bcrypt at its cheapest cost, 4 rounds)."""
 
     def __init__(
         self,
         backend: Literal["memory", "redis"] = "memory",
         redis_url: str = "redis://127.0.0.1:6379/0",
+        state_dir: Path | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
@@ -140,10 +142,13 @@ class HarnessServices:
         self.stores = PluginStores(self.state)
         self._keys: KeyStore | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self._state_dir = state_dir
 
     @property
     def state_dir(self) -> Path:
-        """A temporary directory, removed by :meth:`close`."""
+        """The directory given, else a temporary one (removed by :meth:`close`)."""
+        if self._state_dir is not None:
+            return self._state_dir
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="gatewayd-harness-")
         return Path(self._dir.name)
@@ -242,7 +247,8 @@ class PluginHarness:
     ``plugins``: more ``(plugin class, config)`` on the chain, e.g. ``[(KeyAuthPlugin, {})]`` in
     front of ``acl``; the chain is ordered by priority as the daemon orders it. ``targets``: the
     ids of the upstream's targets (picked round robin). ``services``: your own (anything that
-    satisfies :class:`gatewayd.chain.PluginServices`); by default :class:`HarnessServices`.
+    satisfies :class:`gatewayd.chain.PluginServices`); by default :class:`HarnessServices`, whose
+    ``state_dir`` is the ``state_dir`` given (else a temporary directory).
     An invalid config raises :class:`ConfigError` whose problems name the field as
     ``plugins[<i>].<plugin>.<field>``; a class that is no plugin raises ``PluginLoadError``.
     """
@@ -257,10 +263,13 @@ class PluginHarness:
         route: str = "test",
         plugins: Sequence[PluginEntry] = (),
         targets: Sequence[str] = ("target-1",),
+        state_dir: Path | None = None,
     ) -> None:
         if services is None:
-            owned = HarnessServices()
+            owned = HarnessServices(state_dir=state_dir)
             lineage = _Lineage(owned, owned)
+        elif state_dir is not None:
+            raise ValueError("state_dir is the harness's own services' setting: not with services")
         else:
             lineage = _Lineage(services, None)
         self._setup(

@@ -8,6 +8,7 @@ by attribute, with types::
     self.metrics = context.services.metrics    # MetricsFactory
     keys = context.services.keys               # KeyVerifier
     stores = context.services.stores           # StateStores
+    state_dir = context.services.state_dir     # pathlib.Path: the config's ``state.dir``
 
 Members are read-only properties: a plugin uses a service, it never replaces one.
 """
@@ -15,6 +16,7 @@ Members are read-only properties: a plugin uses a service, it never replaces one
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 __all__ = [
@@ -207,3 +209,9 @@ class PluginServices(Protocol):
 
     @property
     def stores(self) -> StateStores: ...
+
+    @property
+    def state_dir(self) -> Path:
+        """The directory for the gateway's files (``state.dir``): a plugin keeps its own files
+        in a subdirectory named after it (e.g. ``<state_dir>/llm/``), which it creates."""
+        ...

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
 
@@ -301,3 +302,36 @@ async def test_context_forward_reaches_the_fake_backend():
         reply = await h.request("GET", "/cold")
         assert reply.body == b"warmed" and reply.headers["X-Prefetched"] == "1"
         assert [r.path for r in h.upstream_requests] == ["/warm"]
+
+
+class StateFile(Plugin):
+    """Writes a file into ``context.services.state_dir`` when it starts."""
+
+    name = "state_file"
+
+    async def start(self) -> None:
+        (self.context.services.state_dir / "state_file.txt").write_text("written")
+
+    async def on_request(self, ctx: RequestContext) -> Response | None:
+        return None
+
+
+async def test_state_dir_is_a_temporary_directory_removed_by_close():
+    h = PluginHarness(StateFile)
+    async with h:
+        state_dir = h.services.state_dir
+        assert (state_dir / "state_file.txt").read_text() == "written"
+        assert h.plugin.context.services.state_dir == state_dir
+    assert not state_dir.exists()
+
+
+async def test_state_dir_given_is_used_and_kept(tmp_path):
+    async with PluginHarness(StateFile, state_dir=tmp_path) as h:
+        assert h.plugin.context.services.state_dir == tmp_path
+    assert (tmp_path / "state_file.txt").read_text() == "written"  # not removed: the caller's
+    assert HarnessServices(state_dir=tmp_path).state_dir == tmp_path
+
+
+def test_state_dir_with_own_services_is_refused():
+    with pytest.raises(ValueError, match="state_dir"):
+        PluginHarness(StateFile, services=HarnessServices(), state_dir=Path("/tmp"))
