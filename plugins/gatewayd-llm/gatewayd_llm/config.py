@@ -1,0 +1,105 @@
+"""The ``llm`` plugin's configuration (the keys of ``- llm: {...}`` in a route's plugins).
+
+```yaml
+- llm:
+    models:                       # the client's model name -> its deployments
+      smart:
+        - {upstream: claude, model: claude-sonnet-4-5, weight: 2}
+        - {upstream: openai-main, model: gpt-4o, weight: 1, context_window: 128000}
+    fallbacks: {smart: [gpt-4o-mini]}      # then these models, in order
+    prices: {smart: {input_per_mtok: 3, output_per_mtok: 15}}
+    limits: [{tokens: 100000/min, key: tenant}]
+    routing: weighted              # weighted | least_busy
+    breaker: {failures: 5, open_for: 30s}
+    default_max_tokens: 1024       # what a request without max_tokens reserves
+    max_body: 4MiB
+```
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from gatewayd.chain import Duration, PluginConfig, Size
+
+__all__ = ["BreakerConfig", "DeploymentConfig", "LlmConfig", "PriceConfig"]
+
+
+class PriceConfig(PluginConfig):
+    """Dollars per million tokens."""
+
+    input_per_mtok: float = Field(0.0, ge=0)
+    output_per_mtok: float = Field(0.0, ge=0)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (
+            prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok
+        ) / 1e6
+
+
+class DeploymentConfig(PluginConfig):
+    """One place a model is served: an upstream (``upstreams:``) and the model name there."""
+
+    upstream: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    weight: float = Field(1.0, gt=0)
+    context_window: int | None = Field(None, ge=1)
+    price: PriceConfig | None = None  # overrides ``prices`` of the model for this deployment
+    owned_by: str | None = None  # what GET /v1/models says (default: the upstream's name)
+
+
+class BreakerConfig(PluginConfig):
+    """Per deployment: ``failures`` consecutive failed attempts open it for ``open_for``; then
+    one request tries it (half open) and its outcome closes or reopens it."""
+
+    failures: int = Field(5, ge=1)
+    open_for: Duration = 30.0
+
+
+class LlmConfig(PluginConfig):
+    models: dict[str, list[DeploymentConfig]] = Field(min_length=1)
+    fallbacks: dict[str, list[str]] = {}
+    prices: dict[str, PriceConfig] = {}
+    routing: Literal["weighted", "least_busy"] = "weighted"
+    breaker: BreakerConfig = BreakerConfig()
+    default_max_tokens: int = Field(1024, ge=1)
+    max_body: Size = 4 * 1024 * 1024
+    max_attempts: int = Field(6, ge=1)  # deployments tried per request, fallbacks included
+    usage: bool = True  # write usage records to <state.dir>/llm/usage.sqlite3
+
+    @model_validator(mode="after")
+    def _references(self) -> LlmConfig:
+        for name, deployments in self.models.items():
+            if not deployments:
+                raise ValueError(f"model '{name}' has no deployments")
+        for name, chain in self.fallbacks.items():
+            if name not in self.models:
+                raise ValueError(f"fallbacks: '{name}' is not a model of 'models'")
+            for other in chain:
+                if other not in self.models:
+                    raise ValueError(f"fallbacks.{name}: '{other}' is not a model of 'models'")
+                if other == name:
+                    raise ValueError(f"fallbacks.{name}: a model cannot fall back to itself")
+        for name in self.prices:
+            if name not in self.models:
+                raise ValueError(f"prices: '{name}' is not a model of 'models'")
+        return self
+
+    def chain(self, model: str) -> list[str]:
+        """``model`` then its fallbacks, each model once (fallbacks of fallbacks included,
+        breadth first)."""
+        out = [model]
+        i = 0
+        while i < len(out):
+            for other in self.fallbacks.get(out[i], ()):
+                if other not in out:
+                    out.append(other)
+            i += 1
+        return out
+
+    def price(self, model: str, deployment: DeploymentConfig | None) -> PriceConfig | None:
+        if deployment is not None and deployment.price is not None:
+            return deployment.price
+        return self.prices.get(model)

@@ -1,0 +1,91 @@
+"""Fixtures of the gatewayd-llm distribution's tests (names distinct from gatewayd's own
+tests/conftest.py: both run in one pytest session).
+
+- ``fake_openai``: a started :class:`FakeOpenAI` (a real aiohttp app on 127.0.0.1 speaking
+  OpenAI's wire format, faults scriptable per request); ``make_fake_openai(**kw)`` starts more.
+- ``llm_config(upstreams, llm, **kw)``: a whole gatewayd config with one ``llm`` route on
+  ``/v1/`` behind ``key_auth`` (see :func:`llm_testkit.gateway_config`), state in tmp_path.
+- ``llm_gateway(config, keys={"test": "acme"}, env=None)``: ``gatewayd run`` as a subprocess
+  with those API keys (key id -> tenant, made with ``gatewayd keys create``) once its listener
+  answers; stopped after the test. It has ``url``, ``admin_url``, ``log_path``, ``pid``,
+  ``keys``/``key``, ``client()``, ``metric()``, ``reload()``, ``logs()``.
+- ``openai_client(base_url, api_key)``: the official SDK's ``AsyncOpenAI`` (max_retries=0),
+  closed after the test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_openai_server import FakeOpenAI
+from llm_testkit import LlmGateway, gateway_config
+from llm_testkit import openai_client as make_client
+from openai import AsyncOpenAI
+
+GatewayFactory = Callable[..., Awaitable[LlmGateway]]
+FakeFactory = Callable[..., Awaitable[FakeOpenAI]]
+
+
+@pytest.fixture
+async def make_fake_openai() -> AsyncIterator[FakeFactory]:
+    """``await make_fake_openai(api_key=None, chunks=3, chunk_delay=0.0, models=(...))``."""
+    fakes: list[FakeOpenAI] = []
+
+    async def start(**kw: Any) -> FakeOpenAI:
+        fake = await FakeOpenAI(**kw).start()
+        fakes.append(fake)
+        return fake
+
+    yield start
+    for fake in fakes:
+        await fake.close()
+
+
+@pytest.fixture
+async def fake_openai(make_fake_openai: FakeFactory) -> FakeOpenAI:
+    return await make_fake_openai()
+
+
+@pytest.fixture
+def llm_config(tmp_path: Path) -> Callable[..., dict[str, Any]]:
+    def build(upstreams: Mapping[str, Any], llm: Mapping[str, Any], **kw: Any) -> dict[str, Any]:
+        return gateway_config(tmp_path / "state", upstreams, llm, **kw)
+
+    return build
+
+
+@pytest.fixture
+async def llm_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
+    started: list[LlmGateway] = []
+
+    async def start(
+        config: dict[str, Any],
+        keys: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> LlmGateway:
+        gw = LlmGateway(config, tmp_path / f"llm-gw{len(started)}", env)
+        started.append(gw)
+        for key_id, tenant in (keys if keys is not None else {"test": "acme"}).items():
+            await gw.create_key(tenant, key_id)
+        return await gw.start()
+
+    yield start
+    for gw in started:
+        await gw.stop()
+
+
+@pytest.fixture
+async def openai_client() -> AsyncIterator[Callable[[str, str], AsyncOpenAI]]:
+    clients: list[AsyncOpenAI] = []
+
+    def make(base_url: str, api_key: str) -> AsyncOpenAI:
+        client = make_client(base_url, api_key)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
