@@ -95,15 +95,38 @@ class LoggingConfig(Model):
     access_log: bool = True
 
 
+_SERVER_HEADER_RE = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
+
+
 class ServerConfig(Model):
-    """Process-level settings: where the pid file lives and how long a shutdown drains."""
+    """Process-level settings: the pid file, how long a shutdown drains, the HTTP/1 limits of
+    the public listeners and the ``Server`` header every listener sends."""
 
     pid_file: Path | None = None  # default: <state.dir>/gatewayd.pid
     drain_timeout: Duration = 30.0
+    # Longest request target (the path and query of the request line): 414 above it.
+    max_request_line: Size = 8192
+    # Longest header field (name and value): 431 above it.
     max_header_size: Size = 16384
+    # All header fields of a request together (names, values, ": " and CRLF), and their
+    # number: 431 above either. nginx's effective total is 32 KiB (4 x 8k buffers).
+    max_headers_total: Size = 32768
+    max_headers: int = Field(128, ge=1, le=10_000)
     # A client connection with no complete request for this long is closed: idle keep-alive
     # connections and clients that trickle their headers (slowloris) alike.
     keepalive_timeout: Duration = 75.0
+    # The Server header of every response (public and admin listeners): sent as given, never
+    # with a version; "" sends none.
+    header: str = "gatewayd"
+
+    @field_validator("header")
+    @classmethod
+    def _header_value(cls, value: str) -> str:
+        if value and not _SERVER_HEADER_RE.fullmatch(value):
+            raise ValueError(
+                "must be printable ASCII words separated by single spaces (or empty: no header)"
+            )
+        return value
 
 
 class PoolConfig(Model):

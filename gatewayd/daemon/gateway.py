@@ -39,6 +39,7 @@ class Gateway:
     ) -> None:
         self.current = generation
         self.metrics = metrics
+        self.server_header = self.serve_header(generation)
         # (relay.path, handler): the relay's WebSocket endpoint, served before route matching.
         self.relay = relay
         self.draining: set[Generation] = set()
@@ -53,7 +54,11 @@ class Gateway:
         relay = self.relay
         if relay is not None and raw.raw_path.partition("?")[0] == relay[0]:
             ip = client_ip(raw.transport, CIMultiDict(raw.headers), listener)
-            return await relay[1](raw, ip)
+            resp = await relay[1](raw, ip)
+            # A WebSocket (prepared) got it from the listener's writer; a refusal gets it here.
+            if self.server_header is not None and not resp.prepared:
+                resp.headers["Server"] = self.server_header
+            return resp
         gen = self.current
         gen.inflight += 1
         try:
@@ -63,11 +68,19 @@ class Gateway:
             if gen.retired and gen.inflight == 0:
                 gen.drained.set()
 
+    @staticmethod
+    def serve_header(gen: Generation) -> str | None:
+        """Hand ``server.header`` to the generation's dispatcher (None: no header at all)."""
+        value = gen.config.server.header or None
+        gen.dispatcher.server_header = value
+        return value
+
     @property
     def inflight(self) -> int:
         return self.current.inflight + sum(g.inflight for g in self.draining)
 
     def swap(self, new: Generation, relay: tuple[str, RelayEndpoint] | None = None) -> Generation:
+        self.server_header = self.serve_header(new)
         old, self.current = self.current, new
         if relay is not None:
             self.relay = relay

@@ -11,7 +11,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from gatewayd.config.schema import ListenerConfig, ServerConfig, parse_address
+from gatewayd.daemon.protocol import GuardedServer, ProtocolGuard, RefusedRequest
 from gatewayd.daemon.tls import load_into, make_context
+from gatewayd.observability.metrics import Metrics
 from gatewayd.proxy.client_ip import ListenerTrust
 
 log = logging.getLogger("gatewayd.daemon")
@@ -22,10 +24,17 @@ Handler = Callable[[web.BaseRequest, ListenerTrust | None], Awaitable[web.Stream
 class Listener:
     """One address: its server, runner and site, its TLS context and its current trust."""
 
-    __slots__ = ("config", "handler", "runner", "site", "tls", "trust")
+    __slots__ = ("config", "guard", "handler", "runner", "site", "tls", "trust")
 
-    def __init__(self, handler: Handler, config: ListenerConfig, tls: ssl.SSLContext | None):
+    def __init__(
+        self,
+        handler: Handler,
+        config: ListenerConfig,
+        tls: ssl.SSLContext | None,
+        guard: ProtocolGuard,
+    ):
         self.handler = handler
+        self.guard = guard
         self.config = config
         self.tls = tls
         self.trust = ListenerTrust.of(config)
@@ -35,7 +44,10 @@ class Listener:
     def handle(self, raw: web.BaseRequest) -> Awaitable[web.StreamResponse]:
         """The server's handler: the gateway's, told which listener's trust applies (a plain
         call, no coroutine layer of its own). Reads ``self.trust`` per request, so a reload
-        that changes it applies to connections already open."""
+        that changes it applies to connections already open. A request the guard's request
+        factory refused (HTTP/0.9, too many header bytes, ...) is answered by the guard."""
+        if raw.__class__ is RefusedRequest:
+            return self.guard.answer(raw)
         return self.handler(raw, self.trust)
 
     def update(self, config: ListenerConfig, tls: ssl.SSLContext | None) -> None:
@@ -45,9 +57,13 @@ class Listener:
 
 
 class Listeners:
-    def __init__(self, handler: Handler, server: ServerConfig) -> None:
+    def __init__(
+        self, handler: Handler, server: ServerConfig, metrics: Metrics | None = None
+    ) -> None:
         self.handler = handler
         self.server_config = server
+        # Protocol errors of every listener: their replies, log and counter, the Server header.
+        self.guard = ProtocolGuard(server, metrics.protocol_errors if metrics else None)
         self.listeners: dict[str, Listener] = {}
         # Runners of listeners that were stopped: their open connections are served to the end
         # (a reload drops no request) and closed with the rest at shutdown.
@@ -72,8 +88,16 @@ class Listeners:
                 out[lc.address] = make_context(lc.tls, f"listen[{i}].tls")
         return out
 
-    async def apply(self, listeners: list[ListenerConfig]) -> None:
+    async def apply(
+        self, listeners: list[ListenerConfig], server: ServerConfig | None = None
+    ) -> None:
+        """Start, stop and update listeners to match ``listeners``. ``server`` (on reload): its
+        Server header and total header limit apply at once, to open connections too; the
+        parser's limits (request line, field size, count) to listeners started from now on."""
         tls = self.prepare_tls(listeners)
+        if server is not None:
+            self.server_config = server
+            self.guard.configure(server)
         wanted = {lc.address: lc for lc in listeners}
         for address, listener in list(self.listeners.items()):
             if address not in wanted or (listener.tls is None) != (tls[address] is None):
@@ -85,7 +109,7 @@ class Listeners:
             if existing is not None:
                 existing.update(lc, tls[address])
                 continue
-            listener = Listener(self.handler, lc, tls[address])
+            listener = Listener(self.handler, lc, tls[address], self.guard)
             await self._start(listener)
             self.listeners[address] = listener
             log.info(
@@ -100,11 +124,13 @@ class Listeners:
 
     async def _start(self, listener: Listener) -> None:
         cfg = self.server_config
-        server = web.Server(
+        server = GuardedServer(
             listener.handle,
+            self.guard,
             handler_cancellation=True,
-            max_line_size=cfg.max_header_size,
+            max_line_size=cfg.max_request_line,
             max_field_size=cfg.max_header_size,
+            max_headers=cfg.max_headers,
             keepalive_timeout=cfg.keepalive_timeout,
             access_log=None,
         )
@@ -138,3 +164,4 @@ class Listeners:
         runners = self.retired + [lr.runner for lr in self.listeners.values() if lr.runner]
         self.retired, self.listeners = [], {}
         await asyncio.gather(*(r.cleanup() for r in runners))
+        self.guard.close()

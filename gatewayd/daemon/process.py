@@ -67,7 +67,7 @@ class Daemon:
         self.generation_number = 1
         gen = await build_generation(1, config, PluginRegistry.discover(), self.services, None)
         self.gateway = Gateway(gen, self.metrics, relay_endpoint(self.services, config))
-        self.listeners = Listeners(self.gateway.handle, config.server)
+        self.listeners = Listeners(self.gateway.handle, config.server, self.metrics)
         await self.listeners.setup()
         await self.listeners.apply(config.listen)
         await self.start_admin(config.admin.listen)
@@ -126,7 +126,7 @@ class Daemon:
                     number, config, PluginRegistry.discover(), self.services, self.gateway.current
                 )
                 try:
-                    await self.listeners.apply(config.listen)
+                    await self.listeners.apply(config.listen, config.server)
                     if config.admin.listen != self.admin_address:
                         await self.start_admin(config.admin.listen)
                 except BaseException:

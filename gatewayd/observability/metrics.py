@@ -153,6 +153,13 @@ class Metrics:
             "Old config generations still serving in-flight requests",
             registry=registry,
         )
+        self.protocol_errors = Counter(
+            "gatewayd_protocol_errors_total",
+            "Requests refused before routing because they broke HTTP/1 (malformed, too long,"
+            " unsupported version or transfer coding), by reason (a fixed set)",
+            ["reason"],
+            registry=registry,
+        )
         for result in ("success", "failure"):
             self.reloads.labels(result)
         self._routes: dict[str, RouteMetrics] = {}

@@ -96,6 +96,9 @@ class Dispatcher:
         # Request ids: 128 random bits from a generator seeded from os.urandom, without a
         # system call per request (ids must be unique, not secret).
         self._ids = random.Random()
+        # The Server header of the replies built here (``server.header``; the gateway sets it
+        # per generation). None: the listener's response writer drops the header instead.
+        self.server_header: str | None = "gatewayd"
 
     async def handle(
         self, raw: web.BaseRequest, listener: ListenerTrust | None = None
@@ -115,6 +118,18 @@ class Dispatcher:
         host = raw.host
         route = self.table.match(host, path, raw.method)
         if route is None:
+            allowed = self.table.allowed_methods(host, path)
+            if allowed:
+                return self.refuse(
+                    raw,
+                    rid,
+                    path,
+                    405,
+                    "method_not_allowed",
+                    f"method {raw.method} not allowed here",
+                    listener,
+                    ", ".join(sorted(allowed)),
+                )
             return self.refuse(
                 raw, rid, path, 404, "no_route", "no route matches this request", listener
             )
@@ -134,6 +149,8 @@ class Dispatcher:
             raw.content_length,
         )
         ctx = RequestContext(request, rid, route.info)
+        if raw.version >= (1, 1):  # interim (1xx) responses go to HTTP/1.1 clients only
+            ctx.interim_writer = raw.writer
         if raw.body_exists:
             request.body = client_body(raw, ctx)
         relay = route.config.relay
@@ -188,8 +205,10 @@ class Dispatcher:
         code: str,
         message: str,
         listener: ListenerTrust | None = None,
+        allow: str | None = None,
     ) -> web.Response:
-        """An error before any route was chosen: counted and access-logged like the rest."""
+        """An error before any route was chosen: counted and access-logged like the rest
+        (``allow``: the Allow header of a 405)."""
         self.metrics.route(NO_ROUTE).count(status)
         if self.access_log is not None:
             ip = client_ip(raw.transport, CIMultiDict(raw.headers), listener)
@@ -197,7 +216,12 @@ class Dispatcher:
                 raw.method, path, "", CIMultiDict(), raw.host, raw.scheme, ip, None, None
             )  # fmt: skip
             self.access_log.record(RequestContext(request, rid, NO_ROUTE_INFO), status, None)
-        return json_error(status, code, message, rid)
+        resp = json_error(status, code, message, rid)
+        if allow is not None:
+            resp.headers["Allow"] = allow
+        if self.server_header is not None:
+            resp.headers["Server"] = self.server_header
+        return resp
 
     def upstream_of(self, ctx: RequestContext) -> ManagedUpstream:
         """The upstream ``ctx.upstream`` names: configured, or a relay lease's."""
@@ -287,6 +311,8 @@ class Dispatcher:
         """A reply whose body is bytes, as one aiohttp response."""
         headers = reply.headers
         headers["X-Request-ID"] = ctx.request_id
+        if self.server_header is not None:  # the backend's is replaced, as nginx does
+            headers["Server"] = self.server_header
         close = headers.popall("Connection", None) is not None
         body = reply.body
         assert isinstance(body, bytes | bytearray)
@@ -302,12 +328,14 @@ class Dispatcher:
         self, raw: web.BaseRequest, ctx: RequestContext, reply: Response
     ) -> web.StreamResponse:
         """Stream a reply whose body is an async iterator, chunk by chunk."""
-        headers = reply.headers
-        headers["X-Request-ID"] = ctx.request_id
-        close = headers.popall("Connection", None) is not None
         body = reply.body
         if isinstance(body, bytes | bytearray):
             return self.reply(raw, ctx, reply)
+        headers = reply.headers
+        headers["X-Request-ID"] = ctx.request_id
+        if self.server_header is not None:
+            headers["Server"] = self.server_header
+        close = headers.popall("Connection", None) is not None
         resp = web.StreamResponse(status=reply.status, reason=reply.reason, headers=headers)
         if close:
             resp.force_close()

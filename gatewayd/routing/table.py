@@ -81,7 +81,7 @@ class RouteTable:
         self.by_name = {r.name: r for r in routes}
 
     def match(self, host: str, path: str, method: str) -> Route | None:
-        host = (
+        host = (  # host_key(host), inline: this runs for every request
             host.partition(":")[0].lower()
             if ":" in host and not host.startswith("[")
             else host.lower()
@@ -94,3 +94,21 @@ class RouteTable:
             ):
                 return route
         return None
+
+    def allowed_methods(self, host: str, path: str) -> frozenset[str]:
+        """After :meth:`match` found nothing: the methods of the routes whose host and path
+        match (the ``Allow`` of a 405); empty when none does (a 404). A route without a
+        method list would have matched, so every route counted here lists its methods."""
+        host = host_key(host)
+        allowed: frozenset[str] = frozenset()
+        for route in self.routes:
+            if route.methods is not None and route.matches_path(path) and route.matches_host(host):
+                allowed |= route.methods
+        return allowed
+
+
+def host_key(host: str) -> str:
+    """The Host header as routes match it: lower case, without the port."""
+    if ":" in host and not host.startswith("["):
+        return host.partition(":")[0].lower()
+    return host.lower()
