@@ -21,9 +21,11 @@ from gatewayd.chain.api import (
 )
 from gatewayd.chain.services import (
     AsyncLimiter,
+    BudgetReservation,
     CounterFamily,
     EventPublisher,
     GaugeFamily,
+    HistogramFamily,
     KeyInfo,
     KeyVerifier,
     LimitDecision,
@@ -60,6 +62,7 @@ __all__ = [
     "Attempt",
     "Body",
     "BodyTooLarge",
+    "BudgetReservation",
     "ClientWebSocketChannel",
     "CounterFamily",
     "Duration",
@@ -67,6 +70,7 @@ __all__ = [
     "EventPublisher",
     "GaugeFamily",
     "HealthConfig",
+    "HistogramFamily",
     "KeyInfo",
     "KeyVerifier",
     "LimitDecision",

@@ -21,11 +21,14 @@ from typing import Any, Literal, Protocol
 
 __all__ = [
     "AsyncLimiter",
+    "BudgetReservation",
     "CounterFamily",
     "CounterSeries",
     "EventPublisher",
     "GaugeFamily",
     "GaugeSeries",
+    "HistogramFamily",
+    "HistogramSeries",
     "KeyInfo",
     "KeyVerifier",
     "LimitDecision",
@@ -88,6 +91,16 @@ class GaugeFamily(Protocol):
     def labels(self, *labelvalues: Any, **labelkwargs: Any) -> GaugeSeries: ...
 
 
+class HistogramSeries(Protocol):
+    def observe(self, amount: float) -> None: ...
+
+
+class HistogramFamily(Protocol):
+    """A Prometheus histogram with labels: ``family.labels(model, "input").observe(812)``."""
+
+    def labels(self, *labelvalues: Any, **labelkwargs: Any) -> HistogramSeries: ...
+
+
 class MetricsFactory(Protocol):
     """The process's metrics. Each factory returns the same collector again for the same name
     (a reload makes new plugin instances, and they must find their metrics again); the same
@@ -96,6 +109,13 @@ class MetricsFactory(Protocol):
     def counter(self, name: str, doc: str, labels: Sequence[str]) -> CounterFamily: ...
 
     def gauge(self, name: str, doc: str, labels: Sequence[str]) -> GaugeFamily: ...
+
+    def histogram(
+        self, name: str, doc: str, labels: Sequence[str], buckets: Sequence[float]
+    ) -> HistogramFamily:
+        """A histogram with these bucket bounds (``+Inf`` is added); the same name with other
+        buckets is a ``ValueError`` too."""
+        ...
 
     def results(self, name: str, doc: str, route: str, results: Sequence[str]) -> dict[str, int]:
         """Plain per-route counts of a fixed set of results (``counts["allowed"] += 1``, no call
@@ -154,8 +174,43 @@ class LimitDecision(Protocol):
     def retry_after(self) -> float: ...
 
 
+class BudgetReservation(Protocol):
+    """The answer to ``reserve``: every item was added to its counter (``allowed``) or none
+    was (``refused`` lists the positions of the items that would have gone over their limit).
+    Each list has one entry per item, in order."""
+
+    @property
+    def allowed(self) -> bool: ...
+
+    @property
+    def windows(self) -> list[int]:
+        """The window each item's amount landed in (``now // period``): give it to
+        ``adjust`` to correct that same window."""
+        ...
+
+    @property
+    def used(self) -> list[int]:
+        """Each counter after the reservation (allowed) or as it is (refused)."""
+        ...
+
+    @property
+    def resets(self) -> list[float]:
+        """Seconds until each item's window ends."""
+        ...
+
+    @property
+    def refused(self) -> list[int]: ...
+
+
 class Limiter(Protocol):
-    """Rate-limit state in this process: answers at once (``is_async`` is False)."""
+    """Rate-limit state in this process: answers at once (``is_async`` is False).
+
+    Besides GCRA buckets and windows, budgets: ``reserve`` adds ``amount`` to the current
+    epoch-aligned window (``now // period``) of each ``(key, limit, period, amount)`` if every
+    counter stays within its ``limit``, else adds nothing (distinct keys; one atomic step);
+    ``adjust`` adds ``delta`` (negative: a refund) to window ``window`` of each ``(key, period,
+    window, delta)`` and is never refused (a count stays >= 0; an ended window is left alone;
+    ``window`` -1: the current one)."""
 
     @property
     def is_async(self) -> bool: ...
@@ -164,9 +219,15 @@ class Limiter(Protocol):
 
     def window(self, key: str, limit: int, period: float, cost: int = 1) -> LimitDecision: ...
 
+    def reserve(self, items: Sequence[tuple[str, int, float, int]]) -> BudgetReservation: ...
+
+    def adjust(self, items: Sequence[tuple[str, float, int, int]]) -> None: ...
+
 
 class AsyncLimiter(Protocol):
-    """Rate-limit state shared through Redis: every decision is awaited (``is_async`` True)."""
+    """Rate-limit state shared through Redis: every decision is awaited (``is_async`` True);
+    a budget's ``reserve`` is one script, atomic across every gateway on the server. Errors
+    of the store raise an exception (the backend could not answer)."""
 
     @property
     def is_async(self) -> bool: ...
@@ -174,6 +235,10 @@ class AsyncLimiter(Protocol):
     async def gcra(self, key: str, interval: float, burst: int, cost: int = 1) -> LimitDecision: ...
 
     async def window(self, key: str, limit: int, period: float, cost: int = 1) -> LimitDecision: ...
+
+    async def reserve(self, items: Sequence[tuple[str, int, float, int]]) -> BudgetReservation: ...
+
+    async def adjust(self, items: Sequence[tuple[str, float, int, int]]) -> None: ...
 
 
 class StateStores(Protocol):

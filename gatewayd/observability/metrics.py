@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-M = TypeVar("M", Counter, Gauge)
+M = TypeVar("M", Counter, Gauge, Histogram)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 NO_ROUTE = "_none"
@@ -165,7 +165,8 @@ class Metrics:
         self._routes: dict[str, RouteMetrics] = {}
         self._upstreams: dict[str, Histo] = {}
         # plugins' collectors by name, with the description and labels they were made with
-        self._extras: dict[str, tuple[Counter | Gauge, str, tuple[str, ...]]] = {}
+        self._extras: dict[str, tuple[Counter | Gauge | Histogram, str, tuple[str, ...]]] = {}
+        self._bounds: dict[str, tuple[float, ...]] = {}  # the buckets of plugins' histograms
         self._outcomes: dict[str, Outcomes] = {}
         self._hot = HotPathCollector(self)
         registry.register(self._hot)
@@ -195,10 +196,24 @@ class Metrics:
     def gauge(self, name: str, doc: str, labels: Sequence[str]) -> Gauge:
         return self._extra(Gauge, name, doc, labels)
 
-    def _extra(self, kind: type[M], name: str, doc: str, labels: Sequence[str]) -> M:
+    def histogram(
+        self, name: str, doc: str, labels: Sequence[str], buckets: Sequence[float]
+    ) -> Histogram:
+        """The process's histogram called ``name`` with these bucket bounds (``+Inf`` is
+        added), made on first use; the same name with other buckets is a ``ValueError``."""
+        bounds = tuple(float(b) for b in buckets)
+        if self._bounds.get(name, bounds) != bounds:
+            raise ValueError(f"metric {name} already exists with other buckets")
+        made = self._extra(Histogram, name, doc, labels, buckets=bounds)
+        self._bounds[name] = bounds
+        return made
+
+    def _extra(
+        self, kind: type[M], name: str, doc: str, labels: Sequence[str], **options: Any
+    ) -> M:
         entry = self._extras.get(name)
         if entry is None:
-            made = kind(name, doc, list(labels), registry=self.registry)
+            made = kind(name, doc, list(labels), registry=self.registry, **options)
             self._extras[name] = (made, doc, tuple(labels))
             return made
         found, known_doc, known_labels = entry

@@ -1,12 +1,14 @@
-"""Redis-backed plugin state: one atomic Lua script per rate-limit decision, so several gatewayd
-processes share one budget. Time comes from the Redis server (``TIME``), not from each host."""
+"""Redis-backed plugin state: one atomic Lua script per rate-limit decision (and per budget
+reservation over several keys), so several gatewayd processes share one budget. Time comes from
+the Redis server (``TIME``), not from each host."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
-from gatewayd.stores.memory import CLOCK_SLACK, Decision
+from gatewayd.stores.memory import CLOCK_SLACK, Decision, Reservation, check_budget
 
 GCRA_SCRIPT = """
 local interval = tonumber(ARGV[1])
@@ -47,6 +49,61 @@ return {1, used, string.format('%.6f', reset)}
 """
 
 
+# Budgets: KEYS are the counters, ARGV (limit, period, amount) per key. Nothing is added unless
+# every key stays within its limit; each counter is one window, ``<key>:<window index>``, and
+# expires a second after its window ends.
+RESERVE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local windows, used, resets, refused = {}, {}, {}, {}
+for i = 1, #KEYS do
+  local limit = tonumber(ARGV[3 * i - 2])
+  local period = tonumber(ARGV[3 * i - 1])
+  local amount = tonumber(ARGV[3 * i])
+  local index = math.floor(now / period)
+  local n = tonumber(redis.call('GET', KEYS[i] .. ':' .. string.format('%d', index)) or '0')
+  windows[i] = index
+  used[i] = n
+  resets[i] = string.format('%.6f', (index + 1) * period - now)
+  if n + amount > limit then refused[#refused + 1] = i - 1 end
+end
+if #refused == 0 then
+  for i = 1, #KEYS do
+    local amount = tonumber(ARGV[3 * i])
+    if amount > 0 then
+      local key = KEYS[i] .. ':' .. string.format('%d', windows[i])
+      used[i] = redis.call('INCRBY', key, amount)
+      if used[i] == amount then
+        redis.call('PEXPIRE', key, math.ceil(tonumber(resets[i]) * 1000) + 1000)
+      end
+    end
+  end
+end
+return {#refused == 0 and 1 or 0, windows, used, resets, refused}
+"""
+
+# ARGV (period, window, delta) per key; window -1: the current one. Never refused, never below 0.
+ADJUST_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+for i = 1, #KEYS do
+  local period = tonumber(ARGV[3 * i - 2])
+  local window = tonumber(ARGV[3 * i - 1])
+  local delta = tonumber(ARGV[3 * i])
+  local current = math.floor(now / period)
+  if window < 0 then window = current end
+  local key = KEYS[i] .. ':' .. string.format('%d', window)
+  if redis.call('EXISTS', key) == 1 then
+    if redis.call('INCRBY', key, delta) < 0 then redis.call('SET', key, 0, 'KEEPTTL') end
+  elseif window == current and delta > 0 then
+    local ttl = math.ceil(((current + 1) * period - now) * 1000) + 1000
+    redis.call('SET', key, delta, 'PX', ttl)
+  end
+end
+return 1
+"""
+
+
 class StoreError(Exception):
     """The state backend could not answer (Redis down, timed out)."""
 
@@ -77,10 +134,16 @@ class RedisLimiter:
         self.prefix = prefix
         self._gcra = client.register_script(GCRA_SCRIPT)
         self._window = client.register_script(WINDOW_SCRIPT)
+        self._reserve = client.register_script(RESERVE_SCRIPT)
+        self._adjust = client.register_script(ADJUST_SCRIPT)
 
     async def _run(self, script: Any, key: str, *args: Any) -> list[Any]:
+        return await self._run_keys(script, [key], list(args))
+
+    async def _run_keys(self, script: Any, keys: list[str], args: list[Any]) -> list[Any]:
+        prefix = self.prefix
         try:
-            return list(await script(keys=[self.prefix + key], args=list(args)))
+            return list(await script(keys=[prefix + k for k in keys], args=args))
         except Exception as exc:  # connection refused, timeout, script error: all "no answer"
             raise StoreError(f"redis: {type(exc).__name__}") from exc
 
@@ -101,3 +164,30 @@ class RedisLimiter:
         if int(ok):
             return Decision(True, limit, max(0, limit - used), reset_s, 0.0)
         return Decision(False, limit, max(0, limit - used), reset_s, reset_s)
+
+    async def reserve(self, items: Sequence[tuple[str, int, float, int]]) -> Reservation:
+        """:meth:`MemoryLimiter.reserve` in one script: atomic across every gatewayd on this
+        Redis."""
+        check_budget(items)
+        args: list[Any] = []
+        for _, limit, period, amount in items:
+            args += (limit, repr(float(period)), amount)
+        ok, windows, used, resets, refused = await self._run_keys(
+            self._reserve, [item[0] for item in items], args
+        )
+        return Reservation(
+            bool(int(ok)),
+            [int(w) for w in windows],
+            [int(u) for u in used],
+            [float(r) for r in resets],
+            [int(i) for i in refused],
+        )
+
+    async def adjust(self, items: Sequence[tuple[str, float, int, int]]) -> None:
+        """:meth:`MemoryLimiter.adjust` in one script."""
+        if not items:
+            return
+        args: list[Any] = []
+        for _, period, window, delta in items:
+            args += (repr(float(period)), window, delta)
+        await self._run_keys(self._adjust, [item[0] for item in items], args)
