@@ -16,13 +16,14 @@ A plugin that raises fails closed: :class:`PluginError` gives its own status, an
 from __future__ import annotations
 
 import functools
+import http
 import json
 import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from multidict import CIMultiDict
 from pydantic import BaseModel, ConfigDict
@@ -210,12 +211,46 @@ def error_body(code: str, message: str, request_id: str) -> bytes:
 
 @dataclass(slots=True)
 class Attempt:
-    """One try at an upstream target (the forwarder records each, retries included)."""
+    """One try at an upstream target (the forwarder records each, retries included).
+
+    ``error``: ``connect``, ``timeout``, ``disconnect``, ``framing`` (the target broke HTTP's
+    framing: a bad head, a bad chunk, a body shorter or longer than it said), ... It may be set
+    on an attempt that did answer (``status`` set): an error mid-body, or a reply that was whole
+    all the same (bytes past its ``Content-Length``, dropped with the connection); the core
+    counts it in ``gatewayd_upstream_errors_total`` once either way."""
 
     target: str
     status: int | None = None
-    error: str | None = None  # "connect", "timeout", "disconnect", ...
+    error: str | None = None
     duration: float = 0.0
+
+
+INTERIM_MAX = 4
+"""Interim (1xx) responses relayed to the client per request, at most; more are dropped."""
+INTERIM_MAX_BYTES = 8 * 1024
+"""Their bytes per request, at most (each counts at least ``INTERIM_MAX_BYTES / INTERIM_MAX``)."""
+_INTERIM_MIN_COST = INTERIM_MAX_BYTES // INTERIM_MAX
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_REASONS = {s.value: s.phrase for s in http.HTTPStatus if s.value < 200}
+
+
+class InterimWriter(Protocol):
+    """Where interim responses go: the client connection's writer before the final response
+    (aiohttp's ``request.writer``, as its own ``Expect: 100-continue`` handler uses it)."""
+
+    async def write(self, chunk: bytes) -> None: ...
+
+
+def _interim_head(status: int, headers: CIMultiDict[str]) -> bytes | None:
+    """An interim response on the wire, or ``None`` if a header is not fit to send (a name
+    that is no token, a line break in a value)."""
+    parts = [f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"]
+    for name, value in headers.items():
+        if _TOKEN.fullmatch(name) is None or "\r" in value or "\n" in value:
+            return None
+        parts.append(f"{name}: {value}\r\n")
+    parts.append("\r\n")
+    return "".join(parts).encode("utf-8", "surrogateescape")
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,12 +264,14 @@ class RequestContext:
     """Per-request state shared by the plugins of one chain and the forwarder."""
 
     __slots__ = (
+        "_interim_room",
         "_principal",
         "attempts",
         "bytes_in",
         "bytes_out",
         "error",
         "excluded_targets",
+        "interim_writer",
         "request",
         "request_id",
         "response",
@@ -262,6 +299,9 @@ class RequestContext:
         self.started = time.monotonic()
         self.bytes_in = 0
         self.bytes_out = 0
+        # Set by the core for HTTP/1.1 clients (None: interim responses are dropped).
+        self.interim_writer: InterimWriter | None = None
+        self._interim_room = INTERIM_MAX_BYTES
 
     @property
     def principal(self) -> Principal | None:
@@ -301,6 +341,37 @@ class RequestContext:
         200) see the choice when they run after the plugin that made it (a higher priority).
         An unknown name answers 500 ``unknown_upstream`` (a configuration mistake)."""
         self.upstream = name
+
+    async def send_interim(self, status: int, headers: CIMultiDict[str]) -> None:
+        """Relay an interim response (``1xx``: ``100 Continue``, ``103 Early Hints``...) that
+        the target sent before its final reply, to the client, now. For upstream kinds: call it
+        for each one as it arrives, before returning the reply from ``send``, with the headers
+        as the target sent them less the hop-by-hop ones (``Connection`` and those it names,
+        ``Keep-Alive``, ``Transfer-Encoding``, ...), as the core removes them from replies.
+
+        It does nothing (the interim response is dropped) when the client cannot take it (an
+        HTTP/1.0 client, or no client: :attr:`interim_writer` is ``None``), once the final
+        response has started (:attr:`response` is set), for ``101`` (upgrades have their own
+        path) or a status outside ``1xx``, for a header not fit to send, and past
+        :data:`INTERIM_MAX` responses or :data:`INTERIM_MAX_BYTES` bytes for this request. A
+        client that went away is not an error here (its final reply fails as it would have).
+        Interim responses are never part of the reply: plugins (the cache) never see them."""
+        writer = self.interim_writer
+        if writer is None or self.response is not None or not 100 <= status < 200:
+            return
+        if status == 101:
+            return
+        data = _interim_head(status, headers)
+        if data is None:
+            return
+        cost = max(len(data), _INTERIM_MIN_COST)
+        if cost > self._interim_room:
+            return
+        self._interim_room -= cost
+        try:
+            await writer.write(data)
+        except ConnectionError:
+            self.interim_writer = None
 
     def error_response(
         self, status: int, code: str, message: str, headers: dict[str, str] | None = None

@@ -3,14 +3,19 @@
 One attempt at one target per call (the core picks, retries and times out): the request goes
 through the upstream's connection pool (:mod:`gatewayd.proxy.h1`), a small response (up to
 ``SMALL_BODY`` with a Content-Length) is read whole, anything else streams with a ``read``
-deadline per chunk. A WebSocket gets its own small client session, so it holds no slot of the
-HTTP pool and a reload, which closes the old generation's pool once its last request is done,
-cannot cut it.
+deadline per chunk. Interim responses (``103 Early Hints``...) go to the client as they come
+(:mod:`gatewayd.proxy.interim`, HTTP/1.1 clients only). A framing error of the target (a bad
+head or chunk, a body shorter or longer than it said) is ``attempt.error = "framing"``, logged
+once here (a WARNING without header values or body bytes); what was framed right is passed on
+(a body longer than its ``Content-Length`` is cut to it, and the connection dropped). A
+WebSocket gets its own small client session, so it holds no slot of the HTTP pool and a reload,
+which closes the old generation's pool once its last request is done, cannot cut it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import ClassVar
 
@@ -30,6 +35,9 @@ from gatewayd.chain.upstream import (
 from gatewayd.config.schema import HttpUpstreamConfig, TimeoutsConfig
 from gatewayd.proxy import h1
 from gatewayd.proxy.deadlines import Deadlines
+from gatewayd.proxy.interim import InterimRelay
+
+log = logging.getLogger("gatewayd.proxy")
 
 # Responses up to this size with a Content-Length are read in one go (bounded) and written with
 # one call; anything larger or of unknown length streams chunk by chunk.
@@ -77,6 +85,7 @@ class HttpUpstream:
         req = ctx.request
         qs = req.query_string
         resp: h1.Response | None = None
+        interim = InterimRelay(ctx) if ctx.interim_writer is not None else None
         try:
             resp = await pool.request(
                 pool.origin(target.id),
@@ -85,7 +94,10 @@ class HttpUpstream:
                 headers,
                 req.body,
                 timeouts.connect,
+                None if interim is None else interim.received,
             )
+            if interim is not None and interim.pending is not None:
+                await interim.flush()
             length = resp.content_length
             if (
                 req.method == "HEAD"
@@ -94,12 +106,18 @@ class HttpUpstream:
             ):
                 body: bytes | AsyncIterator[bytes] = await resp.read()
                 resp.close()
+                if resp.framing_error is not None:
+                    framing(self.name, attempt, ctx, resp.framing_error)
             else:
                 assert self.deadlines is not None
-                body = _Stream(resp, self.deadlines, timeouts.read, attempt)
+                body = _Stream(resp, self.deadlines, timeouts.read, attempt, self.name, ctx)
         except BaseException as exc:
+            if interim is not None:
+                interim.cancel()
             if resp is not None:
                 resp.close()
+            if isinstance(exc, h1.MalformedResponse):
+                framing(self.name, attempt, ctx, str(exc))
             raise self._map_error(exc, attempt) from exc
         return Response(resp.status, resp.headers, body, resp.reason)
 
@@ -110,6 +128,11 @@ class HttpUpstream:
         if isinstance(exc, h1.ConnectError):
             attempt.error = "connect"
             return UpstreamConnectError(f"cannot connect to upstream '{self.name}'")
+        if isinstance(exc, h1.MalformedResponse):
+            attempt.error = "framing"
+            return UpstreamError(
+                502, "upstream_error", f"upstream '{self.name}' sent a malformed response"
+            )
         if isinstance(exc, h1.ClientError):
             attempt.error = "disconnect"
             return UpstreamError(502, "upstream_error", f"upstream '{self.name}' failed")
@@ -156,20 +179,42 @@ class HttpUpstream:
             raise self._map_error(exc, attempt) from exc
 
 
+def framing(upstream: str, attempt: Attempt, ctx: RequestContext, reason: str) -> None:
+    """A framing error of the target: on the attempt (the core counts it), and logged once."""
+    attempt.error = "framing"
+    log.warning(
+        "upstream framing error",
+        extra={
+            "upstream": upstream,
+            "target": attempt.target,
+            "request_id": ctx.request_id,
+            "reason": reason,
+        },
+    )
+
+
 class _Stream:
     """A streamed response body: each read waits at most ``read`` seconds (the time spent
     writing to a slow client does not count); the connection is released (or closed, if the
     body was not read to the end) whatever happens."""
 
-    __slots__ = ("attempt", "closed", "deadlines", "read", "resp")
+    __slots__ = ("attempt", "closed", "ctx", "deadlines", "read", "resp", "upstream")
 
     def __init__(
-        self, resp: h1.Response, deadlines: Deadlines, read: float, attempt: Attempt
+        self,
+        resp: h1.Response,
+        deadlines: Deadlines,
+        read: float,
+        attempt: Attempt,
+        upstream: str,
+        ctx: RequestContext,
     ) -> None:
         self.resp = resp
         self.deadlines = deadlines
         self.read = read
         self.attempt = attempt
+        self.upstream = upstream
+        self.ctx = ctx
         self.closed = False
 
     def __aiter__(self) -> _Stream:
@@ -181,13 +226,10 @@ class _Stream:
         try:
             chunk = self.resp.take()  # what has arrived already: no deadline to wait on
         except h1.ClientError as exc:
-            self.attempt.error = "disconnect"
-            await self.aclose()
-            raise UpstreamError(502, "upstream_error", "upstream failed mid-response") from exc
+            raise await self._failed(exc) from exc
         if chunk is not None:
             if not chunk:
-                await self.aclose()
-                raise StopAsyncIteration
+                await self._end()
             return chunk
         deadline = self.deadlines.start(self.read)
         try:
@@ -199,15 +241,26 @@ class _Stream:
             await self.aclose()
             raise UpstreamTimeout("upstream read timed out mid-response") from None
         except h1.ClientError as exc:
-            self.attempt.error = "disconnect"
-            await self.aclose()
-            raise UpstreamError(502, "upstream_error", "upstream failed mid-response") from exc
+            raise await self._failed(exc) from exc
         finally:
             deadline.cancel()
         if not chunk:
-            await self.aclose()
-            raise StopAsyncIteration
+            await self._end()
         return chunk
+
+    async def _end(self) -> None:
+        if self.resp.framing_error is not None:
+            framing(self.upstream, self.attempt, self.ctx, self.resp.framing_error)
+        await self.aclose()
+        raise StopAsyncIteration
+
+    async def _failed(self, exc: h1.ClientError) -> UpstreamError:
+        if isinstance(exc, h1.MalformedResponse):
+            framing(self.upstream, self.attempt, self.ctx, str(exc))
+        else:
+            self.attempt.error = "disconnect"
+        await self.aclose()
+        return UpstreamError(502, "upstream_error", "upstream failed mid-response")
 
     async def aclose(self) -> None:
         if self.closed:

@@ -11,7 +11,11 @@ is done here, once, the same way for every kind:
   with the cancellation of a client that went away kept intact (499, never 504);
 - retries on another target with backoff and a budget, passive ejection, active health checks
   (a ``GET`` of the health path through the kind's own ``send``);
-- in-flight counts, target metrics and the admin view (:meth:`ManagedUpstream.snapshot`).
+- in-flight counts, target metrics and the admin view (:meth:`ManagedUpstream.snapshot`);
+- an error a kind sets on an attempt that did answer (``attempt.error`` after the reply's head:
+  mid-body, or a reply that was whole all the same, such as ``framing``) is counted in
+  ``gatewayd_upstream_errors_total`` when the body ends (errors before the head are counted
+  with the error reply).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from gatewayd.chain.upstream import (
     WebSocketChannel,
 )
 from gatewayd.config.schema import TimeoutsConfig, UpstreamConfig
+from gatewayd.observability.metrics import Metrics
 from gatewayd.proxy.balancer import BALANCERS
 from gatewayd.proxy.deadlines import Deadlines
 from gatewayd.proxy.headers import upstream_response_headers
@@ -53,6 +58,8 @@ class UpstreamState:
         self.config = config
         self.events = getattr(services, "events", None)
         self.metrics = _metrics(services)
+        metrics = getattr(services, "metrics", None)
+        self.errors = metrics.upstream_errors if isinstance(metrics, Metrics) else None
         retries = config.retries
         self.budget = RetryBudget(retries.budget, retries.min_retries) if retries else None
         self.health = HealthChecker(name, config.health, self.changed) if config.health else None
@@ -115,6 +122,11 @@ class UpstreamState:
         self._timers.pop(target.id, None)
         target.ejected = False
         self.changed(target, True, "ejection ended")
+
+    def failed_after_head(self, error: str) -> None:
+        """An attempt that answered, and failed (or broke the framing) after its head."""
+        if self.errors is not None:
+            self.errors.labels(self.name, error).inc()
 
     def retried(self, outcome: str) -> None:
         if self.metrics is not None:
@@ -334,8 +346,10 @@ class ManagedUpstream:
         if isinstance(body, bytes | bytearray):
             target.inflight -= 1
             attempt.duration = time.monotonic() - started
+            if attempt.error is not None:  # whole all the same (bytes past its end)
+                self.state.failed_after_head(attempt.error)
         else:
-            reply.body = TrackedBody(body, target, attempt, started)
+            reply.body = TrackedBody(body, target, attempt, started, self.state)
         return reply
 
     async def upgrade(
@@ -430,17 +444,24 @@ class ManagedUpstream:
 
 class TrackedBody:
     """A kind's streamed body, with the target's in-flight count and the attempt's duration
-    settled when it ends (read to the end, failed or closed)."""
+    settled when it ends (read to the end, failed or closed), and an error the kind set on the
+    attempt meanwhile counted."""
 
-    __slots__ = ("attempt", "body", "done", "started", "target")
+    __slots__ = ("attempt", "body", "done", "started", "state", "target")
 
     def __init__(
-        self, body: AsyncIterator[bytes], target: Target, attempt: Attempt, started: float
+        self,
+        body: AsyncIterator[bytes],
+        target: Target,
+        attempt: Attempt,
+        started: float,
+        state: UpstreamState,
     ) -> None:
         self.body = body
         self.target = target
         self.attempt = attempt
         self.started = started
+        self.state = state
         self.done = False
 
     def __aiter__(self) -> TrackedBody:
@@ -457,7 +478,10 @@ class TrackedBody:
         if not self.done:
             self.done = True
             self.target.inflight -= 1
-            self.attempt.duration = time.monotonic() - self.started
+            attempt = self.attempt
+            attempt.duration = time.monotonic() - self.started
+            if attempt.error is not None:
+                self.state.failed_after_head(attempt.error)
 
     async def aclose(self) -> None:
         self._settle()

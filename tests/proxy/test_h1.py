@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -236,6 +238,8 @@ async def test_the_head_comes_back_as_received(pool) -> None:
         (b"HTTP/1.1 abc\r\n\r\n", False),
         (b"SSH-2.0-OpenSSH_9.6\r\n", False),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n", False),
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n", False),
     ],
 )
 async def test_a_head_over_the_limits_or_not_http_is_malformed(pool, head, ok) -> None:
@@ -271,6 +275,162 @@ async def test_a_body_cut_short_fails_mid_body(pool, answer) -> None:
                 got += chunk
         assert got and got in answer  # what came is passed on, then the error
         assert pool.busy == 0 and not pool.origin(raw.origin).idle
+
+
+# -- framing errors ------------------------------------------------------------------------
+
+
+async def test_bytes_past_the_content_length_are_dropped_with_the_connection(pool) -> None:
+    """nginx's way: the response is what its Content-Length framed, whole and clean; the rest
+    is no response, and the connection it came on is never reused."""
+
+    def answer(head: bytes) -> bytes:
+        if path_of(head) == b"/longer":
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n" + b"x" * 10 + b"y" * 26
+        if path_of(head) == b"/longer-big":
+            size = 4 * MIB
+            return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"x" * size + b"y" * 9
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    async with await keep_alive(answer) as raw:
+        resp = await get(pool, raw, "/longer")
+        assert await resp.read() == b"x" * 10
+        assert resp.complete and resp.framing_error == "bytes past the response's end"
+        assert not pool.origin(raw.origin).idle and pool.busy == 0
+        resp = await get(pool, raw, "/")  # on a fresh connection
+        assert (await resp.read(), resp.framing_error) == (b"ok", None)
+        assert raw.connections == 2
+        # Streamed in pieces, the end comes with the bytes past it: the same.
+        resp = await get(pool, raw, "/longer-big")
+        got = b"".join([chunk async for chunk in resp])
+        assert got == b"x" * 4 * MIB and resp.framing_error == "bytes past the response's end"
+        resp = await get(pool, raw, "/")
+        assert await resp.read() == b"ok"
+        assert raw.connections == 3  # /longer-big went on the second, dropped after it
+
+
+async def test_bytes_past_the_end_that_come_late_spoil_no_next_request(pool) -> None:
+    """The excess can come after the response was whole and its connection back in the pool,
+    even after the next request went out on it: that request goes again on a fresh connection
+    when it may be sent twice (as for a connection found closed), and fails otherwise."""
+    late = b"y" * 26
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await raw.head(reader)
+            if head.startswith(b"POST"):
+                await reader.readexactly(2)
+            if path_of(head) == b"/longer":
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n" + b"x" * 10)
+                await writer.drain()
+                head = await raw.head(reader)  # the next request came on this connection
+                if head.startswith(b"POST"):
+                    await reader.readexactly(2)
+                writer.write(late)  # and only now the rest of the previous body
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    raw = Raw(script)
+    async with raw:
+        resp = await get(pool, raw, "/longer")
+        assert (await resp.read(), resp.framing_error) == (b"x" * 10, None)
+        resp = await get(pool, raw, "/next")
+        assert await resp.read() == b"ok"
+        assert resp.framing_error == "bytes past the previous response's end"
+        assert raw.connections == 2 and len(raw.heads) == 3  # /next went twice
+        resp = await get(pool, raw, "/longer")
+        assert await resp.read() == b"x" * 10
+        with pytest.raises(h1.StaleBytes):  # a POST is never sent twice
+            await get(pool, raw, "/post", "POST", body=b"hi")
+        assert pool.busy == 0
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", h1.Truncated),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n", h1.Truncated),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n",
+            h1.MalformedResponse,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcd\r\n0\r\n\r\n",
+            h1.MalformedResponse,
+        ),
+    ],
+    ids=["content-length-eof", "chunked-eof", "bad-chunk-size", "chunk-without-crlf"],
+)
+async def test_a_body_that_breaks_its_framing_fails_after_what_was_framed(
+    pool, answer, error
+) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()  # and close
+
+    async with Raw(script) as raw:
+        resp = await get(pool, raw)
+        got = b""
+        with pytest.raises(error) as info:
+            async for chunk in resp:
+                got += chunk
+        assert isinstance(info.value, h1.MalformedResponse)  # a framing error, whichever
+        assert got == b"abc"
+        assert pool.busy == 0 and not pool.origin(raw.origin).idle
+
+
+async def test_a_connection_reset_mid_body_is_a_disconnection_not_a_framing_error(pool) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # closed with linger 0: a reset
+
+    async with Raw(script) as raw:
+        resp = await get(pool, raw)
+        with pytest.raises(h1.Disconnected) as info:
+            await resp.read()
+        assert not isinstance(info.value, h1.MalformedResponse)
+
+
+# -- interim responses ---------------------------------------------------------------------
+
+
+async def test_interim_responses_are_handed_to_the_callback_in_order(pool) -> None:
+    def answer(head: bytes) -> bytes:
+        return (
+            b"HTTP/1.1 100 Continue\r\n\r\n"
+            b"HTTP/1.1 102 Processing\r\n\r\n"
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nLink: </b.js>\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        )
+
+    seen: list[tuple[int, list[tuple[str, str]]]] = []
+    async with await keep_alive(answer) as raw:
+        origin = pool.origin(raw.origin)
+        resp = await pool.request(
+            origin,
+            "GET",
+            "/",
+            CIMultiDict(),
+            None,
+            2.0,
+            lambda status, headers: seen.append((status, list(headers.items()))),
+        )
+        assert (resp.status, await resp.read()) == (200, b"ok")
+        assert "Link" not in resp.headers
+        assert seen == [
+            (100, []),
+            (102, []),
+            (103, [("Link", "</a.css>; rel=preload"), ("Link", "</b.js>")]),
+        ]
+        resp = await get(pool, raw)  # the next exchange has no callback: skipped as before
+        assert await resp.read() == b"ok"
+        assert len(seen) == 3 and raw.connections == 1
 
 
 # -- keep-alive ------------------------------------------------------------------------------

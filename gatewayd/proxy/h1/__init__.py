@@ -10,6 +10,8 @@ from gatewayd.proxy.h1.errors import (
     ConnectTimeout,
     Disconnected,
     MalformedResponse,
+    StaleBytes,
+    Truncated,
 )
 from gatewayd.proxy.h1.head import Body
 from gatewayd.proxy.h1.pool import Origin, Pool
@@ -26,4 +28,6 @@ __all__ = [
     "Origin",
     "Pool",
     "Response",
+    "StaleBytes",
+    "Truncated",
 ]

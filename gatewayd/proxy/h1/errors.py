@@ -21,7 +21,20 @@ class Disconnected(ClientError, ConnectionError):
 
 
 class MalformedResponse(ClientError):
-    """The target's answer is not HTTP/1.1 as it must be, or it breaks a limit."""
+    """The target's answer is not HTTP/1.1 as it must be, or it breaks a limit: a framing
+    error (a bad status line, a head over the limits, ``Content-Length`` with
+    ``Transfer-Encoding`` or twice, a bad chunk)."""
+
+
+class Truncated(MalformedResponse, Disconnected):
+    """The target closed the connection before the end its framing announced (fewer bytes
+    than its ``Content-Length``, no last chunk)."""
+
+
+class StaleBytes(MalformedResponse):
+    """A reused connection answered with bytes that are no response: what the previous
+    response sent past its end. The request is sent again on a fresh connection when that is
+    safe (as for a connection found closed)."""
 
 
 class ClientClosed(ClientError):

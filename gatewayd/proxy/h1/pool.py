@@ -8,7 +8,9 @@
   a request fails on a reused connection before any byte of a response came back (the target
   closed it as the request went out), it is sent once more on a fresh connection if that is
   safe: an idempotent method and a body that can be sent again (none, or bytes). A POST, or a
-  streamed body, fails instead.
+  streamed body, fails instead. The same goes for a reused connection that answers with bytes
+  that are no response (:class:`StaleBytes`: the previous response sent more than it framed,
+  late); the response from the fresh connection then carries ``framing_error``.
 - A cancelled request closes its connection and the ``CancelledError`` goes on untouched.
 """
 
@@ -24,9 +26,15 @@ from yarl import URL
 
 from gatewayd.chain.api import IDEMPOTENT_METHODS
 from gatewayd.config.schema import PoolConfig
-from gatewayd.proxy.h1.errors import ClientClosed, ConnectError, ConnectTimeout, Disconnected
+from gatewayd.proxy.h1.errors import (
+    ClientClosed,
+    ConnectError,
+    ConnectTimeout,
+    Disconnected,
+    StaleBytes,
+)
 from gatewayd.proxy.h1.head import Body, encode_head, is_resendable
-from gatewayd.proxy.h1.protocol import Connection
+from gatewayd.proxy.h1.protocol import Connection, Interim
 from gatewayd.proxy.h1.response import Response
 
 SCHEMES = {"http": "http", "ws": "http", "https": "https", "wss": "https"}
@@ -89,11 +97,14 @@ class Pool:
         headers: CIMultiDict[str],
         body: Body,
         connect_timeout: float,
+        interim: Interim | None = None,
     ) -> Response:
         """Send ``method target`` (the path and query, already encoded, as they go on the
         wire) with ``headers`` as they are (plus ``Host`` unless given) and ``body`` (``None``,
         bytes, or an async iterable of bytes: chunked unless ``headers`` carry a
         ``Content-Length``, which is then honoured exactly); the response once its head is in.
+        ``interim(status, headers)`` is called (from the parser: it must not block) for each
+        interim response before it (1xx but 101).
 
         Raises :class:`ConnectError` (target not reachable), :class:`ConnectTimeout` (no
         connection or pool slot within ``connect_timeout``), :class:`Disconnected`
@@ -108,11 +119,12 @@ class Pool:
         if conn is None:
             conn, reused = await self._connect(origin, connect_timeout, fresh=False)
         try:
-            return await conn.send(head, body, head_only, length)
-        except Disconnected:
+            return await conn.send(head, body, head_only, length, interim)
+        except (Disconnected, StaleBytes) as exc:
+            stale = isinstance(exc, StaleBytes)
             if not (
                 reused
-                and not conn.got_data
+                and (stale or not conn.got_data)
                 and method in IDEMPOTENT_METHODS
                 and is_resendable(body)
             ):
@@ -120,13 +132,16 @@ class Pool:
         except BaseException:  # cancelled, most likely: the connection cannot be trusted
             conn.abort()
             raise
-        # The target had closed the pooled connection: once more, on a fresh one.
+        # The target had closed the pooled connection (or spoilt it): once more, on a fresh one.
         conn, _ = await self._connect(origin, connect_timeout, fresh=True)
         try:
-            return await conn.send(head, body, head_only, length)
+            resp = await conn.send(head, body, head_only, length, interim)
         except BaseException:
             conn.abort()
             raise
+        if stale:
+            resp.framing_error = "bytes past the previous response's end"
+        return resp
 
     async def _connect(
         self, origin: Origin, timeout: float, fresh: bool

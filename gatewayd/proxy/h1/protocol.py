@@ -9,18 +9,30 @@ has taken them. Once the response is complete the connection goes back to its po
 target allows that (HTTP/1.1 or 1.0 with keep-alive, no ``Connection: close``) and the request
 body went out whole; anything else closes it. A response closed before its end closes the
 connection too, as does a cancelled request.
+
+Framing errors, as nginx handles them: bytes past a response's end (more than its
+``Content-Length``) are dropped with the connection, and the response, whole as it was framed,
+says so in ``framing_error``; a body that ends early (:class:`Truncated`) or a bad chunk fails the
+body; a bad head fails the request (:class:`MalformedResponse`). Interim responses (1xx but 101)
+are skipped, each handed to the request's ``interim`` callback if it has one.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from typing import TYPE_CHECKING, cast
 
 import httptools
 from multidict import CIMultiDict
 
-from gatewayd.proxy.h1.errors import ClientError, Disconnected, MalformedResponse
+from gatewayd.proxy.h1.errors import (
+    ClientError,
+    Disconnected,
+    MalformedResponse,
+    StaleBytes,
+    Truncated,
+)
 from gatewayd.proxy.h1.response import Response
 
 if TYPE_CHECKING:
@@ -31,6 +43,7 @@ MAX_HEADERS = 128
 # What may arrive before the head is complete: every line at its longest.
 MAX_HEAD = (MAX_HEADERS + 1) * (MAX_LINE + 2) + 2
 NO_BODY_STATUS = (204, 304)
+Interim = Callable[[int, CIMultiDict[str]], object]
 
 
 class Connection(asyncio.Protocol):
@@ -61,6 +74,9 @@ class Connection(asyncio.Protocol):
         self.spent = False  # the parser is past a HEAD response: a fresh one for the next
         self.broken = False  # the target broke the protocol: never reuse
         self.interim = False
+        self.on_interim: Interim | None = None  # the request's interim responses go there
+        self.served = False  # a response came whole on this connection before
+        self.last: Response | None = None  # the response just completed in this feed
         self.until_close = False
         self.head_size = 0
         self.reason = b""
@@ -69,7 +85,12 @@ class Connection(asyncio.Protocol):
     # -- the request ----------------------------------------------------------------------
 
     def send(
-        self, head: bytes, body: object, head_only: bool, length: int | None
+        self,
+        head: bytes,
+        body: object,
+        head_only: bool,
+        length: int | None,
+        interim: Interim | None = None,
     ) -> asyncio.Future[Response]:
         """Write the request; the future is the response once its head is in."""
         transport = self.transport
@@ -78,6 +99,7 @@ class Connection(asyncio.Protocol):
             raise Disconnected("connection closed by the target")
         waiter = self.head_waiter = self.loop.create_future()
         self.head_only = head_only
+        self.on_interim = interim
         self.got_data = False
         self.keep_alive = False
         self.until_close = False
@@ -176,6 +198,24 @@ class Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            if self.done:
+                # The response is whole as framed; what came after it is none: dropped with
+                # the connection (never reused), and the response says so.
+                last = self.last
+                if last is not None:
+                    last.framing_error = "bytes past the response's end"
+                self.broken = True
+                self._release()
+                return
+            if (
+                self.served
+                and self.head_waiter is not None
+                and self.head_size == len(data)
+                and not data.startswith(b"HTTP/")
+            ):
+                # What the previous response sent past its end, arriving late.
+                self._drop(StaleBytes("bytes past the previous response's end"))
+                return
             reason = exc.__context__ if isinstance(exc.__context__, ClientError) else exc
             self._drop(MalformedResponse(f"malformed response: {reason}"))
             return
@@ -188,9 +228,14 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         response = self.response
-        if response is not None and self.until_close and not self.broken:
-            self.response = None  # the body's end is the connection's end
-            response._end()
+        if response is not None and not self.broken:
+            self.response = None
+            if self.until_close:
+                response._end()  # the body's end is the connection's end
+            elif exc is None:
+                response._fail(Truncated("the target closed the connection mid-body"))
+            else:
+                response._fail(Disconnected(f"connection lost mid-body: {exc}"))
         self._drop(Disconnected("connection lost" if exc is None else f"connection lost: {exc}"))
 
     # httptools callbacks
@@ -225,7 +270,10 @@ class Connection(asyncio.Protocol):
         if status < 200:
             if status == 101:
                 raise MalformedResponse("101 Switching Protocols without an upgrade asked for")
-            self.interim = True  # 100 Continue, 103 Early Hints...: skipped
+            self.interim = True  # 100 Continue, 103 Early Hints...: skipped, or handed on
+            relay = self.on_interim
+            if relay is not None:
+                relay(status, headers)
             return
         length = headers.get("Content-Length")
         content_length = int(length) if length is not None else None
@@ -244,8 +292,10 @@ class Connection(asyncio.Protocol):
             response._end()
             self.spent = True
             self.done = True
+            self.last = response
         elif status in NO_BODY_STATUS:
             response._end()  # llhttp knows: its message completes next
+            self.last = response
         else:
             self.response = response
             self.until_close = content_length is None and not _chunked(headers)
@@ -271,8 +321,9 @@ class Connection(asyncio.Protocol):
         if self.spent:
             return
         response = self.response
-        self.response = None
         if response is not None:
+            self.response = None
+            self.last = response
             response._end()
         self.done = True
 
@@ -286,6 +337,8 @@ class Connection(asyncio.Protocol):
     def _release(self) -> None:
         """The response is complete: back to the pool, or closed."""
         self.done = False
+        self.last = None
+        self.served = True
         if self.spent:
             self.spent = False
             self.parser = httptools.HttpResponseParser(self)

@@ -22,7 +22,12 @@ if TYPE_CHECKING:
 class Response:
     """A target's response: ``status``, ``reason``, ``headers`` (as received, duplicates kept),
     ``version``, ``content_length``, and the body: iterate it (chunks of what has arrived) or
-    :meth:`read` it whole. :meth:`close` (or ``aclose``) before its end drops the connection."""
+    :meth:`read` it whole. :meth:`close` (or ``aclose``) before its end drops the connection.
+
+    ``framing_error`` says what was wrong with a response that is whole all the same (bytes
+    past its end, dropped with its connection; bytes past the previous response's end on a
+    reused connection, which made the request go again on a fresh one), else ``None``: the
+    caller counts and logs it. It is set by the time the body's end is read."""
 
     __slots__ = (
         "_chunks",
@@ -33,6 +38,7 @@ class Response:
         "_size",
         "_waiter",
         "content_length",
+        "framing_error",
         "headers",
         "reason",
         "status",
@@ -53,6 +59,7 @@ class Response:
         self.headers = headers
         self.version = version
         self.content_length = content_length
+        self.framing_error: str | None = None
         self._conn: Connection | None = conn  # while the body is still arriving
         self._loop = conn.loop
         self._chunks: deque[bytes] = deque()
