@@ -100,7 +100,7 @@ for i = 1, #KEYS do
     redis.call('SET', key, delta, 'PX', ttl)
   end
 end
-return 1
+return {1}
 """
 
 
@@ -108,20 +108,26 @@ class StoreError(Exception):
     """The state backend could not answer (Redis down, timed out)."""
 
 
-def connect(url: str, timeout: float = 0.5) -> Any:
+def connect(url: str, timeout: float = 0.5, max_connections: int = 100) -> Any:
     try:
         import redis.asyncio as aioredis
     except ImportError as exc:  # pragma: no cover - redis is an optional extra
         raise RuntimeError(
             "state.backend redis needs the 'redis' extra: pip install 'gatewayd[redis]'"
         ) from exc
-    return aioredis.Redis.from_url(
+    # A blocking pool: under a burst of more concurrent decisions than connections, a decision
+    # waits (up to ``timeout``) for a free connection instead of failing at once, as redis-py's
+    # default pool does past its 100 connections.
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=0,
         retry_on_timeout=False,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 class RedisLimiter:

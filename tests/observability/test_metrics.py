@@ -1,4 +1,4 @@
-"""Metrics.counter/gauge: one collector per name for the process, checked by type, labels and
+"""Metrics.counter/gauge/histogram: one collector per name for the process, checked by type, labels and
 description (as gatewayd.chain.services.MetricsFactory says)."""
 
 from __future__ import annotations
@@ -36,3 +36,27 @@ def test_close_unregisters_the_plugins_collectors() -> None:
     assert b"plugin_hits_total" in generate_latest(registry)
     metrics.close()
     assert b"plugin_hits" not in generate_latest(registry)
+
+
+def test_histograms_for_plugins_are_found_again_and_keep_their_buckets() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    h = metrics.histogram("plugin_tokens", "Tokens", ["model"], [1, 10, 100])
+    assert metrics.histogram("plugin_tokens", "Tokens", ["model"], (1.0, 10.0, 100.0)) is h
+    h.labels("m").observe(5)
+    h.labels("m").observe(500)
+    assert registry.get_sample_value("plugin_tokens_bucket", {"model": "m", "le": "1.0"}) == 0
+    assert registry.get_sample_value("plugin_tokens_bucket", {"model": "m", "le": "10.0"}) == 1
+    assert registry.get_sample_value("plugin_tokens_bucket", {"model": "m", "le": "+Inf"}) == 2
+    assert registry.get_sample_value("plugin_tokens_sum", {"model": "m"}) == 505
+    with pytest.raises(ValueError, match="buckets"):
+        metrics.histogram("plugin_tokens", "Tokens", ["model"], [1, 10])
+    with pytest.raises(ValueError):
+        metrics.histogram("plugin_tokens", "Tokens", ["other"], [1, 10, 100])
+    with pytest.raises(ValueError):
+        metrics.counter("plugin_tokens", "Tokens", ["model"])
+    metrics.counter("plugin_count", "Count", ["model"])
+    with pytest.raises(ValueError):
+        metrics.histogram("plugin_count", "Count", ["model"], [1])
+    metrics.close()
+    assert registry.get_sample_value("plugin_tokens_sum", {"model": "m"}) is None
