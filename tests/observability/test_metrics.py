@@ -1,5 +1,5 @@
-"""Metrics.counter/gauge/histogram: one collector per name for the process, checked by type, labels and
-description (as gatewayd.chain.services.MetricsFactory says)."""
+"""Metrics.counter/gauge/histogram: one collector per name for the process, checked by type,
+labels, description and buckets (as gatewayd.chain.services.MetricsFactory says)."""
 
 from __future__ import annotations
 
