@@ -348,14 +348,14 @@ class CachePlugin(Plugin):
 
     def _may_serve_stale(self, entry: Entry, condition: str) -> bool:
         """RFC 9111 4.2.4 and RFC 5861: a stale-if-error window (the response's, else the
-        config's) allows it for any failure; otherwise only a copy that no directive forbids
-        to be served stale, for the ``use_stale`` conditions, up to ``use_stale_max``."""
+        config's) decides alone, for any failure; without one, only a copy that no directive
+        forbids to be served stale, for the ``use_stale`` conditions, up to ``use_stale_max``."""
         staleness = entry.age(time.time()) - entry.ttl
-        window = entry.stale_if_error
+        window = entry.stale_if_error  # the origin's own bound, when it gives one
         if window is None and self.config.stale_if_error:
             window = self.config.stale_if_error
-        if window is not None and condition in ERROR_CONDITIONS and staleness < window:
-            return True
+        if window is not None:
+            return condition in ERROR_CONDITIONS and staleness < window
         if entry.forbids_stale or condition not in self.use_stale:
             return False
         return staleness < self.config.use_stale_max
