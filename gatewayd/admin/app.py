@@ -26,6 +26,18 @@ async def ready(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready", "generation": gen.number if gen else None})
 
 
+async def server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """``server.header`` on every admin response (aiohttp has put its own, with versions, in
+    by now): replaced, or dropped when the setting is empty. Read per response: a reload's
+    new value applies at once."""
+    config = request.app[DAEMON].config
+    value = config.server.header if config is not None else "gatewayd"
+    if value:
+        response.headers["Server"] = value
+    else:
+        response.headers.popall("Server", None)
+
+
 # Extension point: each module of the admin API has an ``install(app)`` that adds its routes.
 RouteInstaller = Callable[[web.Application], None]
 
@@ -51,6 +63,7 @@ def build_admin_app(
 ) -> web.Application:
     app = web.Application(client_max_size=2 * 1024 * 1024)
     app[DAEMON] = daemon
+    app.on_response_prepare.append(server_header)
     app.router.add_get("/metrics", server_stats)
     app.router.add_get("/_health", health)
     app.router.add_get("/_ready", ready)

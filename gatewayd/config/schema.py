@@ -109,8 +109,9 @@ class ServerConfig(Model):
     # Longest header field (name and value): 431 above it.
     max_header_size: Size = 16384
     # All header fields of a request together (names, values, ": " and CRLF), and their
-    # number: 431 above either. nginx's effective total is 32 KiB (4 x 8k buffers).
-    max_headers_total: Size = 32768
+    # number: 431 above either. Unset: 32 KiB (nginx's effective total, 4 x 8k buffers), or
+    # twice max_header_size when that is larger (a raised field limit keeps working).
+    max_headers_total: Size | None = None
     max_headers: int = Field(128, ge=1, le=10_000)
     # A client connection with no complete request for this long is closed: idle keep-alive
     # connections and clients that trickle their headers (slowloris) alike.
@@ -118,6 +119,19 @@ class ServerConfig(Model):
     # The Server header of every response (public and admin listeners): sent as given, never
     # with a version; "" sends none.
     header: str = "gatewayd"
+
+    @model_validator(mode="after")
+    def _headers_total_fits_a_field(self) -> ServerConfig:
+        if self.max_headers_total is not None and self.max_headers_total < self.max_header_size:
+            raise ValueError("max_headers_total must be at least max_header_size")
+        return self
+
+    @property
+    def headers_total(self) -> int:
+        """``max_headers_total``, or its default for this ``max_header_size``."""
+        if self.max_headers_total is not None:
+            return self.max_headers_total
+        return max(32 * 1024, 2 * self.max_header_size)
 
     @field_validator("header")
     @classmethod

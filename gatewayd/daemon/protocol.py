@@ -217,7 +217,7 @@ class ProtocolGuard:
 
     def configure(self, config: ServerConfig) -> None:
         self.config = config
-        self.max_headers_total = config.max_headers_total
+        self.max_headers_total = config.headers_total
         self.server: str | None = config.header or None
         # Requests that need our writer: all of them when the header is to be dropped, else
         # only the upgrades (the WebSocket handshakes, whose responses we do not build).
