@@ -3,11 +3,14 @@
 from gatewayd.chain.admin import AdminRequest, AdminRole, AdminRoute
 from gatewayd.chain.api import (
     IDEMPOTENT_METHODS,
+    INTERIM_MAX,
+    INTERIM_MAX_BYTES,
     PRINCIPAL_HEADERS,
     Attempt,
     Body,
     BodyTooLarge,
     EmptyConfig,
+    InterimWriter,
     Plugin,
     PluginConfig,
     PluginContext,
@@ -54,6 +57,8 @@ from gatewayd.config.units import Duration, Rate, RateValue, Ratio, Size
 
 __all__ = [
     "IDEMPOTENT_METHODS",
+    "INTERIM_MAX",
+    "INTERIM_MAX_BYTES",
     "PRINCIPAL_HEADERS",
     "AdminRequest",
     "AdminRole",
@@ -71,6 +76,7 @@ __all__ = [
     "GaugeFamily",
     "HealthConfig",
     "HistogramFamily",
+    "InterimWriter",
     "KeyInfo",
     "KeyVerifier",
     "LimitDecision",
