@@ -7,6 +7,7 @@ become OpenAI's. Embeddings are not offered (400). The health probe is ``GET /v1
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
 import aiohttp
@@ -347,20 +348,21 @@ class StreamTranslator:
         self.cached: int | None = None
         self.complete = False
 
-    def feed(self, data: bytes) -> list[bytes]:
-        out: list[bytes] = []
-        try:
-            events = list(self.decoder.feed(data))
-        except ValueError:
-            raise StreamFailed("malformed", "the provider sent an event too large") from None
-        for raw in events:
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        events = self.decoder.feed(data)
+        while True:
+            try:
+                raw = next(events)
+            except StopIteration:
+                return
+            except ValueError:
+                raise StreamFailed("malformed", "the provider sent an event too large") from None
             if self.complete:
                 break
             event = parse_json(raw.encode())
             if not isinstance(event, dict) or not isinstance(event.get("type"), str):
                 raise StreamFailed("malformed", "the provider sent an event that is not valid")
-            out.extend(self.event(event))
-        return out
+            yield from self.event(event)
 
     def event(self, event: dict[str, Any]) -> list[bytes]:
         kind = event["type"]

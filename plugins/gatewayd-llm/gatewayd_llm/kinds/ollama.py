@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
+from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
 import aiohttp
@@ -327,20 +328,21 @@ class StreamTranslator:
         self.calls = 0
         self.complete = False
 
-    def feed(self, data: bytes) -> list[bytes]:
-        out: list[bytes] = []
-        try:
-            lines = list(self.decoder.feed(data))
-        except ValueError:
-            raise StreamFailed("malformed", "the provider sent a line too long") from None
-        for raw in lines:
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        lines = self.decoder.feed(data)
+        while True:
+            try:
+                raw = next(lines)
+            except StopIteration:
+                return
+            except ValueError:
+                raise StreamFailed("malformed", "the provider sent a line too long") from None
             if self.complete:
                 break
             line = parse_json(raw)
             if not isinstance(line, dict):
                 raise StreamFailed("malformed", "the provider sent a line that is not valid")
-            out.extend(self.line(line))
-        return out
+            yield from self.line(line)
 
     def line(self, line: dict[str, Any]) -> list[bytes]:
         if "error" in line:

@@ -10,7 +10,7 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Protocol
 
 import aiohttp
@@ -314,8 +314,9 @@ def parse_json(data: bytes) -> Any:
 class Translator(Protocol):
     """Turns a provider's streamed bytes into OpenAI SSE events."""
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """The OpenAI events for these bytes (maybe none yet); raises StreamFailed."""
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """The OpenAI events for these bytes (maybe none yet), one by one; raises
+        StreamFailed (after the events that came before the failure)."""
         ...
 
     @property
@@ -331,7 +332,7 @@ class TranslatedStream:
     raises :class:`StreamFailed` ``disconnect``. ``aclose()`` closes the connection at once
     (the provider sees it go), whether or not the body was ever read."""
 
-    __slots__ = ("chunks", "closed", "resp", "translator")
+    __slots__ = ("chunks", "closed", "failure", "resp", "translator")
 
     def __init__(
         self,
@@ -344,12 +345,16 @@ class TranslatedStream:
         self.translator = translator
         self.chunks: AsyncIterator[bytes] = stream_chunks(resp, read_timeout, exchange)
         self.closed = False
+        self.failure: StreamFailed | None = None  # due after the events already yielded
 
     def __aiter__(self) -> TranslatedStream:
         return self
 
     async def __anext__(self) -> bytes:
         while not self.closed:
+            if self.failure is not None:
+                await self.aclose()
+                raise self.failure
             if self.translator.complete:
                 await self.aclose()
                 break
@@ -363,8 +368,14 @@ class TranslatedStream:
             except BaseException:
                 await self.aclose()
                 raise
+            events: list[bytes] = []
             try:
-                events = self.translator.feed(data)
+                events.extend(self.translator.feed(data))
+            except StreamFailed as exc:
+                if not events:
+                    await self.aclose()
+                    raise
+                self.failure = exc  # the events before it first: the client gets them
             except BaseException:
                 await self.aclose()
                 raise
