@@ -1,0 +1,147 @@
+"""gatewayd_llm.metrics: the GenAI semconv instruments and the gateway's own, on the harness's
+real metrics (a Prometheus registry of its own), read back as Prometheus exposes them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from gatewayd_llm.metrics import LlmMetrics
+from gatewayd_llm.usage import UsageRecord
+from prometheus_client import generate_latest
+
+from gatewayd.testing import HarnessServices
+
+
+def rec(**changes: Any) -> UsageRecord:
+    fields: dict[str, Any] = {
+        "request_id": "r1",
+        "time": 1_700_000_000.0,
+        "route": "llm",
+        "model": "smart",
+        "deployment": "smart#0",
+        "upstream": "openai-main",
+        "provider_model": "gpt-4o",
+        "key_id": "k1",
+        "tenant": "acme",
+        "prompt_tokens": 812,
+        "completion_tokens": 40,
+        "source": "provider",
+        "cost": 0.0125,
+        "status": 200,
+        "stream": True,
+        "cancelled": False,
+        "duration_ms": 1500.0,
+        "ttft_ms": 120.0,
+        "fallbacks": 0,
+    }
+    fields.update(changes)
+    return UsageRecord(**fields)
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[HarnessServices]:
+    services = HarnessServices()
+    yield services
+    await services.close()
+
+
+def sample(h: HarnessServices, name: str, **labels: str) -> float | None:
+    return h.registry.get_sample_value(name, labels)
+
+
+GENAI = {"gen_ai_operation_name": "chat", "gen_ai_provider_name": "openai"}
+
+
+def test_a_usage_record_lands_in_every_instrument(harness: HarnessServices) -> None:
+    m = LlmMetrics(harness.metrics, models=["smart"])
+    m.record(rec(), "openai", 0.0004)
+    model = {**GENAI, "gen_ai_request_model": "smart"}
+    usage = "gen_ai_client_token_usage"
+    assert sample(harness, f"{usage}_sum", **model, gen_ai_token_type="input") == 812
+    assert sample(harness, f"{usage}_sum", **model, gen_ai_token_type="output") == 40
+    assert sample(harness, f"{usage}_bucket", **model, gen_ai_token_type="input", le="256.0") == 0
+    assert sample(harness, f"{usage}_bucket", **model, gen_ai_token_type="input", le="1024.0") == 1
+    duration = "gen_ai_client_operation_duration_seconds"
+    assert sample(harness, f"{duration}_sum", **model, error_type="") == 1.5
+    assert sample(harness, "gen_ai_server_time_to_first_token_seconds_sum", **model) == 0.12
+    assert sample(harness, "gatewayd_llm_overhead_seconds_count", model="smart") == 1
+    assert sample(harness, "gatewayd_llm_overhead_seconds_sum", model="smart") == 0.0004
+    tokens = "gatewayd_llm_tokens_total"
+    labels = {"model": "smart", "provider": "openai", "tenant": "acme"}
+    assert sample(harness, tokens, **labels, type="input") == 812
+    assert sample(harness, tokens, **labels, type="output") == 40
+    assert sample(harness, "gatewayd_llm_cost_total", model="smart", tenant="acme") == 0.0125
+    text = generate_latest(harness.registry).decode()
+    assert "# TYPE gen_ai_client_token_usage histogram" in text
+    assert "# TYPE gen_ai_server_time_to_first_token_seconds histogram" in text
+
+
+def test_errors_cancellations_and_unstreamed_requests(harness: HarnessServices) -> None:
+    m = LlmMetrics(harness.metrics)
+    m.record(rec(status=502, ttft_ms=None, prompt_tokens=0, completion_tokens=0), "openai", 0.0)
+    m.record(rec(cancelled=True, status=499), "anthropic", 0.001)
+    m.record(rec(model="embed", completion_tokens=0), "openai", 0.0, operation="embeddings")
+    duration = "gen_ai_client_operation_duration_seconds_count"
+    smart = {**GENAI, "gen_ai_request_model": "smart"}
+    assert sample(harness, duration, **smart, error_type="502") == 1
+    claude = {**smart, "gen_ai_provider_name": "anthropic"}
+    assert sample(harness, duration, **claude, error_type="cancelled") == 1
+    ttft = "gen_ai_server_time_to_first_token_seconds_count"
+    assert sample(harness, ttft, **smart) is None  # not streamed: no time to first token
+    embed = {**GENAI, "gen_ai_operation_name": "embeddings", "gen_ai_request_model": "embed"}
+    usage = "gen_ai_client_token_usage_count"
+    assert sample(harness, usage, **embed, gen_ai_token_type="input") == 1
+    assert sample(harness, usage, **embed, gen_ai_token_type="output") is None
+    labels = {"model": "smart", "provider": "openai", "tenant": "acme"}
+    assert sample(harness, "gatewayd_llm_tokens_total", **labels, type="input") is None
+    m.fallback("smart", "429")
+    m.fallback("smart", "429")
+    m.error("smart", "timeout")
+    assert sample(harness, "gatewayd_llm_fallbacks_total", model="smart", reason="429") == 2
+    assert sample(harness, "gatewayd_llm_errors_total", model="smart", kind="timeout") == 1
+
+
+def test_the_same_collectors_after_a_reload(harness: HarnessServices) -> None:
+    kept: dict[str, Any] = {}
+
+    def keep(key: str, factory: Any) -> Any:
+        return kept.setdefault(key, factory())
+
+    first = LlmMetrics(harness.metrics, keep=keep, max_tenants=1)
+    first.record(rec(), "openai", 0.0)
+    first.error("smart", "timeout")
+    second = LlmMetrics(harness.metrics, keep=keep, max_tenants=1)  # the reloaded plugin's
+    assert second.token_usage is first.token_usage and second.errors is first.errors
+    second.record(rec(), "openai", 0.0)
+    second.record(rec(tenant="globex"), "openai", 0.0)  # the bound holds across the reload
+    second.error("smart", "timeout")
+    labels = {"model": "smart", "provider": "openai", "type": "input"}
+    assert sample(harness, "gatewayd_llm_tokens_total", **labels, tenant="acme") == 2 * 812
+    assert sample(harness, "gatewayd_llm_tokens_total", **labels, tenant="other") == 812
+    assert sample(harness, "gatewayd_llm_errors_total", model="smart", kind="timeout") == 2
+
+
+def test_labels_stay_bounded(harness: HarnessServices) -> None:
+    m = LlmMetrics(harness.metrics, models=["smart", "local"], max_tenants=3)
+    for i in range(500):
+        m.record(rec(tenant=f"tenant-{i}", model=f"model-{i}"), "openai", 0.0)
+    m.record(rec(tenant=None), "openai", 0.0)
+    m.fallback("not-configured", "timeout")
+    tenants = set()
+    models = set()
+    for family in harness.registry.collect():
+        for s in family.samples:
+            if "tenant" in s.labels:
+                tenants.add(s.labels["tenant"])
+            if family.name.startswith(("gen_ai", "gatewayd_llm")):
+                models.add(s.labels.get("model") or s.labels.get("gen_ai_request_model"))
+    assert tenants == {"tenant-0", "tenant-1", "tenant-2", "other", "none"}
+    assert models == {"other", "smart"}
+    fixed = LlmMetrics(harness.metrics, tenants=["vip"])
+    assert (fixed.tenant("vip"), fixed.tenant("acme"), fixed.tenant(None)) == (
+        "vip",
+        "other",
+        "none",
+    )
