@@ -57,9 +57,9 @@ class StorePolicy:
     default_ttl: float | None = None
     # RFC 9213 targeted fields in priority order: the first present and valid one is this
     # cache's policy, and Cache-Control and Expires are then ignored.
-    targeted: tuple[str, ...] = ("CDN-Cache-Control",)
+    targeted: tuple[str, ...] = ("Gatewayd-Cache-Control", "CDN-Cache-Control")
     # Removed from what is stored and what the client gets (lower case).
-    strip: frozenset[str] = frozenset()
+    strip: frozenset[str] = frozenset({"gatewayd-cache-control"})
 
 
 @dataclass(slots=True)
