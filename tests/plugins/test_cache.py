@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gatewayd.chain import RequestContext, Response
+from gatewayd.chain import RequestContext, Response, UpstreamConnectError, UpstreamTimeout
 from gatewayd.plugins.cache import CachePlugin
 from gatewayd.testing import ConfigError, PluginHarness
 
@@ -28,6 +28,10 @@ def test_the_contract_spelling_is_valid():
         ({"store": "disk"}, "plugins[0].cache.store"),
         ({"max_revalidations": 0}, "plugins[0].cache.max_revalidations"),
         ({"ttl": "60s"}, "plugins[0].cache.ttl"),
+        ({"use_stale": ["updating"]}, "plugins[0].cache.use_stale[0]"),
+        ({"use_stale_max": "forever"}, "plugins[0].cache.use_stale_max"),
+        ({"targeted_fields": ["CDN Cache Control"]}, "plugins[0].cache.targeted_fields[0]"),
+        ({"strip_targeted": ["X:Y"]}, "plugins[0].cache.strip_targeted[0]"),
     ],
 )
 def test_invalid_configs_name_the_field(config, path):
@@ -216,3 +220,39 @@ async def test_stale_while_revalidate_serves_stale_and_refreshes_in_the_backgrou
         assert h.upstream_requests[-1].headers["If-None-Match"] == '"v1"'
         refreshed = await h.request("GET", "/swr")
         assert refreshed.headers["X-Cache"] == "STALE" and refreshed.body == b"call 2"
+
+
+@pytest.mark.parametrize("method", ["BREW", "M-SEARCH", "PROPFIND", "LOCK"])
+async def test_any_unsafe_method_invalidates_even_one_no_parser_knows(method):
+    """RFC 9111 4.4: unsafe is anything but GET, HEAD, OPTIONS and TRACE (the daemon's listener
+    refuses methods its parser does not know; the plugin does not rely on that)."""
+    backend = Backend()
+    async with PluginHarness(CachePlugin, upstream=backend) as h:
+        await h.request("GET", "/item")
+        await h.request("OPTIONS", "/item")
+        assert (await h.request("GET", "/item")).headers["X-Cache"] == "HIT"
+        await h.request(method, "/item")
+        assert (await h.request("GET", "/item")).headers["X-Cache"] == "MISS"
+
+
+async def test_an_upstream_error_is_replaced_by_the_stale_copy():
+    """The harness's backend raising UpstreamConnectError / UpstreamTimeout is the gateway's
+    own 502 / 504: with the defaults (use_stale: [error, timeout]) the stale copy answers."""
+    state = {"fail": None}
+
+    async def upstream(ctx: RequestContext) -> Response:
+        if state["fail"] is not None:
+            raise state["fail"]("gone")
+        return Response(200, {"Cache-Control": "max-age=0"}, b"good")
+
+    async with PluginHarness(CachePlugin, upstream=upstream) as h:
+        assert (await h.request()).body == b"good"
+        for error in (UpstreamConnectError, UpstreamTimeout):
+            state["fail"] = error
+            reply = await h.request()
+            assert (reply.status, reply.body, reply.headers["X-Cache"]) == (200, b"good", "STALE")
+    async with PluginHarness(CachePlugin, {"use_stale": []}, upstream=upstream) as h:
+        state["fail"] = None
+        await h.request()
+        state["fail"] = UpstreamConnectError
+        assert (await h.request()).status == 502
