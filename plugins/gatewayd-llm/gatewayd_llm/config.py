@@ -8,7 +8,8 @@
         - {upstream: openai-main, model: gpt-4o, weight: 1, context_window: 128000}
     fallbacks: {smart: [gpt-4o-mini]}      # then these models, in order
     prices: {smart: {input_per_mtok: 3, output_per_mtok: 15}}
-    limits: [{tokens: 100000/min, key: tenant}]
+    limits: [{tokens: 100000/min, key: tenant}]   # see gatewayd_llm.limits
+    limits_store: default          # default (state.backend) | memory | redis
     routing: weighted              # weighted | least_busy
     breaker: {failures: 5, open_for: 30s}
     default_max_tokens: 1024       # what a request without max_tokens reserves
@@ -23,6 +24,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from gatewayd.chain import Duration, PluginConfig, Size
+from gatewayd_llm.limits import LimitSpec
 
 __all__ = ["BreakerConfig", "DeploymentConfig", "LlmConfig", "PriceConfig"]
 
@@ -62,6 +64,9 @@ class LlmConfig(PluginConfig):
     models: dict[str, list[DeploymentConfig]] = Field(min_length=1)
     fallbacks: dict[str, list[str]] = {}
     prices: dict[str, PriceConfig] = {}
+    limits: list[LimitSpec] = []
+    limits_store: Literal["default", "memory", "redis"] = "default"
+    on_limits_error: Literal["allow", "deny"] = "allow"  # when the limits' store fails
     routing: Literal["weighted", "least_busy"] = "weighted"
     breaker: BreakerConfig = BreakerConfig()
     default_max_tokens: int = Field(1024, ge=1)

@@ -83,6 +83,7 @@ class Exchange:
     started: float = field(default_factory=time.monotonic)
     usage: Usage | None = None  # what the provider reported, None until it does
     first_byte_at: float | None = None  # monotonic time of the first token
+    request_id: str | None = None  # the gateway's request id (a kind may send it as X-Request-ID)
 
     @property
     def stream(self) -> bool:

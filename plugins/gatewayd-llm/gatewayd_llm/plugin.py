@@ -1,18 +1,634 @@
-"""The ``llm`` plugin (being written: the config is the real one)."""
+"""The ``llm`` plugin: an OpenAI-compatible endpoint in front of every configured model.
+
+A route ``match: {path: /v1/}`` with ``plugins: [key_auth, llm]`` (no ``upstream``) serves
+``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``, ``/v1/generate`` (a
+prompt in, a completion out) and ``GET /v1/models`` (``/v1/models/<id>``). For a request:
+
+1. read the JSON body (at most ``max_body``) and check it; the ``model`` names one of
+   ``models`` (else 404 ``model_not_found``, as OpenAI answers);
+2. estimate its tokens and choose the deployments to try (:mod:`gatewayd_llm.router`): the
+   model's, then its ``fallbacks``' models', without open breakers and too small context windows;
+3. reserve the ``limits`` (429 with ``Retry-After`` when over);
+4. try the deployments in turn through ``PluginContext.forward`` (gatewayd's upstream does the
+   rest: the kind, its timeouts, ejection, metrics): on 429, 5xx, a timeout, no connection, a
+   provider refusing the gateway's credentials or the model, a context-length refusal, or a
+   stream whose first read fails, the next one is tried (each such fallback is counted and
+   published as ``llm.fallback``) while no byte has reached the client;
+5. answer: the whole reply, or the stream through :class:`gatewayd_llm.stream.StreamRelay`;
+6. record the usage exactly once (:mod:`gatewayd_llm.ledger`) and settle the limits.
+
+Every error is OpenAI-shaped (``{"error": {"message", "type", "code", "param"}}``) with the
+gateway's request id. Nothing the client sent as a header (its API key) reaches a provider.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+import asyncio
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, ClassVar
 
+from multidict import CIMultiDict
 from pydantic import BaseModel
 
-from gatewayd.chain import Plugin, RequestContext, Response
+from gatewayd.chain import BodyTooLarge, Plugin, PluginContext, RequestContext, Response
+from gatewayd_llm import tokens
 from gatewayd_llm.config import LlmConfig
+from gatewayd_llm.exchange import EXCHANGE, Exchange, Operation
+from gatewayd_llm.ledger import LEDGER, Ledger
+from gatewayd_llm.limits import LimitExceeded, Limits, LimitSubject, subject_headers
+from gatewayd_llm.metrics import LlmMetrics
+from gatewayd_llm.router import Candidates, Deployment, Router, RouterState
+from gatewayd_llm.stream import Ending, StreamRelay, failure_reason, peek
+from gatewayd_llm.usage import UsageStore, UsageStoreClosed
+from gatewayd_llm.wire import error_response, json_response, sse_headers
+
+log = logging.getLogger("gatewayd_llm.plugin")
+
+RELAY = "llm.relay"  # ctx.state: the StreamRelay of a streamed answer
+POST_ENDPOINTS: dict[str, Operation] = {
+    "chat": "chat",
+    "completions": "completions",
+    "embeddings": "embeddings",
+    "generate": "chat",
+}
+# What a refusal by one deployment says about the others: these statuses (and a context-length
+# refusal) mean "try the next one"; any other 4xx is about the request itself.
+FALLBACK_STATUSES = frozenset({401, 403, 404, 408, 409, 429})
+GATEWAY_CODES = {  # gatewayd's own error codes (ManagedUpstream) as fallback reasons
+    "upstream_timeout": "timeout",
+    "upstream_unreachable": "connect",
+    "upstream_unavailable": "unavailable",
+    "upstream_malformed": "malformed",
+}
+
+
+def endpoint_of(path: str) -> tuple[str, str | None] | None:
+    """(endpoint, model id) of a request path, by its last segments (any route prefix)."""
+    p = path.rstrip("/")
+    if p.endswith("/chat/completions"):
+        return "chat", None
+    for name in ("completions", "embeddings", "generate", "models"):
+        if p.endswith("/" + name):
+            return name, None
+    _, sep, model = p.rpartition("/models/")
+    if sep and model:
+        return "model", model
+    return None
 
 
 class LlmPlugin(Plugin):
     name: ClassVar[str] = "llm"
     Config: ClassVar[type[BaseModel]] = LlmConfig
+    priority: ClassVar[int] = 50  # after auth, acl, rate limits and cache: it answers
+
+    def __init__(self, config: LlmConfig, context: PluginContext) -> None:
+        super().__init__(config, context)
+        self.config: LlmConfig = config
+        services = context.services
+        self.router = Router(config, context.keep("router", RouterState))
+        self.metrics = LlmMetrics(services.metrics, models=config.models, keep=context.keep)
+        self.limits: Limits | None = None
+        if config.limits:
+            self.limits = Limits(
+                config.limits,
+                services.stores,
+                config.limits_store,
+                prefix=f"llm:{context.route or 'global'}",
+                on_store_error=config.on_limits_error,
+                keep=context.keep,
+                logger=log,
+            )
+        self.usage: UsageStore | None = None
+        if config.usage:
+            path = Path(services.state_dir) / "llm" / "usage.sqlite3"
+            self.usage = context.keep(f"usage:{path}", lambda: UsageStore(path))
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.models_reply = json.dumps(self.model_list()).encode()
+
+    async def start(self) -> None:
+        if self.usage is not None:
+            self.usage.path.parent.mkdir(parents=True, exist_ok=True)
+            await self.usage.start()
+
+    async def close(self) -> None:
+        if self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=5)
+        if self.limits is not None:
+            await self.limits.close()
+
+    # -- the phases -------------------------------------------------------------------------
 
     async def on_request(self, ctx: RequestContext) -> Response | None:
+        method = ctx.request.method
+        found = endpoint_of(ctx.request.path)
+        if found is None:
+            return self.error(
+                ctx, 404, f"Unknown request URL: {method} {ctx.request.path}", "unknown_url"
+            )
+        endpoint, model_id = found
+        if endpoint in ("models", "model"):
+            if method not in ("GET", "HEAD"):
+                return self.not_allowed(ctx, method, "GET")
+            return self.models(ctx, model_id)
+        if method != "POST":
+            return self.not_allowed(ctx, method, "POST")
+        return await self.serve(ctx, endpoint)
+
+    async def on_done(self, ctx: RequestContext) -> None:
+        """The last chance to account for a request that ended where nothing else saw it end
+        (the client went away between two steps)."""
+        relay = ctx.state.get(RELAY)
+        if isinstance(relay, StreamRelay):
+            await relay.aclose()
+        ledger = ctx.state.get(LEDGER)
+        if isinstance(ledger, Ledger) and not ledger.done:
+            self.finish(ledger, 499, complete=False, cancelled=True)
+
+    # -- local replies ----------------------------------------------------------------------
+
+    def error(
+        self,
+        ctx: RequestContext,
+        status: int,
+        message: str,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+        type: str | None = None,
+    ) -> Response:
+        return error_response(status, message, code, param, ctx.request_id, headers, type)
+
+    def not_allowed(self, ctx: RequestContext, method: str, allow: str) -> Response:
+        return self.error(
+            ctx, 405, f"Method {method} is not allowed here (use {allow})", "method_not_allowed",
+            headers={"Allow": allow},
+        )  # fmt: skip
+
+    def model_list(self) -> dict[str, Any]:
+        data = []
+        for name, deployments in self.config.models.items():
+            owners = sorted({d.owned_by or d.upstream for d in deployments})
+            windows = [d.context_window for d in deployments if d.context_window is not None]
+            data.append(
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": ",".join(owners),
+                    "context_window": max(windows) if windows else None,
+                }
+            )
+        return {"object": "list", "data": data}
+
+    def models(self, ctx: RequestContext, model_id: str | None) -> Response:
+        if model_id is None:
+            return Response(200, {"Content-Type": "application/json"}, self.models_reply)
+        for item in self.model_list()["data"]:
+            if item["id"] == model_id:
+                return json_response(item)
+        return self.model_not_found(ctx, model_id)
+
+    def model_not_found(self, ctx: RequestContext, model: str) -> Response:
+        return self.error(
+            ctx, 404, f"The model `{model[:200]}` does not exist or you do not have access to it.",
+            "model_not_found", type="invalid_request_error",
+        )  # fmt: skip
+
+    # -- a model request --------------------------------------------------------------------
+
+    async def serve(self, ctx: RequestContext, endpoint: str) -> Response:
+        principal = ctx.principal
+        operation = POST_ENDPOINTS[endpoint]
+        ledger = Ledger(
+            ctx.request_id,
+            ctx.route.name,
+            operation,
+            "",
+            principal.key_id if principal else None,
+            principal.tenant if principal else None,
+        )
+        ctx.state[LEDGER] = ledger
+        reply = await self.prepare(ctx, ledger, endpoint)
+        if isinstance(reply, Response):
+            self.finish(ledger, reply.status, complete=True)
+            return reply
+        body, client_usage = reply
+        return await self.attempts(ctx, ledger, endpoint, body, client_usage)
+
+    async def prepare(
+        self, ctx: RequestContext, ledger: Ledger, endpoint: str
+    ) -> Response | tuple[dict[str, Any], bool]:
+        """The request body for the providers, and whether the client asked for the usage
+        chunk; or the local reply that refuses the request."""
+        config = self.config
+        try:
+            raw = await ctx.read_body(config.max_body)
+        except BodyTooLarge as exc:
+            return self.error(
+                ctx, 413, f"The request body is larger than {exc.limit} bytes", "request_too_large"
+            )
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return self.error(
+                ctx, 400, "We could not parse the JSON body of your request: it must be a JSON"
+                " object (see https://platform.openai.com/docs/api-reference)", "invalid_json",
+            )  # fmt: skip
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return self.error(ctx, 400, "you must provide a model parameter", None, "model")
+        ledger.model = model[:200]
+        problem = check_body(endpoint, body)
+        if problem is not None:
+            return self.error(ctx, 400, problem[0], "invalid_request", problem[1])
+        if model not in config.models:
+            return self.model_not_found(ctx, model)
+        if endpoint == "generate":
+            body = generate_to_chat(body)
+        operation = ledger.operation
+        stream = bool(body.get("stream")) and operation != "embeddings"
+        ledger.stream = stream
+        client_usage = False
+        if stream:
+            options = body.get("stream_options")
+            options = dict(options) if isinstance(options, dict) else {}
+            client_usage = bool(options.get("include_usage"))
+            options["include_usage"] = True  # the gateway always asks for usage
+            body["stream_options"] = options
+        elif operation != "embeddings":
+            body.pop("stream_options", None)
+        ledger.prompt_estimate = tokens.prompt_tokens(operation, body)
+        return body, client_usage
+
+    async def attempts(
+        self,
+        ctx: RequestContext,
+        ledger: Ledger,
+        endpoint: str,
+        body: dict[str, Any],
+        client_usage: bool,
+    ) -> Response:
+        config = self.config
+        model = ledger.model
+        need = ledger.prompt_estimate + tokens.max_output_tokens(
+            ledger.operation, body, config.default_max_tokens
+        )
+        candidates = self.router.candidates(model, need)
+        if not candidates.order:
+            refusal = self.no_candidate(ctx, candidates, need)
+            self.finish(ledger, refusal.status, complete=True)
+            return refusal
+        refused = await self.reserve(ctx, ledger, need)
+        if refused is not None:
+            self.finish(ledger, refused.status, complete=True)
+            return refused
+        order = candidates.order[: config.max_attempts]
+        last: Response | None = None
+        for i, deployment in enumerate(order):
+            exchange = Exchange(
+                ledger.operation,
+                {**body, "model": deployment.config.model},
+                deployment.model,
+                deployment.name,
+                request_id=ctx.request_id,
+            )
+            ctx.state[EXCHANGE] = exchange
+            ctx.use_upstream(deployment.upstream)
+            ledger.attempt(deployment, exchange)
+            self.router.begin(deployment)
+            reply: Response | None = None
+            try:
+                waiting = time.monotonic()
+                reply = await self.context.forward(ctx)
+                reason = verdict(reply)
+                if reason is None and ledger.stream and not isinstance(reply.body, bytes):
+                    peeked = await peek(reply.body)
+                    ledger.provider_wait += time.monotonic() - waiting
+                    if peeked.error is not None:
+                        await discard(reply.body)
+                        reason = failure_reason(peeked.error)
+                        reply = self.stream_error(ctx, peeked.error)
+                    else:
+                        assert peeked.first is not None
+                        return self.streamed(ctx, ledger, deployment, reply, peeked.first,
+                                             client_usage)  # fmt: skip
+                else:
+                    ledger.provider_wait += time.monotonic() - waiting
+            except BaseException as exc:
+                # The client went away (or something broke): nothing more for this request.
+                self.router.end(deployment)
+                self.router.abandon(deployment)
+                if reply is not None:
+                    await discard(reply.body)
+                gone = isinstance(exc, asyncio.CancelledError)
+                self.finish(ledger, 499 if gone else 500, complete=False, cancelled=gone)
+                raise
+            self.router.end(deployment)
+            if reason is None:
+                self.router.success(deployment)
+                return self.whole(ctx, ledger, endpoint, reply)
+            await discard(reply.body)
+            if reason != "context_length":
+                self.router.failure(deployment)
+            last = reply
+            if reason == "request":
+                break  # the request itself is refused: another deployment would refuse it too
+            nxt = order[i + 1] if i + 1 < len(order) else None
+            if nxt is None:
+                self.metrics.error(model, reason)
+                break
+            self.fallback(ctx, ledger, deployment, nxt, reason)
+        assert last is not None
+        reply = self.openai_error(ctx, last)
+        self.finish(ledger, reply.status, complete=True)
+        return reply
+
+    def no_candidate(self, ctx: RequestContext, candidates: Candidates, need: int) -> Response:
+        if candidates.too_small and not candidates.open_breakers:
+            window = candidates.largest_window
+            return self.error(
+                ctx, 400, f"This model's maximum context length is {window} tokens; the request"
+                f" needs about {need} (prompt and max_tokens)", "context_length_exceeded",
+                "messages",
+            )  # fmt: skip
+        retry = max(1, math.ceil(candidates.retry_after))
+        return self.error(
+            ctx, 503, "No deployment of this model is available now; retry later",
+            "model_unavailable", headers={"Retry-After": str(retry)},
+        )  # fmt: skip
+
+    async def reserve(self, ctx: RequestContext, ledger: Ledger, need: int) -> Response | None:
+        limits = self.limits
+        if limits is None:
+            return None
+        price = self.config.price(ledger.model, None)
+        estimate = price.cost(ledger.prompt_estimate, need - ledger.prompt_estimate) if price else 0
+        subject = LimitSubject(
+            ledger.key_id,
+            ledger.tenant,
+            ledger.model,
+            ctx.route.name,
+            subject_headers(ctx.request.headers, limits.specs),
+        )
+        try:
+            ledger.reservation = await limits.reserve(subject, need, estimate)
+        except LimitExceeded as exc:
+            self.metrics.error(ledger.model, "limited" if exc.status == 429 else "limits_store")
+            retry = str(max(1, math.ceil(exc.retry_after)))
+            return self.error(
+                ctx, exc.status, exc.message, exc.code, headers={"Retry-After": retry},
+                type="rate_limit_error" if exc.status == 429 else None,
+            )  # fmt: skip
         return None
+
+    def fallback(
+        self,
+        ctx: RequestContext,
+        ledger: Ledger,
+        failed: Deployment,
+        nxt: Deployment,
+        reason: str,
+    ) -> None:
+        self.metrics.fallback(failed.model, reason)
+        payload = {
+            "request_id": ctx.request_id,
+            "route": ctx.route.name,
+            "model": ledger.model,
+            "from": failed.name,
+            "to": nxt.name,
+            "reason": reason,
+            "attempt": ledger.attempts,
+        }
+        log.info("llm fallback", extra=payload)
+        try:
+            self.context.services.events.publish("llm.fallback", payload, tenant=ledger.tenant)
+        except Exception:
+            log.exception("publishing llm.fallback failed")
+
+    # -- answers ----------------------------------------------------------------------------
+
+    def whole(
+        self, ctx: RequestContext, ledger: Ledger, endpoint: str, reply: Response
+    ) -> Response:
+        body = reply.body
+        assert isinstance(body, bytes | bytearray)
+        if endpoint == "generate":
+            body = chat_to_generate(bytes(body))
+        headers = CIMultiDict({"Content-Type": "application/json"})
+        self.served_headers(headers, ledger)
+        self.finish(ledger, 200, complete=True)
+        return Response(200, headers, bytes(body))
+
+    def streamed(
+        self,
+        ctx: RequestContext,
+        ledger: Ledger,
+        deployment: Deployment,
+        reply: Response,
+        first: bytes,
+        client_usage: bool,
+    ) -> Response:
+        body = reply.body
+        assert not isinstance(body, bytes | bytearray)
+        self.router.success(deployment)
+
+        def ended(how: Ending, reason: str | None, relayed: int) -> None:
+            self.router.end(deployment)
+            if how == "failed":
+                self.router.failure(deployment)
+                self.metrics.error(ledger.model, reason or "error")
+            status = {"complete": 200, "failed": 502, "cancelled": 499}[how]
+            ledger.provider_wait += relay.waited
+            self.finish(
+                ledger, status, complete=how == "complete", cancelled=how == "cancelled",
+                relayed=relayed,
+            )  # fmt: skip
+
+        relay = StreamRelay(
+            first, body, include_usage=client_usage, request_id=ctx.request_id, on_end=ended
+        )
+        ctx.state[RELAY] = relay
+        headers = sse_headers()
+        self.served_headers(headers, ledger)
+        return Response(200, headers, relay)
+
+    def served_headers(self, headers: CIMultiDict[str], ledger: Ledger) -> None:
+        if ledger.deployment is not None:
+            headers["X-LLM-Model"] = ledger.deployment.model
+        headers["X-LLM-Fallbacks"] = str(ledger.fallbacks)
+
+    def stream_error(self, ctx: RequestContext, exc: BaseException) -> Response:
+        """The reply that stands for a stream whose first read failed (if it is the last)."""
+        reason = failure_reason(exc)
+        status = 504 if reason in ("stall", "timeout") else 502
+        message = getattr(exc, "message", None) or "the provider's stream failed"
+        return self.error(ctx, status, str(message), f"stream_{reason}")
+
+    def openai_error(self, ctx: RequestContext, reply: Response) -> Response:
+        """An error reply (the kind's, OpenAI-shaped, or gatewayd's own) as the client gets
+        it: OpenAI's shape, this request's id, ``Retry-After`` kept."""
+        status = reply.status if reply.status >= 400 else 502
+        message, code, param, type_ = f"upstream failed ({status})", None, None, None
+        body = reply.body
+        if isinstance(body, bytes | bytearray):
+            try:
+                err = json.loads(body).get("error")
+            except (ValueError, AttributeError):
+                err = None
+            if isinstance(err, dict):
+                message = str(err.get("message") or message)[:2000]
+                code = err.get("code") if isinstance(err.get("code"), str) else None
+                param = err.get("param") if isinstance(err.get("param"), str) else None
+                type_ = err.get("type") if isinstance(err.get("type"), str) else None
+        headers = {}
+        retry = reply.headers.get("Retry-After")
+        if retry is not None:
+            headers["Retry-After"] = retry
+        return self.error(ctx, status, message, code, param, headers, type_)
+
+    # -- accounting -------------------------------------------------------------------------
+
+    def finish(
+        self,
+        ledger: Ledger,
+        status: int,
+        *,
+        complete: bool,
+        cancelled: bool = False,
+        relayed: int = 0,
+    ) -> None:
+        """The request's one usage record: to the store and the metrics; the limits settled."""
+        deployment = ledger.deployment
+        price = self.config.price(ledger.model if deployment is None else deployment.model,
+                                  deployment.config if deployment else None)  # fmt: skip
+        rec = ledger.finish(
+            status,
+            complete=complete,
+            cancelled=cancelled,
+            relayed=relayed,
+            price=price.cost if price is not None else None,
+        )
+        if rec is None:
+            return  # finished already
+        overhead = max(0.0, rec.duration_ms / 1000 - ledger.provider_wait)
+        try:
+            self.metrics.record(rec, rec.upstream or "none", overhead, ledger.operation)
+        except Exception:
+            log.exception("llm metrics failed", extra={"request_id": rec.request_id})
+        usage = self.usage
+        if usage is not None:
+            try:
+                usage.record(rec)
+            except UsageStoreClosed:
+                log.warning("usage store closed: record lost", extra={"request_id": rec.request_id})
+        limits, reservation = self.limits, ledger.reservation
+        if limits is not None and reservation is not None:
+            task = asyncio.get_running_loop().create_task(
+                limits.settle(reservation, rec.total_tokens, rec.cost)
+            )
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+
+def verdict(reply: Response) -> str | None:
+    """None for a good reply; otherwise why the next deployment should be tried (a bounded
+    word), or ``request`` when the request itself was refused."""
+    status = reply.status
+    if status < 300:
+        return None
+    code = None
+    body = reply.body
+    if isinstance(body, bytes | bytearray) and body:
+        try:
+            err = json.loads(body).get("error")
+        except (ValueError, AttributeError):
+            err = None
+        if isinstance(err, dict) and isinstance(err.get("code"), str):
+            code = err["code"]
+    if code == "context_length_exceeded":
+        return "context_length"
+    if code in GATEWAY_CODES:
+        return GATEWAY_CODES[code]
+    if status == 429:
+        return "rate_limited"
+    if status in (401, 403):
+        return "auth"
+    if status >= 500 or status in FALLBACK_STATUSES:
+        return f"status_{status}" if status < 500 else f"{status // 100}xx"
+    return "request"
+
+
+async def discard(body: Any) -> None:
+    aclose = getattr(body, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:
+            log.debug("closing a discarded reply failed", exc_info=True)
+
+
+def check_body(endpoint: str, body: dict[str, Any]) -> tuple[str, str] | None:
+    """(message, param) of what is wrong with an OpenAI request body, or None."""
+    if endpoint == "chat":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return "'messages' must be a non-empty array", "messages"
+        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
+            return "each message must be an object with a 'role'", "messages"
+    elif endpoint == "completions":
+        if not isinstance(body.get("prompt"), str | list):
+            return "you must provide a 'prompt' (a string or an array)", "prompt"
+    elif endpoint == "embeddings":
+        if not isinstance(body.get("input"), str | list) or body.get("input") in ("", []):
+            return "you must provide an 'input' (a string or an array)", "input"
+    elif endpoint == "generate" and not isinstance(body.get("prompt"), str):
+        return "you must provide a 'prompt' (a string)", "prompt"
+    for key in ("max_tokens", "max_completion_tokens", "n"):
+        value = body.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or value < 1):  # fmt: skip
+            return f"'{key}' must be a positive integer", key
+    return None
+
+
+GENERATE_KEYS = ("max_tokens", "temperature", "top_p", "stop", "seed", "stream", "user")
+
+
+def generate_to_chat(body: dict[str, Any]) -> dict[str, Any]:
+    """``/v1/generate`` (``prompt``, optional ``system``) as a chat request."""
+    messages = []
+    if isinstance(body.get("system"), str):
+        messages.append({"role": "system", "content": body["system"]})
+    messages.append({"role": "user", "content": body["prompt"]})
+    chat: dict[str, Any] = {"model": body["model"], "messages": messages}
+    for key in GENERATE_KEYS:
+        if key in body:
+            chat[key] = body[key]
+    return chat
+
+
+def chat_to_generate(raw: bytes) -> bytes:
+    """A chat completion as ``/v1/generate``'s answer: ``{id, object, created, model, text,
+    finish_reason, usage}``."""
+    try:
+        obj = json.loads(raw)
+        choice = obj["choices"][0]
+        text = choice["message"].get("content") or ""
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return raw
+    out = {
+        "id": obj.get("id"),
+        "object": "generation",
+        "created": obj.get("created", int(time.time())),
+        "model": obj.get("model"),
+        "text": text,
+        "finish_reason": choice.get("finish_reason"),
+        "usage": obj.get("usage"),
+    }
+    return json.dumps(out).encode()

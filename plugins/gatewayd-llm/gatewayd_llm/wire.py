@@ -73,13 +73,14 @@ def error_response(
     param: str | None = None,
     request_id: str | None = None,
     headers: dict[str, str] | None = None,
+    type: str | None = None,
 ) -> Response:
     """An OpenAI-shaped error reply."""
     h = CIMultiDict(headers or {})
     h["Content-Type"] = "application/json"
     if request_id is not None:
         h["X-Request-ID"] = request_id
-    return Response(status, h, error_body(message, status, code, param, request_id))
+    return Response(status, h, error_body(message, status, code, param, request_id, type))
 
 
 def json_response(data: Any, status: int = 200) -> Response:

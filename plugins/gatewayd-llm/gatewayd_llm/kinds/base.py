@@ -92,6 +92,24 @@ class HttpProvider:
     def secret(self) -> str | None:
         return self.config.api_key.get_secret_value() if self.config.api_key else None
 
+    def scrub(self, text: str) -> str:
+        """``text`` without this upstream's credential in it (a provider may quote it)."""
+        secret = self.secret()
+        if secret and secret in text:
+            text = text.replace(secret, "***")
+        return text
+
+    def provider_error(self, status: int, payload: Any) -> tuple[str, str | None, str | None]:
+        """(message, code, param) of a provider's error reply, safe to show to the client: the
+        provider's own message (its credential scrubbed), except for 401/403, which are about
+        the gateway's credential (the provider may quote part of it), not the client's."""
+        message, code, param = provider_error(
+            status, payload, f"upstream '{self.name}' answered {status}"
+        )
+        if status in (401, 403):
+            message = f"upstream '{self.name}' refused the gateway's credentials ({status})"
+        return self.scrub(message), code, param
+
     async def send(
         self,
         target: Target,
@@ -163,12 +181,17 @@ class HttpProvider:
 
 
 async def read_whole(resp: aiohttp.ClientResponse, timeout: float) -> bytes:
-    """A whole (non-streamed) reply body within ``timeout``; the response is released."""
+    """A whole (non-streamed) reply body within ``timeout``; the response is released (its
+    connection reused), or closed when the read did not complete (timeout, cancellation: the
+    provider sees the connection go)."""
     try:
         async with asyncio.timeout(timeout):
-            return await resp.read()
-    finally:
-        resp.release()
+            data = await resp.read()
+    except BaseException:
+        resp.close()
+        raise
+    resp.release()
+    return data
 
 
 async def stream_chunks(

@@ -1,16 +1,216 @@
-"""``kind: openai`` (placeholder: being written)."""
+"""``kind: openai``: any OpenAI-compatible server (OpenAI, vLLM, llama.cpp, TGI, LocalAI,
+Ollama's ``/v1``).
+
+```yaml
+upstreams:
+  openai-main:
+    kind: openai
+    base_url: https://api.openai.com/v1     # the path prefix before /chat/completions
+    api_key: ${OPENAI_API_KEY}              # sent as Authorization: Bearer (never logged)
+    headers: {OpenAI-Project: proj_123}     # more headers for the provider (optional)
+    stream_usage: true                      # ask for the usage chunk (stream_options)
+    timeouts: {connect: 2s, read: 30s, total: 120s}
+```
+
+The request goes as the exchange holds it (the client's body, ``model`` the deployment's); the
+reply comes back as the provider sent it, checked on the way: a non-streamed body must be an
+OpenAI object, every streamed event JSON (else ``malformed``), an error event ends the stream
+as :class:`StreamFailed` ``provider``, and a stream that ends before ``data: [DONE]`` failed
+(``disconnect``). The provider's usage is reported to the exchange as it arrives.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+import json
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar, Literal
 
-from gatewayd_llm.kinds.base import HttpProvider, ProviderConfig
+import aiohttp
+from multidict import CIMultiDict
+
+from gatewayd.chain import Attempt, Response, TimeoutsConfig, UpstreamError
+from gatewayd_llm.exchange import Exchange, Operation, StreamFailed
+from gatewayd_llm.kinds.base import (
+    HttpProvider,
+    ProviderConfig,
+    read_whole,
+    stream_chunks,
+)
+from gatewayd_llm.wire import DONE, SseDecoder, error_body
+
+PATHS: dict[Operation, str] = {
+    "chat": "/chat/completions",
+    "completions": "/completions",
+    "embeddings": "/embeddings",
+}
+MAX_ERROR_BODY = 64 * 1024
 
 
 class OpenAIUpstreamConfig(ProviderConfig):
     kind: Literal["openai"] = "openai"
+    headers: dict[str, str] = {}
+    stream_usage: bool = True
 
 
 class OpenAIUpstream(HttpProvider):
     kind: ClassVar[str] = "openai"
     Config: ClassVar[type[ProviderConfig]] = OpenAIUpstreamConfig
+
+    def provider_headers(self, exchange: Exchange | None, stream: bool) -> CIMultiDict[str]:
+        config = self.config
+        assert isinstance(config, OpenAIUpstreamConfig)
+        headers: CIMultiDict[str] = CIMultiDict(config.headers)
+        headers["Content-Type"] = "application/json"
+        headers["Accept"] = "text/event-stream" if stream else "application/json"
+        headers["User-Agent"] = "gatewayd-llm"
+        secret = self.secret()
+        if secret:
+            headers["Authorization"] = f"Bearer {secret}"
+        if exchange is not None and exchange.request_id:
+            headers["X-Request-ID"] = exchange.request_id
+        return headers
+
+    def request_body(self, exchange: Exchange) -> dict[str, Any]:
+        body = exchange.body
+        config = self.config
+        assert isinstance(config, OpenAIUpstreamConfig)
+        if exchange.stream and exchange.operation != "embeddings":
+            options = body.get("stream_options")
+            options = dict(options) if isinstance(options, dict) else {}
+            if config.stream_usage:
+                options["include_usage"] = True
+            else:
+                options.pop("include_usage", None)
+            body = {**body, "stream_options": options} if options else body
+        return body
+
+    async def call(
+        self,
+        session: aiohttp.ClientSession,
+        exchange: Exchange,
+        attempt: Attempt,
+        timeouts: TimeoutsConfig,
+    ) -> Response:
+        stream = exchange.stream and exchange.operation != "embeddings"
+        resp = await session.post(
+            self.url(PATHS[exchange.operation]),
+            data=json.dumps(self.request_body(exchange)).encode(),
+            headers=self.provider_headers(exchange, stream),
+            allow_redirects=False,
+        )
+        if resp.status >= 400:
+            return await self.refusal(resp, timeouts)
+        if not stream:
+            return self.whole(await read_whole(resp, timeouts.total), exchange, attempt)
+        if resp.content_type != "text/event-stream":
+            resp.close()
+            attempt.error = "malformed"
+            raise UpstreamError(
+                502, "upstream_malformed", f"upstream '{self.name}' did not answer with a stream"
+            )
+        body = relay_events(stream_chunks(resp, timeouts.read, exchange), exchange)
+        return Response(resp.status, sse_response_headers(), body)
+
+    async def refusal(self, resp: aiohttp.ClientResponse, timeouts: TimeoutsConfig) -> Response:
+        """The provider's error reply, OpenAI-shaped (its own message, our request id)."""
+        status = resp.status
+        try:
+            raw = await read_whole(resp, min(timeouts.read, timeouts.total))
+            payload = json.loads(raw[:MAX_ERROR_BODY]) if raw else None
+        except (ValueError, aiohttp.ClientError, TimeoutError):
+            payload = None
+        message, code, param = self.provider_error(status, payload)
+        headers = CIMultiDict({"Content-Type": "application/json"})
+        retry_after = resp.headers.get("Retry-After")
+        if retry_after is not None and retry_after.strip().isdigit():
+            headers["Retry-After"] = retry_after.strip()
+        return Response(status, headers, error_body(message, status, code, param))
+
+    def whole(self, raw: bytes, exchange: Exchange, attempt: Attempt) -> Response:
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            obj = None
+        key = "data" if exchange.operation == "embeddings" else "choices"
+        if not isinstance(obj, dict) or not isinstance(obj.get(key), list):
+            attempt.error = "malformed"
+            raise UpstreamError(
+                502, "upstream_malformed", f"upstream '{self.name}' sent a malformed reply"
+            )
+        report(exchange, obj.get("usage"))
+        exchange.mark_first_byte()
+        return Response(200, CIMultiDict({"Content-Type": "application/json"}), raw)
+
+    async def probe(
+        self, session: aiohttp.ClientSession, attempt: Attempt, timeouts: TimeoutsConfig
+    ) -> Response:
+        """A health check: the model list (cheap, never billed)."""
+        async with session.get(
+            self.url("/models"),
+            headers=self.provider_headers(None, False),
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=timeouts.total),
+        ) as resp:
+            await resp.read()
+            return Response(resp.status, CIMultiDict({"Content-Type": "application/json"}), b"")
+
+
+def report(exchange: Exchange, usage: Any) -> None:
+    """The provider's ``usage`` object (OpenAI's, or an embeddings' without completions)."""
+    if not isinstance(usage, dict):
+        return
+    prompt = usage.get("prompt_tokens")
+    completion = usage.get("completion_tokens")
+    if exchange.operation == "embeddings" and completion is None and isinstance(prompt, int):
+        completion = 0
+    exchange.report_usage(
+        prompt if isinstance(prompt, int) else None,
+        completion if isinstance(completion, int) else None,
+    )
+
+
+def sse_response_headers() -> CIMultiDict[str]:
+    return CIMultiDict({"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+
+
+async def relay_events(chunks: AsyncIterator[bytes], exchange: Exchange) -> AsyncIterator[bytes]:
+    """The provider's SSE events, checked, as whole events (those that arrived together in one
+    item); the usage reported; ``[DONE]`` last, or :class:`StreamFailed`."""
+    decoder = SseDecoder()
+    done = False
+    try:
+        async for raw in chunks:
+            out: list[bytes] = []
+            try:
+                events = list(decoder.feed(raw))
+            except ValueError:
+                raise StreamFailed("malformed", "the provider sent an oversized event") from None
+            for data in events:
+                if data.strip() == "[DONE]":
+                    out.append(DONE)
+                    done = True
+                    break
+                try:
+                    obj = json.loads(data)
+                except ValueError:
+                    raise StreamFailed("malformed", "the provider sent a malformed chunk") from None
+                if not isinstance(obj, dict):
+                    raise StreamFailed("malformed", "the provider sent a malformed chunk")
+                error = obj.get("error")
+                if error is not None:
+                    message = error.get("message") if isinstance(error, dict) else str(error)
+                    raise StreamFailed("provider", str(message or "the provider failed")[:2000])
+                report(exchange, obj.get("usage"))
+                if obj.get("choices"):
+                    exchange.mark_first_byte()
+                out.append(b"data: " + data.encode() + b"\n\n")
+            if out:
+                yield b"".join(out)
+            if done:
+                return  # complete: what may follow [DONE] is not read (the response is closed)
+        if not done:
+            raise StreamFailed("disconnect", "the provider's stream ended before [DONE]")
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
