@@ -4,8 +4,9 @@ the faults of :class:`fake_openai_server.Fault` scripted per request (the same `
 ``behaviour``, ``requests`` and ``cancelled_at`` as :class:`FakeOpenAI`, whose lifecycle they
 share).
 
-Content token ``i`` of a reply is ``"t<i> "``; a reply has ``max_tokens`` tokens (Anthropic)
-or ``options.num_predict`` (Ollama), else :attr:`chunks`; the prompt counts one token per word
+Content token ``i`` of a reply is ``"t<i> "``; a reply has :attr:`chunks` tokens, or fewer
+when ``max_tokens`` (Anthropic, which always sends it) says so, or ``options.num_predict``
+(Ollama) tokens; the prompt counts one token per word
 of the messages (plus one per message), as the OpenAI fake counts it. Extra knobs:
 
 - ``stop_reason`` / ``done_reason``: what the fake says ended the answer;
@@ -206,7 +207,9 @@ class FakeAnthropic(NativeFake):
         if fault is not None and fault.status is not None:
             seen.finished_at = time.monotonic()
             return self.refuse(fault.status, fault.message, fault.retry_after)
-        n, delay = self._tokens(seen, body.get("max_tokens"))
+        # The model ends its turn after :attr:`chunks` tokens, or at max_tokens if sooner.
+        wanted = body.get("max_tokens")
+        n, delay = self._tokens(seen, min(wanted, self.chunks) if isinstance(wanted, int) else None)
         p = 0 if self.zero_usage else prompt_words(body)
         out = 0 if self.zero_usage else n
         seen.usage = {"prompt_tokens": p, "completion_tokens": out}

@@ -29,7 +29,7 @@ from llm_kind_harness import (
     sse_data,
 )
 
-from gatewayd.chain import TimeoutsConfig, UpstreamConnectError, UpstreamTimeout
+from gatewayd.chain import TimeoutsConfig, UpstreamConnectError, UpstreamError, UpstreamTimeout
 
 SECRET = "sk-ant-test-secret-0123456789"
 MODEL = "claude-sonnet-4-5"
@@ -82,6 +82,7 @@ def test_the_kind_is_registered_and_its_config_has_defaults() -> None:
 async def test_chat_request_is_translated_to_messages_and_the_answer_back(
     fake: FakeAnthropic, kinds: KindFactory
 ) -> None:
+    fake.chunks = 10
     kind = await kinds(fake.url, default_max_tokens=5)
     body = {
         "model": MODEL,
@@ -380,6 +381,11 @@ async def test_connect_failure_and_timeout_are_gatewayd_errors(
     fake.push(Fault(stall_after=1))
     with pytest.raises(UpstreamTimeout):
         await send(kind, exchange("chat", chat()), TimeoutsConfig(read=0.3))
+    # Not streamed, cut mid-body: a gatewayd upstream error (502, "disconnect").
+    fake.push(Fault(cut_after=10))
+    with pytest.raises(UpstreamError) as cut:
+        await send(kind, exchange("chat", chat()))
+    assert cut.value.status == 502
     # A whole answer that is not a Message: 502, OpenAI-shaped.
     fake.push(Fault(malformed_after=20))
     resp, _ = await send(kind, exchange("chat", chat()))

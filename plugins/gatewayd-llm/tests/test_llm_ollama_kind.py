@@ -30,7 +30,7 @@ from llm_kind_harness import (
     sse_data,
 )
 
-from gatewayd.chain import TimeoutsConfig, UpstreamTimeout
+from gatewayd.chain import TimeoutsConfig, UpstreamError, UpstreamTimeout
 
 MODEL = "llama3.2:3b"
 KindFactory = Callable[..., Awaitable[HttpProvider]]
@@ -303,6 +303,10 @@ async def test_a_whole_answer_cut_short_or_late(fake: FakeOllama, kinds: KindFac
     fake.push(Fault(malformed_after=15))
     resp, _ = await send(kind, exchange("chat", chat()))
     assert resp.status == 502 and body_json(resp)["error"]["type"] == "api_error"
+    fake.push(Fault(cut_after=10))
+    with pytest.raises(UpstreamError) as cut:
+        await send(kind, exchange("chat", chat()))
+    assert cut.value.status == 502
     fake.push(Fault(stall_after=10))
     with pytest.raises(UpstreamTimeout):
         await send(kind, exchange("chat", chat()), TimeoutsConfig(read=0.3))
