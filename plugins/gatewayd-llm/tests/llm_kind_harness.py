@@ -58,7 +58,7 @@ def request_ctx(exchange: Exchange | None) -> RequestContext:
 
 
 def exchange(operation: Operation, body: dict[str, Any]) -> Exchange:
-    return Exchange(operation, body, "client-model", "client-model#0")
+    return Exchange(operation, body, "client-model", "client-model#0", request_id="rid-llm-1")
 
 
 async def send(

@@ -104,6 +104,7 @@ async def test_chat_request_is_translated_to_messages_and_the_answer_back(
     assert resp.headers["Content-Type"] == "application/json"
     (seen,) = fake.seen("/v1/messages")
     assert seen.headers["x-api-key"] == SECRET
+    assert seen.headers["X-Request-ID"] == "rid-llm-1"  # the gateway's request id
     assert seen.headers["anthropic-version"] == "2023-06-01"
     for name, value in CLIENT_HEADERS.items():  # nothing of the client's reaches the provider
         assert seen.headers.get(name) != value
@@ -344,6 +345,8 @@ async def test_provider_errors_become_openai_errors(
         assert resp.status == want_status and attempt.status == want_status
         assert resp.headers["Content-Type"] == "application/json"
         err = body_json(resp)["error"]
+        if status == 403:  # about the gateway's credential, not the client's: our words
+            message = "upstream 'prov' refused the gateway's credentials (403)"
         assert err == {"message": message, "type": want_type, "code": want_code, "param": None}
         if status == 429:
             assert resp.headers["Retry-After"] == "7"
@@ -387,9 +390,10 @@ async def test_connect_failure_and_timeout_are_gatewayd_errors(
         await send(kind, exchange("chat", chat()))
     assert cut.value.status == 502
     # A whole answer that is not a Message: 502, OpenAI-shaped.
-    fake.push(Fault(malformed_after=20))
-    resp, _ = await send(kind, exchange("chat", chat()))
-    assert resp.status == 502 and body_json(resp)["error"]["type"] == "api_error"
+    fake.push(Fault(malformed_after=20))  # a whole answer that is not JSON
+    with pytest.raises(UpstreamError) as bad:
+        await send(kind, exchange("chat", chat()))
+    assert bad.value.status == 502 and bad.value.code == "upstream_malformed"
 
 
 # -- streaming ---------------------------------------------------------------------------------

@@ -101,6 +101,7 @@ async def test_chat_request_is_translated_to_api_chat_and_the_answer_back(
     for name, value in CLIENT_HEADERS.items():  # nothing of the client's reaches the provider
         assert seen.headers.get(name) != value
     assert "Authorization" not in seen.headers and "X-Custom" not in seen.headers
+    assert seen.headers["X-Request-ID"] == "rid-llm-1"  # the gateway's request id
     assert seen.body == {
         "model": MODEL,
         "keep_alive": "10m",
@@ -300,9 +301,10 @@ async def test_an_api_key_is_sent_as_a_bearer_token(fake: FakeOllama, kinds: Kin
 
 async def test_a_whole_answer_cut_short_or_late(fake: FakeOllama, kinds: KindFactory) -> None:
     kind = await kinds(fake.url)
-    fake.push(Fault(malformed_after=15))
-    resp, _ = await send(kind, exchange("chat", chat()))
-    assert resp.status == 502 and body_json(resp)["error"]["type"] == "api_error"
+    fake.push(Fault(malformed_after=15))  # a whole answer that is not JSON
+    with pytest.raises(UpstreamError) as bad:
+        await send(kind, exchange("chat", chat()))
+    assert bad.value.status == 502 and bad.value.code == "upstream_malformed"
     fake.push(Fault(cut_after=10))
     with pytest.raises(UpstreamError) as cut:
         await send(kind, exchange("chat", chat()))

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from gatewayd.chain import Attempt, Response, TimeoutsConfig
 from gatewayd_llm.exchange import Exchange, StreamFailed
-from gatewayd_llm.kinds.base import HttpProvider, ProviderConfig, provider_error
+from gatewayd_llm.kinds.base import HttpProvider, ProviderConfig
 from gatewayd_llm.kinds.translate import (
     MAX_ERROR_BODY,
     BadRequest,
@@ -26,10 +26,10 @@ from gatewayd_llm.kinds.translate import (
     error_reply,
     json_reply,
     legacy_prompt,
+    malformed,
     max_tokens,
     parse_json,
     read_reply,
-    redact,
     single_choice,
     stop_list,
     stream_reply,
@@ -79,12 +79,17 @@ class AnthropicUpstream(HttpProvider):
     Config: ClassVar[type[ProviderConfig]] = AnthropicUpstreamConfig
     config: AnthropicUpstreamConfig
 
-    def headers(self) -> dict[str, str]:
+    def headers(self, exchange: Exchange | None) -> dict[str, str]:
+        """Ours only (never the client's): the credential, the API version, the request id."""
+        stream = exchange is not None and exchange.stream
         headers = {
             "Content-Type": "application/json",
-            "Accept": "application/json",
+            "Accept": "text/event-stream" if stream else "application/json",
+            "User-Agent": "gatewayd-llm",
             "anthropic-version": self.config.anthropic_version,
         }
+        if exchange is not None and exchange.request_id:
+            headers["X-Request-ID"] = exchange.request_id
         secret = self.secret()
         if secret:
             headers["x-api-key"] = secret
@@ -95,7 +100,9 @@ class AnthropicUpstream(HttpProvider):
     async def probe(
         self, session: aiohttp.ClientSession, attempt: Attempt, timeouts: TimeoutsConfig
     ) -> Response:
-        resp = await session.get(self.url("/v1/models"), headers=self.headers())
+        resp = await session.get(
+            self.url("/v1/models"), headers=self.headers(None), allow_redirects=False
+        )
         await read_reply(resp, timeouts.read, MAX_ERROR_BODY)
         if resp.status == 200:
             return json_reply({"object": "list", "data": []})
@@ -117,7 +124,8 @@ class AnthropicUpstream(HttpProvider):
         resp = await session.post(
             self.url("/v1/messages"),
             data=json.dumps(payload, separators=(",", ":")).encode(),
-            headers=self.headers(),
+            headers=self.headers(exchange),
+            allow_redirects=False,
         )
         try:
             if resp.status != 200:
@@ -130,7 +138,7 @@ class AnthropicUpstream(HttpProvider):
             raise
         data = parse_json(await read_reply(resp, timeouts.read))
         if not isinstance(data, dict) or data.get("type") != "message":
-            return error_reply(502, f"upstream '{self.name}' sent an answer that is not valid")
+            raise malformed(attempt, self.name)
         return json_reply(self.answer(exchange, data))
 
     # -- OpenAI -> Messages ----------------------------------------------------------------------
@@ -301,8 +309,7 @@ class AnthropicUpstream(HttpProvider):
 
     async def error(self, resp: aiohttp.ClientResponse, timeouts: TimeoutsConfig) -> Response:
         data = parse_json(await read_reply(resp, timeouts.read, MAX_ERROR_BODY))
-        message, kind, _ = provider_error(resp.status, data, f"upstream '{self.name}' failed")
-        message = redact(message, self.secret())
+        message, kind, _ = self.provider_error(resp.status, data)
         status, code = anthropic_status(resp.status, kind, message)
         return error_reply(status, message, code, None, resp.headers.get("Retry-After"))
 

@@ -18,7 +18,7 @@ import aiohttp
 
 from gatewayd.chain import Attempt, Response, TimeoutsConfig
 from gatewayd_llm.exchange import Exchange, StreamFailed
-from gatewayd_llm.kinds.base import HttpProvider, ProviderConfig, provider_error
+from gatewayd_llm.kinds.base import HttpProvider, ProviderConfig
 from gatewayd_llm.kinds.translate import (
     MAX_ERROR_BODY,
     BadRequest,
@@ -29,11 +29,11 @@ from gatewayd_llm.kinds.translate import (
     error_reply,
     json_reply,
     legacy_prompt,
+    malformed,
     max_tokens,
     new_id,
     parse_json,
     read_reply,
-    redact,
     single_choice,
     stop_list,
     stream_reply,
@@ -70,8 +70,11 @@ class OllamaUpstream(HttpProvider):
     Config: ClassVar[type[ProviderConfig]] = OllamaUpstreamConfig
     config: OllamaUpstreamConfig
 
-    def headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
+    def headers(self, exchange: Exchange | None) -> dict[str, str]:
+        """Ours only (never the client's): the request id, the credential if one is set."""
+        headers = {"Content-Type": "application/json", "User-Agent": "gatewayd-llm"}
+        if exchange is not None and exchange.request_id:
+            headers["X-Request-ID"] = exchange.request_id
         secret = self.secret()
         if secret:
             headers["Authorization"] = f"Bearer {secret}"
@@ -80,7 +83,9 @@ class OllamaUpstream(HttpProvider):
     async def probe(
         self, session: aiohttp.ClientSession, attempt: Attempt, timeouts: TimeoutsConfig
     ) -> Response:
-        resp = await session.get(self.url("/api/tags"), headers=self.headers())
+        resp = await session.get(
+            self.url("/api/tags"), headers=self.headers(None), allow_redirects=False
+        )
         await read_reply(resp, timeouts.read, MAX_ERROR_BODY)
         if resp.status == 200:
             return json_reply({"object": "list", "data": []})
@@ -100,7 +105,8 @@ class OllamaUpstream(HttpProvider):
         resp = await session.post(
             self.url(PATHS[exchange.operation]),
             data=json.dumps(payload, separators=(",", ":")).encode(),
-            headers=self.headers(),
+            headers=self.headers(exchange),
+            allow_redirects=False,
         )
         try:
             if resp.status != 200:
@@ -114,17 +120,16 @@ class OllamaUpstream(HttpProvider):
         data = parse_json(await read_reply(resp, timeouts.read))
         if not isinstance(data, dict) or "error" in data:
             if isinstance(data, dict):
-                message = redact(str(data["error"]), self.secret())
+                message = self.scrub(str(data["error"])[:2000])
                 return error_reply(502, message)
-            return error_reply(502, f"upstream '{self.name}' sent an answer that is not valid")
+            raise malformed(attempt, self.name)
         if exchange.operation == "embeddings":
             return json_reply(embeddings_answer(exchange, data))
         return json_reply(answer(exchange, data))
 
     async def error(self, resp: aiohttp.ClientResponse, timeouts: TimeoutsConfig) -> Response:
         data = parse_json(await read_reply(resp, timeouts.read, MAX_ERROR_BODY))
-        message, _, _ = provider_error(resp.status, data, f"upstream '{self.name}' failed")
-        message = redact(message, self.secret())
+        message, _, _ = self.provider_error(resp.status, data)
         status = resp.status if 400 <= resp.status <= 599 else 502
         code = CODES.get(status)
         if status == 400 and "context" in message.lower() and "length" in message.lower():

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import aiohttp
 from multidict import CIMultiDict
 
-from gatewayd.chain import Response
+from gatewayd.chain import Attempt, Response, UpstreamError
 from gatewayd_llm.exchange import Exchange, Operation, StreamFailed
 from gatewayd_llm.kinds.base import stream_chunks
 from gatewayd_llm.wire import DONE, error_body, sse_event, sse_headers
@@ -46,9 +46,15 @@ def error_reply(
 ) -> Response:
     """An OpenAI-shaped error as the kind's reply (the plugin adds the request id)."""
     headers = CIMultiDict({"Content-Type": "application/json"})
-    if retry_after:
-        headers["Retry-After"] = retry_after
+    if retry_after is not None and retry_after.strip().isdigit():
+        headers["Retry-After"] = retry_after.strip()
     return Response(status, headers, error_body(message, status, code, param))
+
+
+def malformed(attempt: Attempt, upstream: str) -> UpstreamError:
+    """A whole (not streamed) answer that is not what the provider's API returns."""
+    attempt.error = "malformed"
+    return UpstreamError(502, "upstream_malformed", f"upstream '{upstream}' sent a malformed reply")
 
 
 def unsupported(operation: Operation, kind: str) -> Response:
@@ -66,13 +72,6 @@ def json_reply(data: dict[str, Any]) -> Response:
         CIMultiDict({"Content-Type": "application/json"}),
         json.dumps(data, separators=(",", ":")).encode(),
     )
-
-
-def redact(message: str, secret: str | None) -> str:
-    """A provider's message with our credential cut out, should it ever echo it."""
-    if secret and secret in message:
-        message = message.replace(secret, "***")
-    return message
 
 
 # -- reading OpenAI requests ---------------------------------------------------------------------
