@@ -346,6 +346,9 @@ class LlmPlugin(Plugin):
             self.fallback(ctx, ledger, deployment, nxt, reason)
         assert last is not None
         reply = self.openai_error(ctx, last)
+        if reply.status in (401, 403):  # the provider refused the gateway, not the client
+            message = json.loads(reply.body)["error"]["message"]  # type: ignore[arg-type]
+            reply = self.error(ctx, 502, message, "upstream_auth_failed")
         self.finish(ledger, reply.status, complete=True)
         return reply
 

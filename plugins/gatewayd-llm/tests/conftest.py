@@ -15,6 +15,7 @@ tests/conftest.py: both run in one pytest session).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -68,9 +69,12 @@ async def llm_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
     ) -> LlmGateway:
         gw = LlmGateway(config, tmp_path / f"llm-gw{len(started)}", env)
         started.append(gw)
-        for key_id, tenant in (keys if keys is not None else {"test": "acme"}).items():
-            await gw.create_key(tenant, key_id)
-        return await gw.start()
+        wanted = keys if keys is not None else {"test": "acme"}
+        # The keys are made while the daemon starts (it reads the key store per request).
+        made = [gw.create_key(tenant, key_id) for key_id, tenant in wanted.items()]
+        await asyncio.gather(gw.start(), *made)
+        gw.keys = {key_id: gw.keys[key_id] for key_id in wanted}  # in the order given
+        return gw
 
     yield start
     for gw in started:

@@ -17,8 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import bcrypt
 import yaml
+from gatewayd_llm.usage import UsageRecord, UsageStore
 from openai import AsyncOpenAI
+
+ADMIN_TOKEN = "llm-admin-token-0123456789"
+ADMIN_HASH = bcrypt.hashpw(ADMIN_TOKEN.encode(), bcrypt.gensalt(4)).decode()
 
 
 def free_port() -> int:
@@ -43,7 +48,10 @@ def gateway_config(
     plugins.append({"llm": dict(llm)})
     cfg: dict[str, Any] = {
         "listen": [{"address": f"127.0.0.1:{free_port()}"}],
-        "admin": {"listen": f"127.0.0.1:{free_port()}"},
+        "admin": {
+            "listen": f"127.0.0.1:{free_port()}",
+            "tokens": [{"id": "ops", "hash": ADMIN_HASH}],
+        },
         "state": {"dir": str(state_dir)},
         "logging": {"level": "info", "format": "json", "access_log": True},
         "server": {"drain_timeout": "5s"},
@@ -147,6 +155,45 @@ class LlmGateway:
             if all(f'{k}="{v}"' in rest for k, v in labels.items()):
                 total += float(value)
         return total
+
+    async def usage(
+        self, count: int | None = None, timeout: float = 10.0, quiet: float = 0.7
+    ) -> list[UsageRecord]:
+        """The usage records written so far (oldest first). With ``count``: waits until there
+        are at least that many, then ``quiet`` seconds more (the store writes in batches every
+        0.5 s), so a record written twice would be seen."""
+        store = UsageStore(self.state_dir / "llm" / "usage.sqlite3")
+        await store.start()
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                records = await store.query(limit=1_000_000)
+                if count is None or len(records) >= count:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{len(records)} usage records, expected {count}")
+                await asyncio.sleep(0.1)
+            if count is not None and quiet:
+                await asyncio.sleep(quiet)
+                records = await store.query(limit=1_000_000)
+            return records
+        finally:
+            await store.close()
+
+    async def events(self, types: str, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """The first ``count`` events of ``types`` the bus still holds (from the start)."""
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Last-Event-ID": "0"}
+        found: list[dict[str, Any]] = []
+        url = f"{self.admin_url}/_admin/events?types={types}"
+        async with aiohttp.ClientSession() as s, s.get(url, headers=headers) as r:
+            assert r.status == 200, await r.text()
+            async with asyncio.timeout(timeout):
+                async for line in r.content:
+                    if line.startswith(b"data:"):
+                        found.append(json.loads(line[5:]))
+                        if len(found) >= count:
+                            break
+        return found
 
     # -- lifecycle --------------------------------------------------------------------------
 
