@@ -193,7 +193,8 @@ class CachePlugin(Plugin):
             if req.method not in SAFE and self.config.methods_invalidate:
                 ctx.state["cache"] = CacheState("unsafe", primary)
             return None
-        rcc = parse_cache_control(req.headers.getall("Cache-Control", ()))
+        lines = req.headers.getall("Cache-Control", ())
+        rcc = parse_cache_control(lines) if lines else {}
         if "no-store" in rcc or req.is_websocket:
             ctx.state["cache"] = CacheState("bypass", primary)
             return None
