@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.metadata import entry_points
 from typing import Any
 
+import openai
 import pytest
-from fake_native_servers import FakeAnthropic
+from fake_native_servers import FakeAnthropic, FakeOllama
 from fake_openai_server import Fault
 from gatewayd_llm.exchange import StreamFailed, Usage
 from gatewayd_llm.kinds.anthropic import AnthropicUpstream, AnthropicUpstreamConfig
@@ -591,3 +592,109 @@ async def test_the_health_probe_lists_models_and_bills_nothing(
     kind = await kinds(fake.url, api_key="sk-ant-wrong")
     resp, _ = await send(kind, None)
     assert resp.status == 401
+
+
+# -- end to end: the daemon, the llm plugin, the official openai SDK ---------------------------
+
+
+async def test_through_the_gateway_with_the_openai_sdk(
+    fake: FakeAnthropic, llm_config: Any, llm_gateway: Any
+) -> None:
+    upstream = {"kind": "anthropic", "base_url": fake.url, "api_key": SECRET}
+    cfg = llm_config(
+        {"claude": upstream},
+        {"models": {"smart": [{"upstream": "claude", "model": MODEL}]}},
+    )
+    gw = await llm_gateway(cfg)
+    client = gw.client()
+    fake.chunks = 4
+    chat = await client.chat.completions.create(
+        model="smart",
+        messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+        max_tokens=10,
+    )
+    seen = fake.requests[-1]
+    assert seen.headers["x-api-key"] == SECRET
+    assert gw.key not in json.dumps(seen.headers)  # the client's gateway key stays with us
+    assert seen.body["model"] == MODEL and seen.body["system"] == "be brief"
+    assert chat.choices[0].message.content == "t0 t1 t2 t3 "
+    assert chat.choices[0].finish_reason == "stop"
+    assert seen.usage is not None and chat.usage is not None
+    assert chat.usage.prompt_tokens == seen.usage["prompt_tokens"]
+    assert chat.usage.completion_tokens == 4
+
+    stream = await client.chat.completions.create(
+        model="smart",
+        messages=[{"role": "user", "content": "hello there"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [c async for c in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "t0 t1 t2 t3 "
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    streamed = fake.requests[-1].usage
+    assert streamed is not None
+    assert chunks[-1].usage.prompt_tokens == streamed["prompt_tokens"]
+    assert chunks[-1].usage.completion_tokens == 4
+
+    # Without include_usage the client gets no usage chunk (the gateway asked for it anyway).
+    stream = await client.chat.completions.create(
+        model="smart", messages=[{"role": "user", "content": "x"}], stream=True
+    )
+    chunks = [c async for c in stream]
+    assert all(c.choices for c in chunks) and all(c.usage is None for c in chunks)
+
+    legacy = await client.completions.create(model="smart", prompt="Say this", max_tokens=2)
+    assert legacy.choices[0].text == "t0 t1 "
+    assert fake.requests[-1].body["messages"] == [{"role": "user", "content": "Say this"}]
+
+    records = await gw.usage(count=4)
+    assert len(records) == 4
+    assert all(r.source == "provider" and r.status == 200 for r in records)
+    assert [r.completion_tokens for r in records] == [4, 4, 4, 2]
+    assert [r.prompt_tokens for r in records] == [s.usage["prompt_tokens"] for s in fake.requests]
+    await client.close()
+
+
+async def test_a_failing_claude_falls_back_and_a_late_error_reaches_the_client(
+    fake: FakeAnthropic, llm_config: Any, llm_gateway: Any
+) -> None:
+    ollama = await FakeOllama(models=("llama3.2:3b",)).start()
+    try:
+        cfg = llm_config(
+            {
+                "claude": {"kind": "anthropic", "base_url": fake.url, "api_key": SECRET},
+                "local": {"kind": "ollama", "base_url": ollama.url},
+            },
+            {
+                "models": {
+                    "smart": [{"upstream": "claude", "model": MODEL}],
+                    "local": [{"upstream": "local", "model": "llama3.2:3b"}],
+                },
+                "fallbacks": {"smart": ["local"]},
+            },
+        )
+        gw = await llm_gateway(cfg)
+        client = gw.client()
+        fake.push(Fault(status=529, message="Overloaded"))  # before the first byte: fallback
+        chat = await client.chat.completions.create(
+            model="smart", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
+        assert chat.choices[0].message.content == "t0 t1 "
+        assert [s.path for s in ollama.requests] == ["/api/chat"]
+
+        fake.push(Fault(error_after=2, message="Overloaded"))  # after it: an error event
+        fake.chunks = 5
+        stream = await client.chat.completions.create(
+            model="smart", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        text = ""
+        with pytest.raises(openai.APIError) as info:
+            async for c in stream:
+                text += (c.choices[0].delta.content or "") if c.choices else ""
+        assert text == "t0 t1 " and "Overloaded" in str(info.value)
+        assert len(ollama.requests) == 1  # no fallback once the client had bytes
+        await client.close()
+    finally:
+        await ollama.close()

@@ -451,3 +451,58 @@ async def test_the_health_probe_lists_tags(fake: FakeOllama, kinds: KindFactory)
     resp, attempt = await send(kind, None)
     assert resp.status == 200 and attempt.status == 200
     assert [s.path for s in fake.requests] == ["/api/tags"]
+
+
+# -- end to end: the daemon, the llm plugin, the official openai SDK ---------------------------
+
+
+async def test_through_the_gateway_with_the_openai_sdk(
+    fake: FakeOllama, llm_config: Any, llm_gateway: Any
+) -> None:
+    cfg = llm_config(
+        {"ollama": {"kind": "ollama", "base_url": fake.url}},
+        {
+            "models": {
+                "local": [{"upstream": "ollama", "model": MODEL, "context_window": 8192}],
+                "embed": [{"upstream": "ollama", "model": "all-minilm"}],
+            }
+        },
+    )
+    gw = await llm_gateway(cfg)
+    client = gw.client()
+    chat = await client.chat.completions.create(
+        model="local", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+    )
+    seen = fake.requests[-1]
+    assert seen.path == "/api/chat" and seen.body["options"]["num_predict"] == 3
+    assert "Authorization" not in seen.headers  # the client's gateway key stays with us
+    assert chat.choices[0].message.content == "t0 t1 t2 "
+    assert seen.usage is not None and chat.usage is not None
+    assert chat.usage.prompt_tokens == seen.usage["prompt_tokens"]
+
+    stream = await client.chat.completions.create(
+        model="local",
+        messages=[{"role": "user", "content": "hello there"}],
+        max_tokens=4,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [c async for c in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "t0 t1 t2 t3 "
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
+
+    # The SDK asks for base64 embeddings by default and decodes them.
+    emb = await client.embeddings.create(model="embed", input=["one two", "three"])
+    assert [d.embedding for d in emb.data] == [[0.25] * 3, [0.5] * 3]
+    assert emb.usage.prompt_tokens == 3
+    assert fake.requests[-1].path == "/api/embed"
+
+    legacy = await client.completions.create(model="local", prompt="def f():", max_tokens=2)
+    assert legacy.choices[0].text == "t0 t1 " and fake.requests[-1].path == "/api/generate"
+
+    records = await gw.usage(count=4)
+    assert [r.source for r in records] == ["provider"] * 4
+    assert [r.completion_tokens for r in records] == [3, 4, 0, 2]
+    assert [r.prompt_tokens for r in records] == [s.usage["prompt_tokens"] for s in fake.requests]
+
+    await client.close()
