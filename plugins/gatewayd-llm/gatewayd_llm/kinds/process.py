@@ -1,16 +1,858 @@
-"""``kind: process`` (placeholder: being written)."""
+"""``kind: process``: a local command-line model, one child process per request.
+
+Config (an upstream of ``kind: process``)::
+
+    upstreams:
+      cli:
+        kind: process
+        command: ["my-model-cli", "--model", "{model}", "--max-tokens", "{max_tokens}"]
+        timeout: 120s            # the whole run; then SIGTERM, SIGKILL after kill_grace
+        env: {MODEL_TOKEN: "${MODEL_TOKEN}"}   # secrets: masked in every log line
+        cwd: /srv/models
+        max_concurrency: 4       # processes at once; more: 429 (after queue_timeout)
+        max_output_bytes: 16MiB  # then the process is killed, finish_reason "length"
+        memory: 1GiB             # RLIMIT_AS of the process and its children
+        cpu_seconds: 300         # RLIMIT_CPU
+        sandbox: true            # run under bubblewrap (refused when bwrap is missing)
+
+How it runs (never through a shell):
+
+- ``command`` is an argv list; each element is formatted on its own (``{model}``: the
+  deployment's model, ``{max_tokens}``: the request's, else ``max_tokens``; ``{{``/``}}`` are
+  literal braces) and never split. ``command[0]`` is a path, or a name looked up in ``PATH``.
+- The environment is not the daemon's (it may hold provider keys): ``PATH``, ``HOME`` and
+  ``LANG`` (``C.UTF-8`` unless set), the variables named in ``pass_env``, then ``env``.
+- The prompt is written to stdin, which is then closed. A chat request is rendered as plain text,
+  one line per message, ``<role>: <content>`` (content as is, newlines included; only the text
+  parts of a content list), and a last line ``assistant:``::
+
+      system: You are terse.
+      user: Hello
+      assistant:
+
+  A ``/v1/completions`` request writes its ``prompt`` as is. Embeddings are refused (400).
+- stdout is the answer, streamed: each read (up to 4 KiB, as it arrives) is decoded as UTF-8
+  incrementally (a character split across reads waits for its last byte; invalid bytes become
+  U+FFFD) and becomes one OpenAI chunk; not streamed, the whole of stdout is one completion.
+  stderr is kept (its last 2 KiB) for the log only: it may contain secrets, so the client gets
+  a generic message and the log a masked excerpt.
+- Usage is estimated (about 4 characters a token) and shown in the answer, but never reported
+  to the exchange as the provider's: the plugin records it as estimated.
+- Failures: the command cannot be started -> ``UpstreamConnectError`` (``connect``); no output
+  within ``timeouts.read`` or past ``timeout`` -> the process group is killed and
+  ``UpstreamTimeout`` (504) before the first output, :class:`StreamFailed` ``stall`` after it;
+  exit status != 0 -> 502 (``process_failed``) before any output, ``StreamFailed("provider")``
+  after it. ``timeouts`` default to ``read`` = ``total`` = ``timeout``.
+- Every process is started in a session of its own (``start_new_session``), so it and whatever it
+  spawned form one process group: a cancelled request (the client left, ``aclose()`` of the
+  body) kills the group at once with SIGKILL; a timeout sends SIGTERM, then SIGKILL after
+  ``kill_grace``; and when an answer ends, whatever is left of the group is killed.
+
+Resource limits: ``preexec_fn`` is unsafe in a process with threads (the daemon has some), and
+``resource.prlimit(pid)`` after the spawn leaves the first instructions of the model unlimited.
+So the limits are set by util-linux's ``prlimit`` command, which sets them on itself and then
+execs the command: they hold from the first instruction and every descendant inherits them.
+
+Sandbox (``sandbox: true``): the command runs under bubblewrap with read-only binds of ``/usr``,
+``/bin``, ``/sbin``, ``/lib*``, ``/etc/alternatives``, ``/etc/ld.so.cache``, the command's
+directory, ``cwd`` and ``sandbox_paths``, a private ``/tmp``, ``/proc`` and ``/dev``, every
+namespace unshared (no network), ``--die-with-parent`` and ``--new-session``. With ``sandbox:
+true`` and no ``bwrap`` the config is refused: it never runs unsandboxed.
+
+Health checks (``health:``) never run a completion: the probe checks that the executable (and
+``bwrap``/``prlimit`` when needed) exists and is executable.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+import asyncio
+import codecs
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import string
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
-from gatewayd_llm.kinds.base import HttpProvider, ProviderConfig
+from multidict import CIMultiDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from gatewayd.chain import (
+    Attempt,
+    Duration,
+    RequestContext,
+    Response,
+    Size,
+    Target,
+    TimeoutsConfig,
+    UpstreamConfig,
+    UpstreamConnectError,
+    UpstreamContext,
+    UpstreamError,
+    UpstreamTimeout,
+    WebSocketChannel,
+)
+from gatewayd_llm.exchange import EXCHANGE, Exchange, StreamFailed
+from gatewayd_llm.kinds.translate import (
+    BadRequest,
+    ChunkWriter,
+    chat_completion,
+    error_reply,
+    json_reply,
+    legacy_prompt,
+    max_tokens,
+    single_choice,
+    text_completion,
+    text_of,
+    unsupported,
+    usage_object,
+)
+from gatewayd_llm.wire import DONE, sse_headers
+
+READ_SIZE = 4096  # one read of stdout, at most
+STDERR_KEPT = 2048  # the tail of stderr kept for the log
+PIPES_GRACE = 2.0  # after SIGKILL, how long the pipes may take to close
+PLACEHOLDERS = frozenset({"model", "max_tokens"})
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-class ProcessUpstreamConfig(ProviderConfig):
+# -- config --------------------------------------------------------------------------------------
+
+
+def _template(element: str) -> list[tuple[str, str | None]]:
+    """An argv element as (literal, placeholder) parts; ValueError for anything but
+    ``{model}``/``{max_tokens}`` (no attribute, index, conversion or format spec)."""
+    parts: list[tuple[str, str | None]] = []
+    for literal, field, spec, conversion in string.Formatter().parse(element):
+        if field is not None and (field not in PLACEHOLDERS or spec or conversion):
+            raise ValueError(
+                f"invalid placeholder {{{field}{'!' + conversion if conversion else ''}"
+                f"{':' + spec if spec else ''}}} in {element!r} (known: {{model}}, "
+                "{max_tokens}; write {{ and }} for literal braces)"
+            )
+        parts.append((literal, field))
+    return parts
+
+
+class ProcessUpstreamConfig(UpstreamConfig):
+    """``kind: process``: a command-line model (see the module's documentation)."""
+
     kind: Literal["process"] = "process"
+    command: list[str] = Field(min_length=1)
+    timeout: Duration = 120.0
+    kill_grace: Duration = 2.0
+    env: dict[str, SecretStr] = {}
+    pass_env: list[str] = []
+    cwd: Path | None = None
+    max_tokens: int = Field(1024, ge=1, description="{max_tokens} when the request has none")
+    max_concurrency: int = Field(4, ge=1)
+    queue_timeout: Duration = 0.0
+    max_output_bytes: Size = 16 * 1024 * 1024
+    memory: Size | None = None
+    cpu_seconds: int | None = Field(None, ge=1)
+    sandbox: bool = False
+    sandbox_paths: list[Path] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _timeouts(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "timeouts" not in data:
+            timeout = data.get("timeout", 120.0)
+            data = {**data, "timeouts": {"read": timeout, "total": timeout}}
+        return data
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: list[str]) -> list[str]:
+        if not v[0] or "{" in v[0] or "}" in v[0]:
+            raise ValueError("command[0] must be the executable (a path or a name, no placeholder)")
+        for element in v:
+            if "\x00" in element:
+                raise ValueError("a NUL byte in the command")
+            _template(element)
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name in v:
+            if not _ENV_NAME.fullmatch(name):
+                raise ValueError(f"invalid environment variable name {name!r}")
+        return v
+
+    @field_validator("pass_env")
+    @classmethod
+    def _pass_env(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not _ENV_NAME.fullmatch(name):
+                raise ValueError(f"invalid environment variable name {name!r}")
+        return v
+
+    @field_validator("cwd", "sandbox_paths")
+    @classmethod
+    def _absolute(cls, v: Any) -> Any:
+        for path in v if isinstance(v, list) else [v]:
+            if path is not None and not path.is_absolute():
+                raise ValueError(f"{path} is not an absolute path")
+        return v
+
+    @model_validator(mode="after")
+    def _tools(self) -> ProcessUpstreamConfig:
+        # The environment decides, so say it when the config is checked (and at every reload).
+        if self.sandbox and shutil.which("bwrap") is None:
+            raise ValueError(
+                "sandbox: true needs bubblewrap, and 'bwrap' is not installed (install the "
+                "bubblewrap package, or set sandbox: false to run the command unsandboxed)"
+            )
+        if (self.memory is not None or self.cpu_seconds is not None) and shutil.which(
+            "prlimit"
+        ) is None:
+            raise ValueError("memory and cpu_seconds need the 'prlimit' command (util-linux)")
+        return self
 
 
-class ProcessUpstream(HttpProvider):
+# -- masking -------------------------------------------------------------------------------------
+
+_KEYLIKE = re.compile(
+    r"\b(?:sk|pk|rk|ghp|gho|ghs|glpat|xox[abprs]|hf)[-_][A-Za-z0-9_-]{8,}|\bAKIA[A-Z0-9]{12,}"
+)
+_SECRET_WORD = r"(?:[a-z0-9]+[-_.])*(?:key|token|secret|passw(?:or)?d|auth|credentials?)"
+_ASSIGNED = re.compile(rf"(?i)\b({_SECRET_WORD}\s*[=:]\s*)([^\s&,;]+)")
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[^\s,;]+")
+_SECRET_FLAG = re.compile(rf"(?i)^--?{_SECRET_WORD}$")  # its value is the next argument
+
+
+def mask(text: str, secrets: Sequence[str] = ()) -> str:
+    """``text`` with the given secrets and anything that looks like a key replaced by ``***``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    text = _KEYLIKE.sub("***", text)
+    text = _ASSIGNED.sub(lambda m: m.group(1) + "***", text)
+    return _BEARER.sub(lambda m: m.group(1) + " ***", text)
+
+
+def mask_argv(argv: Sequence[str], secrets: Sequence[str] = ()) -> list[str]:
+    """An argv for the log: secrets masked, and the value after a flag such as ``--api-key``."""
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        out.append("***" if hide_next else mask(arg, secrets))
+        hide_next = bool(_SECRET_FLAG.match(arg))
+    return out
+
+
+# -- prompts -------------------------------------------------------------------------------------
+
+
+def render_chat(messages: Any) -> str:
+    """Chat messages as the plain text a command-line model reads (see the module docs)."""
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages must be a non-empty list", "messages")
+    lines = []
+    for message in messages:
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise BadRequest("each message must be an object with a role", "messages")
+        role = "system" if message["role"] == "developer" else message["role"]
+        lines.append(f"{role}: {text_of(message.get('content'))}")
+    lines.append("assistant:")
+    return "\n".join(lines)
+
+
+def estimate_tokens(text: str) -> int:
+    """About 4 characters a token (what is shown in the answer's usage: an estimate)."""
+    return math.ceil(len(text) / 4)
+
+
+# -- one run -------------------------------------------------------------------------------------
+
+
+class _Expired(Exception):
+    def __init__(self, why: Literal["stall", "timeout"]) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+class _Run:
+    """One child process (its group), from the spawn until it and its group are gone."""
+
+    def __init__(
+        self,
+        upstream: ProcessUpstream,
+        proc: asyncio.subprocess.Process,
+        prompt: bytes,
+        read_timeout: float,
+        request_id: str,
+    ) -> None:
+        self.upstream = upstream
+        self.proc = proc
+        self.pgid = proc.pid  # start_new_session: the child leads its own group
+        self.request_id = request_id
+        self.read_timeout = read_timeout
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.time() + upstream.config.timeout
+        self.output = 0  # stdout bytes read
+        self.truncated = False  # max_output_bytes reached (and the process killed)
+        self.expired: Literal["stall", "timeout"] | None = None
+        self.stderr = bytearray()
+        self.closing: asyncio.Task[None] | None = None
+        self.stdout_lock = asyncio.Lock()  # one reader: the answer's, or the discarding one
+        self.feeder = loop.create_task(self._feed(prompt))
+        self.drainer = loop.create_task(self._drain_stderr())
+        # The run's whole deadline holds even when nobody reads the body.
+        self.timer = loop.call_later(upstream.config.timeout, self._expire)
+
+    async def _feed(self, prompt: bytes) -> None:
+        stdin = self.proc.stdin
+        assert stdin is not None
+        try:
+            stdin.write(prompt)
+            await stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # it exited without reading it all: its exit status tells
+        finally:
+            with contextlib.suppress(OSError, RuntimeError):
+                stdin.close()
+
+    async def _drain_stderr(self) -> None:
+        stderr = self.proc.stderr
+        assert stderr is not None
+        with contextlib.suppress(OSError, ValueError):
+            while data := await stderr.read(65536):
+                self.stderr += data
+                if len(self.stderr) > STDERR_KEPT:
+                    del self.stderr[: len(self.stderr) - STDERR_KEPT]
+
+    def _expire(self) -> None:
+        if self.closing is None:
+            self.expired = self.expired or "timeout"
+            self.close(graceful=True)
+
+    async def read(self) -> bytes:
+        """The next piece of stdout (b"" at its end), within the read deadline and the run's;
+        raises :class:`_Expired` (the group is being killed) when either passes."""
+        stdout = self.proc.stdout
+        assert stdout is not None
+        if self.expired is not None:
+            raise _Expired(self.expired)
+        remaining = self.deadline - asyncio.get_running_loop().time()
+        wait = min(self.read_timeout, remaining)
+        try:
+            async with asyncio.timeout(max(wait, 0.0)), self.stdout_lock:
+                data = await stdout.read(READ_SIZE)
+        except TimeoutError:
+            self.expired = self.expired or ("stall" if wait < remaining else "timeout")
+            self.close(graceful=True)
+            raise _Expired(self.expired) from None
+        if self.expired is not None:  # the timer fired and the pipe closed
+            raise _Expired(self.expired)
+        limit = self.upstream.config.max_output_bytes
+        if self.output + len(data) > limit:
+            data = data[: limit - self.output]
+            self.truncated = True
+            self.close(graceful=False)
+        self.output += len(data)
+        return data
+
+    async def exit_status(self) -> int:
+        """The exit status once stdout ended (waits for the exit within the run's deadline)."""
+        remaining = self.deadline - asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(max(remaining, 0.0)):
+                status = await self.proc.wait()
+        except TimeoutError:
+            self.expired = self.expired or "timeout"
+            self.close(graceful=True)
+            raise _Expired(self.expired) from None
+        if self.expired is not None:
+            raise _Expired(self.expired)
+        return status
+
+    def killpg(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pgid, sig)
+
+    def close(self, graceful: bool = False) -> asyncio.Task[None]:
+        """End the run: kill the group now (SIGKILL) or, ``graceful``, SIGTERM and SIGKILL
+        after ``kill_grace``; reap it, kill what is left of the group, free the slot. Returns
+        the task doing it (idempotent: the same task again)."""
+        if self.closing is None:
+            self.timer.cancel()
+            if self.proc.returncode is None:
+                self.killpg(signal.SIGTERM if graceful else signal.SIGKILL)
+            self.closing = asyncio.get_running_loop().create_task(self._reap(graceful))
+            self.upstream.runs.add(self.closing)
+            self.closing.add_done_callback(self.upstream.runs.discard)
+        return self.closing
+
+    async def _reap(self, graceful: bool) -> None:
+        loop = asyncio.get_running_loop()
+        discard = loop.create_task(self._discard_stdout())  # a full pipe would hold the exit
+        self.feeder.cancel()
+        with contextlib.suppress(asyncio.CancelledError, OSError):
+            await self.feeder
+        if self.proc.stdin is not None:  # the feeder may never have run
+            with contextlib.suppress(OSError, RuntimeError):
+                self.proc.stdin.close()
+        try:
+            if graceful:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.upstream.config.kill_grace):
+                        await self.proc.wait()
+            # Whatever is left of the group: the process itself after its grace, or what it
+            # left behind when it exited on its own.
+            self.killpg(signal.SIGKILL)
+            try:
+                async with asyncio.timeout(PIPES_GRACE):
+                    await self.proc.wait()  # exited, and its pipes closed
+                    await self.drainer
+            except TimeoutError:
+                self.upstream.context.logger.warning(
+                    "model process: its pipes are still open (a process outside its group?)",
+                    extra={"upstream": self.upstream.name, "request_id": self.request_id},
+                )
+        finally:
+            discard.cancel()
+            self.drainer.cancel()
+            self.upstream.slots.release()
+
+    async def _discard_stdout(self) -> None:
+        stdout = self.proc.stdout
+        assert stdout is not None
+        with contextlib.suppress(OSError, ValueError):
+            async with self.stdout_lock:
+                while await stdout.read(65536):
+                    pass
+
+    def failed(self, status: int) -> None:
+        """Log a failed run: the exit status and a masked excerpt of stderr (WARNING)."""
+        excerpt = self.stderr.decode("utf-8", "replace").strip()
+        self.upstream.context.logger.warning(
+            "model process failed",
+            extra={
+                "upstream": self.upstream.name,
+                "request_id": self.request_id,
+                "exit_status": status,
+                "signal": signal.Signals(-status).name if status < 0 else None,
+                "stderr": mask(excerpt, self.upstream.secrets)[-STDERR_KEPT:],
+            },
+        )
+
+
+# -- the streamed body ---------------------------------------------------------------------------
+
+
+class ProcessStream:
+    """A streamed answer: each read of stdout as an OpenAI chunk, as it arrives. Closing it
+    (``aclose()``) or cancelling its reader kills the process group at once."""
+
+    __slots__ = ("decoder", "done", "exchange", "pending", "prompt_tokens", "run", "text", "writer")
+
+    def __init__(
+        self, run: _Run, exchange: Exchange, writer: ChunkWriter, prompt_tokens: int
+    ) -> None:
+        self.run = run
+        self.exchange = exchange
+        self.writer = writer
+        self.prompt_tokens = prompt_tokens
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.pending: list[bytes] = []
+        self.text: list[str] = []
+        self.done = False
+
+    def __aiter__(self) -> ProcessStream:
+        return self
+
+    def feed(self, data: bytes) -> None:
+        text = self.decoder.decode(data)
+        if text:
+            self.exchange.mark_first_byte()
+            self.text.append(text)
+            self.pending.extend(self.writer.text(text))
+
+    async def __anext__(self) -> bytes:
+        try:
+            while not self.pending:
+                if self.done:
+                    raise StopAsyncIteration
+                data = await self.run.read()
+                if data:
+                    self.feed(data)
+                if not data or self.run.truncated:
+                    await self._end()
+        except _Expired as exc:
+            await self.aclose()
+            message = (
+                "the model process ran past its timeout"
+                if exc.why == "timeout"
+                else "the model process stopped sending"
+            )
+            raise StreamFailed("stall", message, 504) from None
+        except BaseException:
+            await self.aclose()
+            raise
+        chunk = b"".join(self.pending)
+        self.pending.clear()
+        return chunk
+
+    async def _end(self) -> None:
+        tail = self.decoder.decode(b"", final=True)
+        if tail:
+            self.exchange.mark_first_byte()
+            self.text.append(tail)
+            self.pending.extend(self.writer.text(tail))
+        if self.run.truncated:
+            reason = "length"
+        else:
+            status = await self.run.exit_status()
+            if status != 0:
+                self.run.failed(status)
+                self.run.close()
+                raise StreamFailed("provider", "the model process failed")
+            reason = "stop"
+        self.run.close()
+        completion = estimate_tokens("".join(self.text))
+        self.pending.extend(self.writer.finish(reason))
+        self.pending.append(self.writer.usage(self.prompt_tokens, completion))
+        self.pending.append(DONE)
+        self.done = True
+
+    async def aclose(self) -> None:
+        self.done = True
+        self.pending.clear()
+        self.run.close()
+
+
+# -- the kind ------------------------------------------------------------------------------------
+
+
+class ProcessUpstream:
+    """The ``process`` upstream kind: one target (the command), one child process per request."""
+
     kind: ClassVar[str] = "process"
-    Config: ClassVar[type[ProviderConfig]] = ProcessUpstreamConfig
+    Config: ClassVar[type[ProcessUpstreamConfig]] = ProcessUpstreamConfig
+
+    def __init__(self, name: str, config: ProcessUpstreamConfig, context: UpstreamContext) -> None:
+        self.name = name
+        self.config = config
+        self.context = context
+        self._targets: list[Target] = context.keep(
+            "targets", lambda: [Target(f"process:{config.command[0]}")]
+        )
+        # Kept while the config is unchanged: processes still running in the old generation
+        # count against max_concurrency in the new one.
+        self.slots: asyncio.Semaphore = context.keep(
+            "slots", lambda: asyncio.Semaphore(config.max_concurrency)
+        )
+        self.secrets = [s.get_secret_value() for s in config.env.values()]
+        self.runs: set[asyncio.Task[None]] = set()  # runs being reaped
+
+    def targets(self) -> Sequence[Target]:
+        return self._targets
+
+    async def start(self) -> None:
+        if self.config.sandbox and shutil.which("bwrap") is None:
+            raise RuntimeError(
+                f"upstream '{self.name}': sandbox: true needs bubblewrap ('bwrap' is missing)"
+            )
+
+    async def close(self) -> None:
+        """Wait for the runs being reaped (each is killed within ``kill_grace``)."""
+        if self.runs:
+            await asyncio.gather(*list(self.runs), return_exceptions=True)
+
+    # -- what runs -------------------------------------------------------------------------------
+
+    def environment(self) -> dict[str, str]:
+        env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8"}
+        for name in ("HOME", "LANG", *self.config.pass_env):
+            if name in os.environ:
+                env[name] = os.environ[name]
+        env.update((k, v.get_secret_value()) for k, v in self.config.env.items())
+        return env
+
+    def executable(self, env: dict[str, str]) -> str | None:
+        """The command's executable, resolved (None: missing or not executable)."""
+        command = self.config.command[0]
+        if "/" in command:
+            path = os.path.join(self.config.cwd or os.getcwd(), command)
+            return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+        return shutil.which(command, path=env.get("PATH"))
+
+    def argv(self, executable: str, values: dict[str, str]) -> list[str]:
+        """The whole argv: [prlimit ...] [bwrap ...] executable args..."""
+        args = [executable]
+        for element in self.config.command[1:]:
+            args.append("".join(lit + (values[f] if f else "") for lit, f in _template(element)))
+        cfg = self.config
+        if cfg.sandbox:
+            args = [*sandbox_args(executable, cfg), *args]
+        limits = []
+        if cfg.memory is not None:
+            limits.append(f"--as={cfg.memory}")
+        if cfg.cpu_seconds is not None:
+            limits.append(f"--cpu={cfg.cpu_seconds}:{cfg.cpu_seconds + 1}")
+        if limits:
+            prlimit = shutil.which("prlimit")
+            if prlimit is None:
+                raise FileNotFoundError("prlimit")
+            args = [prlimit, *limits, "--", *args]
+        return args
+
+    # -- the upstream interface ------------------------------------------------------------------
+
+    async def send(
+        self,
+        target: Target,
+        attempt: Attempt,
+        ctx: RequestContext,
+        path: str,
+        headers: CIMultiDict[str],
+        timeouts: TimeoutsConfig,
+    ) -> Response:
+        exchange = ctx.state.get(EXCHANGE)
+        if not isinstance(exchange, Exchange):
+            reply = self.probe()
+        else:
+            reply = await self.call(exchange, attempt, ctx.request_id, timeouts)
+        attempt.status = reply.status
+        return reply
+
+    def probe(self) -> Response:
+        """The health check: the executables exist and are executable (nothing is run)."""
+        env = self.environment()
+        missing = self.executable(env) is None
+        if self.config.sandbox and shutil.which("bwrap") is None:
+            missing = True
+        if (self.config.memory or self.config.cpu_seconds) and shutil.which("prlimit") is None:
+            missing = True
+        if missing:
+            return error_reply(503, f"the command of upstream '{self.name}' cannot be run")
+        return json_reply({"object": "list", "data": []})
+
+    async def call(
+        self, exchange: Exchange, attempt: Attempt, request_id: str, timeouts: TimeoutsConfig
+    ) -> Response:
+        if exchange.operation == "embeddings":
+            return unsupported("embeddings", self.kind)
+        body = exchange.body
+        try:
+            single_choice(body)
+            if exchange.operation == "chat":
+                prompt = render_chat(body.get("messages"))
+            else:
+                prompt = legacy_prompt(body)
+            tokens = max_tokens(body) or self.config.max_tokens
+        except BadRequest as exc:
+            return error_reply(400, exc.message, None, exc.param)
+        model = str(body.get("model", ""))
+        if not await self.acquire():
+            return error_reply(
+                429,
+                f"upstream '{self.name}' is running {self.config.max_concurrency} model "
+                "processes already (max_concurrency)",
+                "process_busy",
+                retry_after="1",
+            )
+        run = await self.spawn(model, tokens, prompt.encode(), attempt, request_id, timeouts)
+        writer = ChunkWriter(exchange.operation, model)
+        prompt_tokens = estimate_tokens(prompt)
+        try:
+            if exchange.stream:
+                return await self.stream(run, exchange, writer, prompt_tokens, attempt)
+            return await self.whole(run, exchange, writer, prompt_tokens, attempt)
+        except BaseException:
+            run.close()  # cancelled, or failed: the group is killed at once
+            raise
+
+    async def acquire(self) -> bool:
+        """A slot of ``max_concurrency``, waiting at most ``queue_timeout`` for one."""
+        if not self.slots.locked():
+            await self.slots.acquire()  # at once
+            return True
+        if not self.config.queue_timeout:
+            return False
+        try:
+            async with asyncio.timeout(self.config.queue_timeout):
+                await self.slots.acquire()
+        except TimeoutError:
+            return False
+        return True
+
+    async def spawn(
+        self,
+        model: str,
+        tokens: int,
+        prompt: bytes,
+        attempt: Attempt,
+        request_id: str,
+        timeouts: TimeoutsConfig,
+    ) -> _Run:
+        env = self.environment()
+        cwd = str(self.config.cwd) if self.config.cwd else None
+        try:
+            executable = self.executable(env)
+            if executable is None:
+                raise FileNotFoundError(self.config.command[0])
+            argv = self.argv(executable, {"model": model, "max_tokens": str(tokens)})
+            self.context.logger.info(
+                "starting model process",
+                extra={
+                    "upstream": self.name,
+                    "request_id": request_id,
+                    "argv": mask_argv(argv, self.secrets),
+                },
+            )
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+            )
+        except BaseException as exc:
+            self.slots.release()
+            if not isinstance(exc, OSError):
+                raise
+            attempt.error = "connect"
+            self.context.logger.warning(
+                "model process cannot be started",
+                extra={
+                    "upstream": self.name,
+                    "request_id": request_id,
+                    "error": mask(exc.strerror or type(exc).__name__, self.secrets),
+                },
+            )
+            raise UpstreamConnectError(
+                f"the command of upstream '{self.name}' cannot be started"
+            ) from None
+        return _Run(self, proc, prompt, timeouts.read, request_id)
+
+    async def stream(
+        self,
+        run: _Run,
+        exchange: Exchange,
+        writer: ChunkWriter,
+        prompt_tokens: int,
+        attempt: Attempt,
+    ) -> Response:
+        """The head once the process wrote something (or ended): before that, a failure is
+        still an error reply (the plugin may fall back)."""
+        body = ProcessStream(run, exchange, writer, prompt_tokens)
+        try:
+            first = await run.read()
+        except _Expired:
+            attempt.error = "timeout"
+            raise UpstreamTimeout(f"upstream '{self.name}' timed out") from None
+        if first:
+            body.feed(first)
+            if not body.pending:  # a character still incomplete: the role chunk goes first
+                body.pending.extend(writer.start())
+            if run.truncated:
+                await body._end()
+            return Response(200, sse_headers(), body)
+        try:
+            status = await run.exit_status()
+        except _Expired:
+            attempt.error = "timeout"
+            raise UpstreamTimeout(f"upstream '{self.name}' timed out") from None
+        if status != 0:
+            return self.failed(run, status)
+        await body._end()
+        return Response(200, sse_headers(), body)
+
+    async def whole(
+        self,
+        run: _Run,
+        exchange: Exchange,
+        writer: ChunkWriter,
+        prompt_tokens: int,
+        attempt: Attempt,
+    ) -> Response:
+        out = bytearray()
+        try:
+            while data := await run.read():
+                out += data
+                if run.truncated:
+                    break
+            status = 0 if run.truncated else await run.exit_status()
+        except _Expired:
+            attempt.error = "timeout"
+            raise UpstreamTimeout(f"upstream '{self.name}' timed out") from None
+        if status != 0:
+            return self.failed(run, status)
+        run.close()
+        text = out.decode("utf-8", "replace")
+        if text:
+            exchange.mark_first_byte()
+        reason = "length" if run.truncated else "stop"
+        usage = usage_object(prompt_tokens, estimate_tokens(text))
+        if exchange.operation == "chat":
+            answer = chat_completion(writer.id, writer.model, text, [], reason, usage)
+        else:
+            answer = text_completion(writer.id, writer.model, text, reason, usage)
+        return Response(
+            200,
+            CIMultiDict({"Content-Type": "application/json"}),
+            json.dumps(answer, separators=(",", ":")).encode(),
+        )
+
+    def failed(self, run: _Run, status: int) -> Response:
+        run.failed(status)
+        run.close()
+        return error_reply(
+            502, f"the model process of upstream '{self.name}' failed", "process_failed"
+        )
+
+    async def upgrade(
+        self,
+        target: Target,
+        attempt: Attempt,
+        ctx: RequestContext,
+        path: str,
+        headers: CIMultiDict[str],
+        timeouts: TimeoutsConfig,
+        protocols: Sequence[str],
+        max_message: int,
+    ) -> WebSocketChannel:
+        attempt.error = "refused"
+        raise UpstreamError(
+            502, "websocket_refused", f"upstream '{self.name}' ({self.kind}) has no WebSockets"
+        )
+
+
+def sandbox_args(executable: str, config: ProcessUpstreamConfig) -> list[str]:
+    """bubblewrap's arguments (up to and including ``--``) for running ``executable``."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise FileNotFoundError("bwrap")
+    args = [bwrap, "--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    for path in ("/etc/alternatives", "/etc/ld.so.cache", "/etc/localtime"):
+        if os.path.exists(path):
+            args += ["--ro-bind", path, path]
+    binds = {os.path.dirname(executable), os.path.dirname(os.path.realpath(executable))}
+    binds.update(str(p) for p in config.sandbox_paths)
+    if config.cwd is not None:
+        binds.add(str(config.cwd))
+    for path in sorted(binds):
+        if not path.startswith("/usr/") and os.path.exists(path):
+            args += ["--ro-bind", path, path]
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    args += ["--unshare-all", "--unshare-net", "--die-with-parent", "--new-session"]
+    args += ["--chdir", str(config.cwd or "/tmp"), "--"]
+    return args
+
+
+__all__ = ["ProcessStream", "ProcessUpstream", "ProcessUpstreamConfig", "mask", "render_chat"]
