@@ -600,7 +600,12 @@ async def test_the_health_probe_lists_models_and_bills_nothing(
 async def test_through_the_gateway_with_the_openai_sdk(
     fake: FakeAnthropic, llm_config: Any, llm_gateway: Any
 ) -> None:
-    upstream = {"kind": "anthropic", "base_url": fake.url, "api_key": SECRET}
+    upstream = {
+        "kind": "anthropic",
+        "base_url": fake.url,
+        "api_key": SECRET,
+        "health": {"interval": "200ms", "timeout": "1s"},
+    }
     cfg = llm_config(
         {"claude": upstream},
         {"models": {"smart": [{"upstream": "claude", "model": MODEL}]}},
@@ -653,7 +658,30 @@ async def test_through_the_gateway_with_the_openai_sdk(
     assert len(records) == 4
     assert all(r.source == "provider" and r.status == 200 for r in records)
     assert [r.completion_tokens for r in records] == [4, 4, 4, 2]
-    assert [r.prompt_tokens for r in records] == [s.usage["prompt_tokens"] for s in fake.requests]
+    messages = fake.seen("/v1/messages")
+    assert [r.prompt_tokens for r in records] == [s.usage["prompt_tokens"] for s in messages]
+
+    # A client that goes away mid-stream: the provider sees its connection go at once.
+    fake.push(Fault(chunk_delay=0.05, chunks=1000))
+    stream = await client.chat.completions.create(
+        model="smart", messages=[{"role": "user", "content": "x"}], stream=True
+    )
+    async for c in stream:
+        if c.choices and c.choices[0].delta.content:
+            break
+    closed = time.monotonic()
+    await stream.close()
+    await fake.wait_idle()
+    cancelled_at = fake.seen("/v1/messages")[-1].cancelled_at
+    assert cancelled_at is not None and cancelled_at - closed < 0.1
+    (last,) = [r for r in await gw.usage(count=5) if r.cancelled]
+    assert last.stream and last.completion_tokens >= 1
+
+    # Health checks probe the model list (never a billed message); the key is in no log line.
+    probes = fake.seen("/v1/models")
+    assert probes and all(p.headers["x-api-key"] == SECRET for p in probes)
+    assert len(fake.seen("/v1/messages")) == 5
+    assert SECRET not in gw.logs()
     await client.close()
 
 

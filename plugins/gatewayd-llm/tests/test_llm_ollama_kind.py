@@ -505,4 +505,20 @@ async def test_through_the_gateway_with_the_openai_sdk(
     assert [r.completion_tokens for r in records] == [3, 4, 0, 2]
     assert [r.prompt_tokens for r in records] == [s.usage["prompt_tokens"] for s in fake.requests]
 
+    # A client that goes away mid-stream: Ollama sees its connection go at once.
+    fake.push(Fault(chunk_delay=0.05, chunks=1000))
+    stream = await client.chat.completions.create(
+        model="local", messages=[{"role": "user", "content": "x"}], stream=True
+    )
+    async for c in stream:
+        if c.choices and c.choices[0].delta.content:
+            break
+    closed = time.monotonic()
+    await stream.close()
+    await fake.wait_idle()
+    cancelled_at = fake.requests[-1].cancelled_at
+    assert cancelled_at is not None and cancelled_at - closed < 0.1
+    (last,) = [r for r in await gw.usage(count=5) if r.cancelled]
+    assert last.stream and last.source != "provider"  # Ollama counts only in its last line
+
     await client.close()
