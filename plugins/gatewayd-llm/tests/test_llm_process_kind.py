@@ -681,3 +681,13 @@ async def test_a_cancelled_sandboxed_stream_leaves_nothing_behind() -> None:
     await resp.body.aclose()  # type: ignore[attr-defined]
     await gone_within(marker, 0.1)
     await kind.close()
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
+    """Every test here on both loops: the daemon runs uvloop, whose subprocesses differ."""
+    if request.param == "uvloop":
+        import uvloop
+
+        return uvloop.EventLoopPolicy()
+    return asyncio.DefaultEventLoopPolicy()
