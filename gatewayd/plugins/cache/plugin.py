@@ -9,7 +9,6 @@ import hashlib
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
-from urllib.parse import urljoin, urlsplit
 
 from multidict import CIMultiDict
 from pydantic import Field
@@ -32,13 +31,13 @@ from gatewayd.plugins.cache.fields import parse_cache_control, seconds
 from gatewayd.plugins.cache.policy import (
     Entry,
     StorePolicy,
-    if_range_matches,
+    invalidated,
     make_entry,
     not_modified,
     refresh,
     secondary_key,
 )
-from gatewayd.plugins.cache.ranges import byte_range
+from gatewayd.plugins.cache.ranges import range_reply
 from gatewayd.plugins.cache.store import MemoryCacheStore, RedisCacheStore, full_key
 
 CACHEABLE = frozenset({"GET", "HEAD"})
@@ -274,34 +273,8 @@ class CachePlugin(Plugin):
         if self.config.ranges and entry.status == 200 and ctx.request.method == "GET":
             ranges = ctx.request.headers.get("Range")
             if ranges is not None:
-                return self._range(ctx, entry, headers, ranges)
+                return range_reply(ctx, entry, headers, ranges)
         return Response(entry.status, headers, entry.body)
-
-    def _range(
-        self, ctx: RequestContext, entry: Entry, headers: CIMultiDict[str], ranges: str
-    ) -> Response:
-        """A Range request answered from the stored 200: 206 with the one range, 416 when no
-        byte satisfies it, the whole 200 for several ranges, an invalid Range or an If-Range
-        that does not match."""
-        if_range = ctx.request.headers.get("If-Range")
-        if if_range is not None and not if_range_matches(entry, if_range):
-            return Response(200, headers, entry.body)
-        length = len(entry.body)
-        span = byte_range(ranges, length)
-        if span is None:
-            return Response(200, headers, entry.body)
-        if isinstance(span, str):  # UNSATISFIABLE
-            reply = ctx.error_response(
-                416, "range_not_satisfiable", "the range is outside the representation"
-            )
-            reply.headers["Content-Range"] = f"bytes */{length}"
-            reply.headers["X-Cache"] = headers["X-Cache"]
-            return reply
-        first, last = span
-        headers.popall("Content-Length", None)
-        headers["Content-Range"] = f"bytes {first}-{last}/{length}"
-        headers["Content-Length"] = str(last - first + 1)
-        return Response(206, headers, entry.body[first : last + 1])
 
     # -- response --------------------------------------------------------------------------
 
@@ -317,7 +290,9 @@ class CachePlugin(Plugin):
     async def _on_response(self, ctx: RequestContext, st: CacheState, response: Response) -> None:
         if st.mode == "unsafe":
             if 200 <= response.status < 400:
-                for primary in self._invalidated(ctx, st, response):
+                req = ctx.request
+                base = f"{req.scheme}://{req.host}{req.path}"
+                for primary in invalidated(st.primary, base, req.host, response.headers):
                     await self._call("purge", primary, None)
             return
         if st.mode == "bypass":
@@ -360,25 +335,6 @@ class CachePlugin(Plugin):
         if entry.forbids_stale or condition not in self.use_stale:
             return False
         return staleness < self.config.use_stale_max
-
-    def _invalidated(self, ctx: RequestContext, st: CacheState, response: Response) -> list[str]:
-        """RFC 9111 4.4: the target URI, and the Location and Content-Location URIs when their
-        host is the request's own."""
-        req = ctx.request
-        out = [st.primary]
-        base = f"{req.scheme}://{req.host}{req.path}"
-        for name in ("Location", "Content-Location"):
-            for value in response.headers.getall(name, ()):
-                try:
-                    url = urlsplit(urljoin(base, value.strip()))
-                except ValueError:
-                    continue
-                if url.netloc.lower() != req.host.lower() or not url.path:
-                    continue
-                primary = f"{url.path}?{url.query}" if url.query else url.path
-                if primary not in out:
-                    out.append(primary)
-        return out
 
     def _replace(self, ctx: RequestContext, response: Response, entry: Entry, how: str) -> None:
         st: CacheState = ctx.state["cache"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urljoin, urlsplit
 
 from multidict import CIMultiDict, MultiMapping
 
@@ -266,6 +267,25 @@ def if_range_matches(entry: Entry, value: str) -> bool:
     if since is None or entry.last_modified is None or lm is None or date is None:
         return False
     return lm == since and date - lm >= 1.0
+
+
+def invalidated(primary: str, base: str, host: str, headers: Headers) -> list[str]:
+    """What a successful unsafe request drops (RFC 9111 4.4): its own target (``primary``), and
+    the ``Location`` and ``Content-Location`` URIs (resolved against the request URI ``base``)
+    whose host is the request's own ``host``, as primary keys."""
+    out = [primary]
+    for name in ("Location", "Content-Location"):
+        for value in headers.getall(name, []):
+            try:
+                url = urlsplit(urljoin(base, value.strip()))
+            except ValueError:
+                continue
+            if url.netloc.lower() != host.lower() or not url.path:
+                continue
+            target = f"{url.path}?{url.query}" if url.query else url.path
+            if target not in out:
+                out.append(target)
+    return out
 
 
 def _weak(tag: str) -> str:

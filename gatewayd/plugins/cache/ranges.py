@@ -10,6 +10,11 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from multidict import CIMultiDict
+
+from gatewayd.chain import RequestContext, Response
+from gatewayd.plugins.cache.policy import Entry, if_range_matches
+
 UNSATISFIABLE: Final = "unsatisfiable"
 _SPEC = re.compile(r"([0-9]*)-([0-9]*)")
 
@@ -43,3 +48,30 @@ def byte_range(value: str, length: int) -> tuple[int, int] | str | None:
         return UNSATISFIABLE
     end = length - 1 if not last else min(int(last), length - 1)
     return start, end
+
+
+def range_reply(
+    ctx: RequestContext, entry: Entry, headers: CIMultiDict[str], ranges: str
+) -> Response:
+    """A Range request answered from the stored 200 (``headers``: what the hit sends): 206 with
+    the one range, 416 when no byte satisfies it, the whole 200 for several ranges, an invalid
+    Range or an If-Range that does not match."""
+    if_range = ctx.request.headers.get("If-Range")
+    if if_range is not None and not if_range_matches(entry, if_range):
+        return Response(200, headers, entry.body)
+    length = len(entry.body)
+    span = byte_range(ranges, length)
+    if span is None:
+        return Response(200, headers, entry.body)
+    if isinstance(span, str):  # UNSATISFIABLE
+        reply = ctx.error_response(
+            416, "range_not_satisfiable", "the range is outside the representation"
+        )
+        reply.headers["Content-Range"] = f"bytes */{length}"
+        reply.headers["X-Cache"] = headers["X-Cache"]
+        return reply
+    first, last = span
+    headers.popall("Content-Length", None)
+    headers["Content-Range"] = f"bytes {first}-{last}/{length}"
+    headers["Content-Length"] = str(last - first + 1)
+    return Response(206, headers, entry.body[first : last + 1])

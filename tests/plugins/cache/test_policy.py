@@ -15,6 +15,7 @@ from gatewayd.plugins.cache.policy import (
     freshness,
     if_range_matches,
     initial_age,
+    invalidated,
     make_entry,
     not_modified,
     refresh,
@@ -156,6 +157,19 @@ def test_conditionals():
     # a Last-Modified equal to Date is weak: a date If-Range does not match it
     weak = entry(200, ("Cache-Control", "max-age=60"), ("Last-Modified", DATE))
     assert not if_range_matches(weak, DATE)
+
+
+def test_invalidated_targets_on_the_same_host_only():
+    base, host = "http://api.example:8080/v1/items", "api.example:8080"
+    headers = h(
+        ("Location", "7?x=1"),  # relative to /v1/items
+        ("Content-Location", "http://API.example:8080/v1/other"),
+        ("Content-Location", "https://elsewhere.example/v1/x"),
+        ("Location", "http://api.example/v1/no-port"),  # another authority
+        ("Location", "http://[::1"),  # not a URI
+    )
+    got = invalidated("/v1/items", base, host, headers)
+    assert got == ["/v1/items", "/v1/7?x=1", "/v1/other"]
 
 
 # -- properties ------------------------------------------------------------------------------
