@@ -507,6 +507,18 @@ async def test_an_error_event_mid_stream_fails_the_stream(
     assert ex.usage is not None and ex.usage.prompt_tokens > 0  # message_start's count
 
 
+async def test_an_error_right_after_message_start_fails_before_any_byte(
+    fake: FakeAnthropic, kinds: KindFactory
+) -> None:
+    kind = await kinds(fake.url)
+    fake.push(Fault(error_after=0, message="Overloaded"))
+    resp, _ = await send(kind, exchange("chat", chat(stream=True)))
+    assert isinstance(resp.body, AsyncIterator)
+    with pytest.raises(StreamFailed) as info:  # the first read: nothing reached the client
+        await anext(resp.body)
+    assert info.value.kind == "provider" and info.value.status == 503
+
+
 @pytest.mark.parametrize(
     ("fault", "failure"),
     [
@@ -712,6 +724,15 @@ async def test_a_failing_claude_falls_back_and_a_late_error_reaches_the_client(
         assert chat.choices[0].message.content == "t0 t1 "
         assert [s.path for s in ollama.requests] == ["/api/chat"]
 
+        # Streamed, an overloaded error right after message_start: still no byte sent, so
+        # the gateway falls back too.
+        fake.push(Fault(error_after=0, message="Overloaded"))
+        stream = await client.chat.completions.create(
+            model="smart", messages=[{"role": "user", "content": "hi"}], max_tokens=2, stream=True
+        )
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        assert text == "t0 t1 " and len(ollama.requests) == 2
+
         fake.push(Fault(error_after=2, message="Overloaded"))  # after it: an error event
         fake.chunks = 5
         stream = await client.chat.completions.create(
@@ -722,7 +743,7 @@ async def test_a_failing_claude_falls_back_and_a_late_error_reaches_the_client(
             async for c in stream:
                 text += (c.choices[0].delta.content or "") if c.choices else ""
         assert text == "t0 t1 " and "Overloaded" in str(info.value)
-        assert len(ollama.requests) == 1  # no fallback once the client had bytes
+        assert len(ollama.requests) == 2  # no fallback once the client had bytes
         await client.close()
     finally:
         await ollama.close()

@@ -340,10 +340,11 @@ def usage_of(usage: Any) -> tuple[int | None, int | None, int | None]:
 
 
 class StreamTranslator:
-    """Anthropic's stream events as OpenAI chunks: ``message_start`` -> the role chunk,
-    ``content_block_*`` -> content and tool-call deltas, ``message_delta`` -> the finish
-    chunk (and the output count), ``message_stop`` -> the usage chunk and ``[DONE]``;
-    ``ping`` and unknown events are skipped, an ``error`` event fails the stream."""
+    """Anthropic's stream events as OpenAI chunks: ``message_start`` -> the role chunk (sent
+    with the first content, so that a stream failing before any content can still fall back),
+    ``content_block_*`` -> content and tool-call deltas, ``message_delta`` -> the finish chunk
+    (and the output count), ``message_stop`` -> the usage chunk and ``[DONE]``; ``ping`` and
+    unknown events are skipped, an ``error`` event fails the stream."""
 
     __slots__ = ("cached", "complete", "decoder", "exchange", "tools", "writer")
 
@@ -383,7 +384,9 @@ class StreamTranslator:
             if isinstance(message.get("model"), str):
                 writer.model = message["model"]
             self.usage(message.get("usage"))
-            return writer.start()
+            # The role chunk goes with the first content: until then nothing has reached the
+            # client, so an error event right after message_start can still fall back.
+            return []
         if kind == "content_block_start":
             block = event.get("content_block") or {}
             if block.get("type") == "tool_use":

@@ -318,7 +318,7 @@ def embeddings_answer(exchange: Exchange, data: dict[str, Any]) -> dict[str, Any
 
 
 class StreamTranslator:
-    """Ollama's NDJSON lines as OpenAI chunks: the first line brings the role chunk, each
+    """Ollama's NDJSON lines as OpenAI chunks: the role chunk goes with the first content, each
     line's ``message.content`` (``response`` for /api/generate) a content chunk, its
     ``tool_calls`` a tool-call chunk; the ``done: true`` line the finish chunk, the usage chunk
     and ``[DONE]``. A line that is not a JSON object is ``malformed``; ``{"error": ...}`` fails
@@ -353,7 +353,7 @@ class StreamTranslator:
         if "error" in line:
             raise StreamFailed("provider", str(line["error"])[:2000])
         writer = self.writer
-        out = writer.start()
+        out: list[bytes] = []  # the role chunk goes with the first content (writer.text)
         if self.exchange.operation == "completions":
             text = line.get("response")
             if isinstance(text, str) and text:
