@@ -43,10 +43,11 @@ class Fault:
 
     ``status``: an OpenAI-shaped error reply with this status (``code``/``message`` in it, and
     ``Retry-After`` when ``retry_after``). ``delay``: seconds before the reply's head (a timeout
-    when longer than the gateway's). The rest count content chunks (streamed) or body bytes
-    (not streamed): ``stall_after`` sends that many, then holds the connection open without
-    sending; ``cut_after`` sends that many, then closes the connection; ``malformed_after`` sends
-    that many, then a chunk that is not JSON (not streamed: a 200 whose body is not JSON);
+    when longer than the gateway's). The rest count events (streamed: the role chunk of a chat
+    stream, then one per token) or body bytes (not streamed): ``stall_after`` sends that many,
+    then holds the connection open without sending; ``cut_after`` sends that many, then closes
+    the connection; ``malformed_after`` sends that many, then a chunk that is not JSON (not
+    streamed: a 200 whose body is not JSON);
     ``error_after`` (streamed) sends that many, then an OpenAI error event and ends.
     ``usage=False``: no usage reported at all. ``chunks``/``chunk_delay`` override the reply's
     length and pace."""
@@ -360,29 +361,34 @@ class FakeOpenAI:
                 out["usage"] = None
             return out
 
-        if kind == "chat":
-            await resp.write(event(chunk("", None, role=True)))
-        for i in range(chunks):
-            if fault.stall_after == i:
+        # The events before the final one: the role chunk (chat), then one per token. A fault
+        # "after n" comes after n of them.
+        contents: list[str | None] = [None] if kind == "chat" else []
+        contents += [f"t{i} " for i in range(chunks)]
+        for n, content in enumerate(contents):
+            if fault.stall_after == n:
                 await asyncio.sleep(3600)
-            if fault.cut_after == i:
+            if fault.cut_after == n:
                 seen.finished_at = time.monotonic()
                 assert request.transport is not None
                 request.transport.close()
                 return resp
-            if fault.malformed_after == i:
+            if fault.malformed_after == n:
                 await resp.write(b'data: {"id": "broken", "choices": [{"delta": \n\n')
                 seen.finished_at = time.monotonic()
                 return resp
-            if fault.error_after == i:
+            if fault.error_after == n:
                 await resp.write(event({"error": {"message": fault.message, "type": "api_error",
                                                   "code": fault.code, "param": None}}))  # fmt: skip
                 seen.finished_at = time.monotonic()
                 return resp
+            if content is None:
+                await resp.write(event(chunk("", None, role=True)))
+                continue
             if delay:
                 await asyncio.sleep(delay)
-            await resp.write(event(chunk(f"t{i} ", None)))
-            seen.chunks_sent = i + 1
+            await resp.write(event(chunk(content, None)))
+            seen.chunks_sent += 1
         await resp.write(event(chunk(None if kind == "chat" else "", "stop")))
         if include_usage and fault.usage:
             total = {**usage, "total_tokens": usage["prompt_tokens"] + chunks}

@@ -190,7 +190,10 @@ class LlmGateway:
             async with asyncio.timeout(timeout):
                 async for line in r.content:
                     if line.startswith(b"data:"):
-                        found.append(json.loads(line[5:]))
+                        doc = json.loads(line[5:])
+                        if doc.get("type") == "gap":
+                            continue
+                        found.append(doc)
                         if len(found) >= count:
                             break
         return found

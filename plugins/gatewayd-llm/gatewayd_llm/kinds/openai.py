@@ -175,42 +175,59 @@ def sse_response_headers() -> CIMultiDict[str]:
 
 async def relay_events(chunks: AsyncIterator[bytes], exchange: Exchange) -> AsyncIterator[bytes]:
     """The provider's SSE events, checked, as whole events (those that arrived together in one
-    item); the usage reported; ``[DONE]`` last, or :class:`StreamFailed`."""
+    item); the usage reported; ``[DONE]`` last, or :class:`StreamFailed`. When good events
+    and a failure arrive together, the good ones are yielded first, unless nothing was
+    yielded yet (then the failure comes at once: the plugin can still fall back)."""
     decoder = SseDecoder()
     done = False
+    started = False
     try:
         async for raw in chunks:
             out: list[bytes] = []
+            failure: StreamFailed | None = None
             try:
                 events = list(decoder.feed(raw))
             except ValueError:
-                raise StreamFailed("malformed", "the provider sent an oversized event") from None
+                events = []
+                failure = StreamFailed("malformed", "the provider sent an oversized event")
             for data in events:
                 if data.strip() == "[DONE]":
                     out.append(DONE)
                     done = True
                     break
-                try:
-                    obj = json.loads(data)
-                except ValueError:
-                    raise StreamFailed("malformed", "the provider sent a malformed chunk") from None
-                if not isinstance(obj, dict):
-                    raise StreamFailed("malformed", "the provider sent a malformed chunk")
-                error = obj.get("error")
-                if error is not None:
-                    message = error.get("message") if isinstance(error, dict) else str(error)
-                    raise StreamFailed("provider", str(message or "the provider failed")[:2000])
-                report(exchange, obj.get("usage"))
-                if obj.get("choices"):
-                    exchange.mark_first_byte()
+                failure = check_event(data, exchange)
+                if failure is not None:
+                    break
                 out.append(b"data: " + data.encode() + b"\n\n")
+            if failure is not None and not started:
+                raise failure
             if out:
+                started = True
                 yield b"".join(out)
+            if failure is not None:
+                raise failure
             if done:
                 return  # complete: what may follow [DONE] is not read (the response is closed)
-        if not done:
-            raise StreamFailed("disconnect", "the provider's stream ended before [DONE]")
+        raise StreamFailed("disconnect", "the provider's stream ended before [DONE]")
     finally:
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+def check_event(data: str, exchange: Exchange) -> StreamFailed | None:
+    """One event's data: its usage reported, its first token marked; or why it is a failure."""
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return StreamFailed("malformed", "the provider sent a malformed chunk")
+    if not isinstance(obj, dict):
+        return StreamFailed("malformed", "the provider sent a malformed chunk")
+    error = obj.get("error")
+    if error is not None:
+        message = error.get("message") if isinstance(error, dict) else str(error)
+        return StreamFailed("provider", str(message or "the provider failed")[:2000])
+    report(exchange, obj.get("usage"))
+    if obj.get("choices"):
+        exchange.mark_first_byte()
+    return None
