@@ -108,20 +108,22 @@ class StoreError(Exception):
     """The state backend could not answer (Redis down, timed out)."""
 
 
-def connect(url: str, timeout: float = 0.5, max_connections: int = 100) -> Any:
+def connect(url: str, timeout: float = 0.5, max_connections: int = 16, wait: float = 2.0) -> Any:
     try:
         import redis.asyncio as aioredis
     except ImportError as exc:  # pragma: no cover - redis is an optional extra
         raise RuntimeError(
             "state.backend redis needs the 'redis' extra: pip install 'gatewayd[redis]'"
         ) from exc
-    # A blocking pool: under a burst of more concurrent decisions than connections, a decision
-    # waits (up to ``timeout``) for a free connection instead of failing at once, as redis-py's
-    # default pool does past its 100 connections.
+    # A blocking pool of a few connections: under a burst of more concurrent decisions than
+    # connections, a decision waits (up to ``wait``) for a free connection instead of failing
+    # at once, as redis-py's default pool does past its 100 connections; and a burst does not
+    # open a hundred connections at once (each costs a handshake: on a busy host, that storm
+    # alone ran past the 0.5 s timeout).
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
-        timeout=timeout,
+        timeout=wait,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=0,

@@ -301,8 +301,19 @@ class Limits:
         refund or a top-up in the windows the reservation landed in. Never refused and never
         raises; a second call for the same reservation does nothing. Carried through when the
         caller is cancelled meanwhile."""
+        task = self.settle_nowait(reservation, tokens, cost)
+        if task is not None:
+            await asyncio.shield(task)
+
+    def settle_nowait(
+        self, reservation: Reservation, tokens: int, cost: float
+    ) -> asyncio.Future[None] | None:
+        """:meth:`settle` without awaiting, for code that must not (a closing iterator, a
+        cancelled task, a synchronous finish): the memory store is settled before this
+        returns; Redis's settlement is a task of its own (returned; :meth:`close` waits for
+        it)."""
         if reservation.settled:
-            return
+            return None
         reservation.settled = True
         tokens = max(0, int(tokens))
         units = cost_units(cost)
@@ -315,12 +326,11 @@ class Limits:
             if delta:
                 items.append((counter.key, counter.period, window, delta))
         if not items:
-            return
+            return None
         if not self.limiter.is_async:
             self.limiter.adjust(items)
-            return
-        task = self._track(asyncio.ensure_future(self._adjust(items)))
-        await asyncio.shield(task)
+            return None
+        return self._track(asyncio.ensure_future(self._adjust(items)))
 
     async def _adjust(self, items: list[tuple[str, float, int, int]]) -> None:
         try:

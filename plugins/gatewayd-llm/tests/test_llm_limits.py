@@ -355,23 +355,28 @@ async def test_cancelled_reserve_and_settle_are_carried_through(llm_redis_url: s
 WORKER = r"""
 import asyncio, json, random, sys, time
 from gatewayd.testing import HarnessServices
-from gatewayd_llm.limits import LimitExceeded, Limits, LimitSpec, LimitSubject
+from gatewayd_llm.limits import LimitExceeded, Limits, LimitSpec, LimitSubject, LimitsUnavailable
 
 url, budget, count, prompt, max_tokens, seed, start_at = sys.argv[1:]
 budget, count, prompt, max_tokens = int(budget), int(count), int(prompt), int(max_tokens)
 
 async def main():
     services = HarnessServices(backend="redis", redis_url=url)
-    limits = Limits([LimitSpec(tokens=f"{budget}/h", key="tenant")], services.stores)
+    limits = Limits(
+        [LimitSpec(tokens=f"{budget}/h", key="tenant")], services.stores, on_store_error="deny"
+    )
     subject = LimitSubject("k", "acme", "smart", "llm")
     rng = random.Random(int(seed))
-    spent, refused = [], 0
+    spent, refused, unavailable = [], 0, 0
     await asyncio.sleep(max(0.0, float(start_at) - time.time()))
 
     async def one():
-        nonlocal refused
+        nonlocal refused, unavailable
         try:
             r = await limits.reserve(subject, prompt + max_tokens, 0)
+        except LimitsUnavailable:
+            unavailable += 1
+            return
         except LimitExceeded:
             refused += 1
             return
@@ -383,7 +388,7 @@ async def main():
     await asyncio.gather(*(one() for _ in range(count)))
     await limits.close()
     await services.close()
-    print(json.dumps({"spent": spent, "refused": refused}))
+    print(json.dumps({"spent": spent, "refused": refused, "unavailable": unavailable}))
 
 asyncio.run(main())
 """
@@ -418,10 +423,27 @@ async def test_two_processes_share_one_budget(llm_redis_url: str) -> None:
     spent = [t for r in results for t in r["spent"]]
     assert all(r["spent"] for r in results)  # both processes had requests admitted
     assert sum(r["refused"] for r in results) > 0  # the budget was the limit
-    assert len(spent) + sum(r["refused"] for r in results) == 200
-    assert sum(spent) <= n + max_tokens
+    unavailable = sum(r["unavailable"] for r in results)  # Redis too slow on a loaded host
+    assert len(spent) + sum(r["refused"] for r in results) + unavailable == 200
+    assert unavailable < 20
+    assert sum(spent) <= n + max_tokens, results
     services = HarnessServices(backend="redis", redis_url=llm_redis_url)
     limits = Limits([spec(tokens=f"{n}/h", key="tenant")], services.stores)
     subject = LimitSubject("k", "acme", "smart", "llm")
     assert await used(limits, subject) == [sum(spent)]  # settled exactly, across processes
     await services.close()
+
+
+async def test_settle_nowait_from_synchronous_code(services: HarnessServices) -> None:
+    await fresh_window(3600, 5)
+    limits = Limits([spec(tokens="1000/h", key="tenant")], services.stores)
+    r = await limits.reserve(ACME, 500, 0)
+    task = limits.settle_nowait(r, 20, 0)
+    if services.stores.backend == "memory":
+        assert task is None and await used(limits) == [20]  # settled before it returned
+    else:
+        assert task is not None
+        await limits.close()
+        assert task.done() and await used(limits) == [20]
+    assert limits.settle_nowait(r, 900, 0) is None  # once only
+    assert await used(limits) == [20]
