@@ -15,7 +15,7 @@ from pydantic import Field
 
 from gatewayd.chain import Attempt, Response, TimeoutsConfig
 from gatewayd_llm.exchange import Exchange, StreamFailed
-from gatewayd_llm.kinds.base import HttpProvider, ProviderConfig
+from gatewayd_llm.kinds.base import HttpProvider, ProviderConfig, read_whole
 from gatewayd_llm.kinds.translate import (
     MAX_ERROR_BODY,
     BadRequest,
@@ -29,7 +29,6 @@ from gatewayd_llm.kinds.translate import (
     malformed,
     max_tokens,
     parse_json,
-    read_reply,
     single_choice,
     stop_list,
     stream_reply,
@@ -103,7 +102,7 @@ class AnthropicUpstream(HttpProvider):
         resp = await session.get(
             self.url("/v1/models"), headers=self.headers(None), allow_redirects=False
         )
-        await read_reply(resp, timeouts.read, MAX_ERROR_BODY)
+        await read_whole(resp, timeouts.read)
         if resp.status == 200:
             return json_reply({"object": "list", "data": []})
         return error_reply(resp.status, f"upstream '{self.name}' answered {resp.status}")
@@ -136,7 +135,7 @@ class AnthropicUpstream(HttpProvider):
         except BaseException:
             resp.close()
             raise
-        data = parse_json(await read_reply(resp, timeouts.read))
+        data = parse_json(await read_whole(resp, timeouts.read))
         if not isinstance(data, dict) or data.get("type") != "message":
             raise malformed(attempt, self.name)
         return json_reply(self.answer(exchange, data))
@@ -308,7 +307,7 @@ class AnthropicUpstream(HttpProvider):
         return chat_completion(str(data.get("id")), model, content, calls, finish, u)
 
     async def error(self, resp: aiohttp.ClientResponse, timeouts: TimeoutsConfig) -> Response:
-        data = parse_json(await read_reply(resp, timeouts.read, MAX_ERROR_BODY))
+        data = parse_json((await read_whole(resp, timeouts.read))[:MAX_ERROR_BODY])
         message, kind, _ = self.provider_error(resp.status, data)
         status, code = anthropic_status(resp.status, kind, message)
         return error_reply(status, message, code, None, resp.headers.get("Retry-After"))

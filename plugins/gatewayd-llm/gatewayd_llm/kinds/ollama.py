@@ -18,7 +18,7 @@ import aiohttp
 
 from gatewayd.chain import Attempt, Response, TimeoutsConfig
 from gatewayd_llm.exchange import Exchange, StreamFailed
-from gatewayd_llm.kinds.base import HttpProvider, ProviderConfig
+from gatewayd_llm.kinds.base import HttpProvider, ProviderConfig, read_whole
 from gatewayd_llm.kinds.translate import (
     MAX_ERROR_BODY,
     BadRequest,
@@ -33,7 +33,6 @@ from gatewayd_llm.kinds.translate import (
     max_tokens,
     new_id,
     parse_json,
-    read_reply,
     single_choice,
     stop_list,
     stream_reply,
@@ -86,7 +85,7 @@ class OllamaUpstream(HttpProvider):
         resp = await session.get(
             self.url("/api/tags"), headers=self.headers(None), allow_redirects=False
         )
-        await read_reply(resp, timeouts.read, MAX_ERROR_BODY)
+        await read_whole(resp, timeouts.read)
         if resp.status == 200:
             return json_reply({"object": "list", "data": []})
         return error_reply(resp.status, f"upstream '{self.name}' answered {resp.status}")
@@ -117,7 +116,7 @@ class OllamaUpstream(HttpProvider):
         except BaseException:
             resp.close()
             raise
-        data = parse_json(await read_reply(resp, timeouts.read))
+        data = parse_json(await read_whole(resp, timeouts.read))
         if not isinstance(data, dict) or "error" in data:
             if isinstance(data, dict):
                 message = self.scrub(str(data["error"])[:2000])
@@ -128,7 +127,7 @@ class OllamaUpstream(HttpProvider):
         return json_reply(answer(exchange, data))
 
     async def error(self, resp: aiohttp.ClientResponse, timeouts: TimeoutsConfig) -> Response:
-        data = parse_json(await read_reply(resp, timeouts.read, MAX_ERROR_BODY))
+        data = parse_json((await read_whole(resp, timeouts.read))[:MAX_ERROR_BODY])
         message, _, _ = self.provider_error(resp.status, data)
         status = resp.status if 400 <= resp.status <= 599 else 502
         code = CODES.get(status)

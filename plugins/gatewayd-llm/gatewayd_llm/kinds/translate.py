@@ -6,7 +6,6 @@ events into OpenAI's SSE chunks as each one arrives.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import time
@@ -21,7 +20,7 @@ from gatewayd_llm.exchange import Exchange, Operation, StreamFailed
 from gatewayd_llm.kinds.base import stream_chunks
 from gatewayd_llm.wire import DONE, error_body, sse_event, sse_headers
 
-MAX_ERROR_BODY = 64 * 1024  # what is read of a provider's error reply
+MAX_ERROR_BODY = 64 * 1024  # what is parsed of a provider's error reply
 
 
 class BadRequest(Exception):
@@ -284,23 +283,6 @@ class ChunkWriter:
 
 
 # -- the provider's reply ------------------------------------------------------------------------
-
-
-async def read_reply(resp: aiohttp.ClientResponse, timeout: float, limit: int = 0) -> bytes:
-    """A whole reply body within ``timeout`` (at most ``limit`` bytes when given); the
-    connection is released when it was read to the end and closed when not (cancelled,
-    timed out, cut)."""
-    try:
-        async with asyncio.timeout(timeout):
-            data = await (resp.content.read(limit) if limit else resp.read())
-    except BaseException:
-        resp.close()
-        raise
-    if resp.content.at_eof():
-        resp.release()
-    else:
-        resp.close()
-    return data
 
 
 def parse_json(data: bytes) -> Any:
