@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 from gatewayd.chain import Attempt, Response, UpstreamError
 from gatewayd_llm.exchange import Exchange, Operation, StreamFailed
 from gatewayd_llm.kinds.base import stream_chunks
-from gatewayd_llm.wire import DONE, error_body, sse_event, sse_headers
+from gatewayd_llm.wire import error_body, sse_event, sse_headers
 
 MAX_ERROR_BODY = 64 * 1024  # what is parsed of a provider's error reply
 
@@ -382,6 +382,3 @@ def stream_reply(
     resp: aiohttp.ClientResponse, read_timeout: float, exchange: Exchange, translator: Translator
 ) -> Response:
     return Response(200, sse_headers(), TranslatedStream(resp, read_timeout, exchange, translator))
-
-
-__all__ = ["DONE", "BadRequest", "ChunkWriter", "TranslatedStream"]
