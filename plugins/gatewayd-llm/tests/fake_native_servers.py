@@ -96,7 +96,7 @@ class NativeFake(FakeOpenAI):
             self.handlers.discard(task)
 
     async def _send_whole(
-        self, request: web.Request, seen: Seen, data: bytes
+        self, request: web.Request, seen: Seen, data: bytes, status: int = 200
     ) -> web.StreamResponse:
         """A whole JSON reply, or as much of it as the fault lets through: ``malformed_after``
         bytes and an end; ``cut_after`` bytes and a closed connection; ``stall_after`` bytes
@@ -109,7 +109,7 @@ class NativeFake(FakeOpenAI):
         if partial is None:
             seen.finished_at = time.monotonic()
             return web.Response(body=data, content_type="application/json")
-        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp = web.StreamResponse(status=status, headers={"Content-Type": "application/json"})
         resp.content_length = len(data)
         await resp.prepare(request)
         await resp.write(data[:partial])
@@ -146,6 +146,7 @@ class FakeAnthropic(NativeFake):
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self.stop_reason = "end_turn"
+        self.ignore_stream = False  # answer a whole Message even when asked to stream
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -206,7 +207,11 @@ class FakeAnthropic(NativeFake):
             await asyncio.sleep(fault.delay)
         if fault is not None and fault.status is not None:
             seen.finished_at = time.monotonic()
-            return self.refuse(fault.status, fault.message, fault.retry_after)
+            refusal = self.refuse(fault.status, fault.message, fault.retry_after)
+            if fault.cut_after is not None:  # the error reply itself cut short
+                assert isinstance(refusal.body, bytes)
+                return await self._send_whole(request, seen, refusal.body, fault.status)
+            return refusal
         # The model ends its turn after :attr:`chunks` tokens, or at max_tokens if sooner.
         wanted = body.get("max_tokens")
         n, delay = self._tokens(seen, min(wanted, self.chunks) if isinstance(wanted, int) else None)
@@ -214,7 +219,7 @@ class FakeAnthropic(NativeFake):
         out = 0 if self.zero_usage else n
         seen.usage = {"prompt_tokens": p, "completion_tokens": out}
         mid = f"msg_fake{len(self.requests):04d}"
-        if body.get("stream"):
+        if body.get("stream") and not self.ignore_stream:
             return await self._stream(request, seen, body, mid, n, delay, p, out)
         if delay:
             await asyncio.sleep(delay * n)

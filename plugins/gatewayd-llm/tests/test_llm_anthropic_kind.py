@@ -353,6 +353,26 @@ async def test_provider_errors_become_openai_errors(
             assert resp.headers["Retry-After"] == "7"
 
 
+async def test_an_error_reply_cut_short_keeps_its_status(
+    fake: FakeAnthropic, kinds: KindFactory
+) -> None:
+    kind = await kinds(fake.url)
+    fake.push(Fault(status=429, cut_after=12))
+    resp, _ = await send(kind, exchange("chat", chat()))
+    assert resp.status == 429
+    assert body_json(resp)["error"]["code"] == "rate_limit_exceeded"
+
+
+async def test_a_stream_answered_as_json_is_malformed(
+    fake: FakeAnthropic, kinds: KindFactory
+) -> None:
+    fake.ignore_stream = True
+    kind = await kinds(fake.url)
+    with pytest.raises(UpstreamError) as info:
+        await send(kind, exchange("chat", chat(stream=True)))
+    assert info.value.code == "upstream_malformed"
+
+
 async def test_a_bad_key_is_a_401_and_the_key_never_shows(
     fake: FakeAnthropic, kinds: KindFactory, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -17,12 +17,12 @@ from gatewayd.chain import Attempt, Response, TimeoutsConfig
 from gatewayd_llm.exchange import Exchange, StreamFailed
 from gatewayd_llm.kinds.base import HttpProvider, ProviderConfig, read_whole
 from gatewayd_llm.kinds.translate import (
-    MAX_ERROR_BODY,
     BadRequest,
     ChunkWriter,
     chat_completion,
     count,
     data_url,
+    error_payload,
     error_reply,
     json_reply,
     legacy_prompt,
@@ -130,6 +130,9 @@ class AnthropicUpstream(HttpProvider):
             if resp.status != 200:
                 return await self.error(resp, timeouts)
             if exchange.stream:
+                if resp.content_type != "text/event-stream":
+                    resp.close()
+                    raise malformed(attempt, self.name)
                 translator = StreamTranslator(exchange, payload["model"])
                 return stream_reply(resp, timeouts.read, exchange, translator)
         except BaseException:
@@ -307,7 +310,7 @@ class AnthropicUpstream(HttpProvider):
         return chat_completion(str(data.get("id")), model, content, calls, finish, u)
 
     async def error(self, resp: aiohttp.ClientResponse, timeouts: TimeoutsConfig) -> Response:
-        data = parse_json((await read_whole(resp, timeouts.read))[:MAX_ERROR_BODY])
+        data = await error_payload(resp, timeouts.read)
         message, kind, _ = self.provider_error(resp.status, data)
         status, code = anthropic_status(resp.status, kind, message)
         return error_reply(status, message, code, None, resp.headers.get("Retry-After"))

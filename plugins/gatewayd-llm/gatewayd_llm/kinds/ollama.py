@@ -20,12 +20,12 @@ from gatewayd.chain import Attempt, Response, TimeoutsConfig
 from gatewayd_llm.exchange import Exchange, StreamFailed
 from gatewayd_llm.kinds.base import HttpProvider, ProviderConfig, read_whole
 from gatewayd_llm.kinds.translate import (
-    MAX_ERROR_BODY,
     BadRequest,
     ChunkWriter,
     chat_completion,
     count,
     data_url,
+    error_payload,
     error_reply,
     json_reply,
     legacy_prompt,
@@ -127,7 +127,7 @@ class OllamaUpstream(HttpProvider):
         return json_reply(answer(exchange, data))
 
     async def error(self, resp: aiohttp.ClientResponse, timeouts: TimeoutsConfig) -> Response:
-        data = parse_json((await read_whole(resp, timeouts.read))[:MAX_ERROR_BODY])
+        data = await error_payload(resp, timeouts.read)
         message, _, _ = self.provider_error(resp.status, data)
         status = resp.status if 400 <= resp.status <= 599 else 502
         code = CODES.get(status)

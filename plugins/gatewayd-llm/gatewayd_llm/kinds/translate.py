@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 
 from gatewayd.chain import Attempt, Response, UpstreamError
 from gatewayd_llm.exchange import Exchange, Operation, StreamFailed
-from gatewayd_llm.kinds.base import stream_chunks
+from gatewayd_llm.kinds.base import read_whole, stream_chunks
 from gatewayd_llm.wire import error_body, sse_event, sse_headers
 
 MAX_ERROR_BODY = 64 * 1024  # what is parsed of a provider's error reply
@@ -283,6 +283,15 @@ class ChunkWriter:
 
 
 # -- the provider's reply ------------------------------------------------------------------------
+
+
+async def error_payload(resp: aiohttp.ClientResponse, timeout: float) -> Any:
+    """A provider's error reply as JSON, or None when it is not JSON or could not be read (its
+    status says enough: a 429 whose body was cut is still a 429)."""
+    try:
+        return parse_json((await read_whole(resp, timeout))[:MAX_ERROR_BODY])
+    except (aiohttp.ClientError, TimeoutError):
+        return None
 
 
 def parse_json(data: bytes) -> Any:
