@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gatewayd_llm import tokens
 from gatewayd_llm.exchange import EXCHANGE, Exchange, Operation, StreamFailed
 from gatewayd_llm.kinds.process import (
     ProcessUpstream,
@@ -282,6 +283,7 @@ async def test_a_streamed_chat_arrives_read_by_read_as_openai_chunks() -> None:
     usage = events[-2]
     assert usage["choices"] == [] and usage["usage"]["prompt_tokens"] > 0
     assert usage["usage"]["completion_tokens"] == math.ceil(len(content(events)) / 4)
+    assert usage["usage"]["prompt_tokens"] == tokens.prompt_tokens("chat", ex.body)
     assert events[-1] == "[DONE]"
     assert ex.usage is None  # an estimate: never reported as the provider's
     assert ex.first_byte_at is not None and ex.first_byte_at - ex.started < 0.6
@@ -685,9 +687,144 @@ async def test_a_cancelled_sandboxed_stream_leaves_nothing_behind() -> None:
 
 @pytest.fixture(params=["asyncio", "uvloop"])
 def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    """Every test here on both loops: the daemon runs uvloop, whose subprocesses differ."""
+    """Every test here on both loops: the daemon runs uvloop, whose subprocesses differ (the
+    end-to-end tests run the kind in the daemon: once is enough)."""
+    if request.param == "uvloop" and "llm_gateway" in request.fixturenames:
+        pytest.skip("end to end: the kind runs in the daemon (uvloop) either way")
     if request.param == "uvloop":
         import uvloop
 
         return uvloop.EventLoopPolicy()
     return asyncio.DefaultEventLoopPolicy()
+
+
+# -- end to end: the daemon, the llm plugin, the official openai SDK ---------------------------
+
+
+def cli_upstream(*extra: str, **config: Any) -> dict[str, Any]:
+    return {"kind": "process", "command": command(*extra), **config}
+
+
+async def test_through_the_gateway_with_the_openai_sdk(llm_config: Any, llm_gateway: Any) -> None:
+    cfg = llm_config(
+        {"cli": cli_upstream("--delay", "0.02")},
+        {"models": {"echo": [{"upstream": "cli", "model": "default"}]}},
+    )
+    gw = await llm_gateway(cfg)
+    client = gw.client()
+    chat = await client.chat.completions.create(
+        model="echo", messages=[{"role": "user", "content": "hi there"}], max_tokens=5
+    )
+    assert chat.choices[0].message.content == "model=default max_tokens=5 hi there"
+    assert chat.choices[0].finish_reason == "stop"
+    assert chat.usage is not None and chat.usage.completion_tokens > 0
+
+    stream = await client.chat.completions.create(
+        model="echo",
+        messages=[{"role": "user", "content": "one two three"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [c async for c in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "model=default max_tokens=1024 one two three"
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) >= 5
+    assert chunks[-1].usage is not None and chunks[-1].choices == []
+
+    stream = await client.chat.completions.create(
+        model="echo", messages=[{"role": "user", "content": "quiet"}], stream=True
+    )
+    chunks = [c async for c in stream]
+    assert all(c.usage is None and c.choices for c in chunks)  # not asked: stripped
+
+    legacy = await client.completions.create(model="echo", prompt="raw words", max_tokens=2)
+    assert legacy.choices[0].text == "model=default max_tokens=2 raw words"
+
+    records = await gw.usage(count=4)
+    assert [r.source for r in records] == ["estimated"] * 4
+    assert {(r.model, r.upstream, r.provider_model, r.status) for r in records} == {
+        ("echo", "cli", "default", 200)
+    }
+    assert [r.stream for r in records] == [False, True, True, False]
+    started = [line for line in gw.logs().splitlines() if "starting model process" in line]
+    assert len(started) == 4 and all('"argv"' in line for line in started)
+    await client.close()
+
+
+async def test_a_client_leaving_kills_the_process_group_within_100_ms(
+    llm_config: Any, llm_gateway: Any
+) -> None:
+    marker, quiet = uuid.uuid4().hex, uuid.uuid4().hex
+    cfg = llm_config(
+        {
+            "cli": cli_upstream("--mode", "grandchild", "--marker", marker, "--delay", "0.02"),
+            "quiet": cli_upstream("--mode", "grandchild", "--silent", "--marker", quiet),
+        },
+        {
+            "models": {
+                "echo": [{"upstream": "cli", "model": "default"}],
+                "quiet": [{"upstream": "quiet", "model": "default"}],
+            }
+        },
+    )
+    gw = await llm_gateway(cfg)
+    client = gw.client()
+    stream = await client.chat.completions.create(
+        model="echo", messages=[{"role": "user", "content": "x"}], stream=True
+    )
+    async for c in stream:
+        if c.choices and c.choices[0].delta.content:
+            break
+    assert len(await wait_live(marker, 2)) == 2  # the model and its grandchild
+    await stream.close()
+    await gone_within(marker, 0.1)
+
+    # Not streamed, before any output: the client gives up, the processes go too.
+    task = asyncio.create_task(
+        client.chat.completions.create(model="quiet", messages=[{"role": "user", "content": "x"}])
+    )
+    await wait_live(quiet, 2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await gone_within(quiet, 0.1)
+    records = await gw.usage(count=2)
+    assert [r.cancelled for r in records] == [True, True]
+    await client.close()
+
+
+async def test_a_failing_command_falls_back_before_the_first_byte(
+    llm_config: Any, llm_gateway: Any
+) -> None:
+    cfg = llm_config(
+        {"broken": cli_upstream("--mode", "fail"), "cli": cli_upstream()},
+        {
+            "models": {
+                "broken": [{"upstream": "broken", "model": "x"}],
+                "echo": [{"upstream": "cli", "model": "default"}],
+            },
+            "fallbacks": {"broken": ["echo"]},
+        },
+    )
+    gw = await llm_gateway(cfg)
+    client = gw.client()
+    for stream in (False, True):
+        if stream:
+            chunks = [
+                c
+                async for c in await client.chat.completions.create(
+                    model="broken", messages=[{"role": "user", "content": "a"}], stream=True
+                )
+            ]
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            chat = await client.chat.completions.create(
+                model="broken", messages=[{"role": "user", "content": "a"}]
+            )
+            text = chat.choices[0].message.content or ""
+        assert text == "model=default max_tokens=1024 a"
+    records = await gw.usage(count=2)
+    assert [(r.upstream, r.fallbacks) for r in records] == [("cli", 1), ("cli", 1)]
+    assert "hf_abcdefghijklmnop" not in gw.logs()  # stderr's secret, masked in the log
+    assert "cannot load weights" in gw.logs()
+    await client.close()

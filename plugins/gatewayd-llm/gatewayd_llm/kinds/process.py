@@ -36,8 +36,9 @@ How it runs (never through a shell):
   U+FFFD) and becomes one OpenAI chunk; not streamed, the whole of stdout is one completion.
   stderr is kept (its last 2 KiB) for the log only: it may contain secrets, so the client gets
   a generic message and the log a masked excerpt.
-- Usage is estimated (about 4 characters a token) and shown in the answer, but never reported
-  to the exchange as the provider's: the plugin records it as estimated.
+- Usage is estimated (:mod:`gatewayd_llm.tokens`: about 4 characters a token) and shown in
+  the answer (``usage``, and the usage chunk of a stream), but never reported to the exchange
+  as the provider's: the plugin records it as estimated.
 - Failures: the command cannot be started -> ``UpstreamConnectError`` (``connect``); no output
   within ``timeouts.read`` or past ``timeout`` -> the process group is killed and
   ``UpstreamTimeout`` (504) before the first output, :class:`StreamFailed` ``stall`` after it;
@@ -69,7 +70,6 @@ import asyncio
 import codecs
 import contextlib
 import json
-import math
 import os
 import re
 import shutil
@@ -97,6 +97,7 @@ from gatewayd.chain import (
     UpstreamTimeout,
     WebSocketChannel,
 )
+from gatewayd_llm import tokens
 from gatewayd_llm.exchange import EXCHANGE, Exchange, StreamFailed
 from gatewayd_llm.kinds.translate import (
     BadRequest,
@@ -262,11 +263,6 @@ def render_chat(messages: Any) -> str:
         lines.append(f"{role}: {text_of(message.get('content'))}")
     lines.append("assistant:")
     return "\n".join(lines)
-
-
-def estimate_tokens(text: str) -> int:
-    """About 4 characters a token (what is shown in the answer's usage: an estimate)."""
-    return math.ceil(len(text) / 4)
 
 
 # -- one run -------------------------------------------------------------------------------------
@@ -516,7 +512,7 @@ class ProcessStream:
                 raise StreamFailed("provider", "the model process failed")
             reason = "stop"
         self.run.close()
-        completion = estimate_tokens("".join(self.text))
+        completion = tokens.text_tokens("".join(self.text))
         self.pending.extend(self.writer.finish(reason))
         self.pending.append(self.writer.usage(self.prompt_tokens, completion))
         self.pending.append(DONE)
@@ -647,7 +643,7 @@ class ProcessUpstream:
                 prompt = render_chat(body.get("messages"))
             else:
                 prompt = legacy_prompt(body)
-            tokens = max_tokens(body) or self.config.max_tokens
+            limit = max_tokens(body) or self.config.max_tokens
         except BadRequest as exc:
             return error_reply(400, exc.message, None, exc.param)
         model = str(body.get("model", ""))
@@ -659,9 +655,9 @@ class ProcessUpstream:
                 "process_busy",
                 retry_after="1",
             )
-        run = await self.spawn(model, tokens, prompt.encode(), attempt, request_id, timeouts)
+        run = await self.spawn(model, limit, prompt.encode(), attempt, request_id, timeouts)
         writer = ChunkWriter(exchange.operation, model)
-        prompt_tokens = estimate_tokens(prompt)
+        prompt_tokens = tokens.prompt_tokens(exchange.operation, body)
         try:
             if exchange.stream:
                 return await self.stream(run, exchange, writer, prompt_tokens, attempt)
@@ -687,7 +683,7 @@ class ProcessUpstream:
     async def spawn(
         self,
         model: str,
-        tokens: int,
+        limit: int,
         prompt: bytes,
         attempt: Attempt,
         request_id: str,
@@ -699,7 +695,7 @@ class ProcessUpstream:
             executable = self.executable(env)
             if executable is None:
                 raise FileNotFoundError(self.config.command[0])
-            argv = self.argv(executable, {"model": model, "max_tokens": str(tokens)})
+            argv = self.argv(executable, {"model": model, "max_tokens": str(limit)})
             self.context.logger.info(
                 "starting model process",
                 extra={
@@ -793,7 +789,7 @@ class ProcessUpstream:
         if text:
             exchange.mark_first_byte()
         reason = "length" if run.truncated else "stop"
-        usage = usage_object(prompt_tokens, estimate_tokens(text))
+        usage = usage_object(prompt_tokens, tokens.text_tokens(text))
         if exchange.operation == "chat":
             answer = chat_completion(writer.id, writer.model, text, [], reason, usage)
         else:
