@@ -12,6 +12,7 @@ of the messages (plus one per message), as the OpenAI fake counts it. Extra knob
 - ``stop_reason`` / ``done_reason``: what the fake says ended the answer;
 - ``tool_call``: ``{"name": ..., "arguments": {...}}`` answers with a tool call as well;
 - ``zero_usage``: report 0 tokens (an explicit zero, not a missing count);
+- ``cache_tokens`` (Anthropic): prompt tokens written to and read from its prompt cache;
 - ``gate``: an ``asyncio.Event`` the stream waits for after its first content token (a test
   proves the kind passed that token on before the fake sent anything else).
 """
@@ -147,6 +148,7 @@ class FakeAnthropic(NativeFake):
         super().__init__(**kw)
         self.stop_reason = "end_turn"
         self.ignore_stream = False  # answer a whole Message even when asked to stream
+        self.cache_tokens = (0, 0)  # prompt caching: (tokens written, tokens read)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -247,8 +249,8 @@ class FakeAnthropic(NativeFake):
             "stop_sequence": None,
             "usage": {
                 "input_tokens": p,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
+                "cache_creation_input_tokens": self.cache_tokens[0],
+                "cache_read_input_tokens": self.cache_tokens[1],
                 "output_tokens": out,
             },
         }
@@ -286,8 +288,8 @@ class FakeAnthropic(NativeFake):
             "stop_sequence": None,
             "usage": {
                 "input_tokens": p,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
+                "cache_creation_input_tokens": self.cache_tokens[0],
+                "cache_read_input_tokens": self.cache_tokens[1],
                 "output_tokens": min(out, 1),
             },
         }

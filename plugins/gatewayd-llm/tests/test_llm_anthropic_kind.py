@@ -12,12 +12,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.metadata import entry_points
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 from fake_native_servers import FakeAnthropic, FakeOllama
 from fake_openai_server import Fault
 from gatewayd_llm.exchange import StreamFailed, Usage
-from gatewayd_llm.kinds.anthropic import AnthropicUpstream, AnthropicUpstreamConfig
+from gatewayd_llm.kinds.anthropic import (
+    AnthropicUpstream,
+    AnthropicUpstreamConfig,
+    StreamTranslator,
+)
 from gatewayd_llm.kinds.base import HttpProvider
 from llm_kind_harness import (
     CLIENT_HEADERS,
@@ -297,6 +302,52 @@ async def test_an_explicit_zero_usage_is_recorded_as_zero(
     resp, _ = await send(kind, ex)
     events = await read_events(resp.body)
     assert events[-2]["usage"]["total_tokens"] == 0 and ex.usage == Usage(0, 0)
+
+
+async def test_cached_prompt_tokens_count_as_prompt_tokens(
+    fake: FakeAnthropic, kinds: KindFactory
+) -> None:
+    fake.cache_tokens = (100, 1000)  # Anthropic's input_tokens leave the cached ones out
+    kind = await kinds(fake.url)
+    for stream in (False, True):
+        ex = exchange("chat", chat(stream=stream, max_tokens=2))
+        resp, _ = await send(kind, ex)
+        events = await read_events(resp.body) if stream else [body_json(resp), None]
+        usage = events[-2]["usage"]
+        seen = fake.requests[-1].usage
+        assert seen is not None
+        prompt = seen["prompt_tokens"] + 1100
+        assert usage == {
+            "prompt_tokens": prompt,
+            "completion_tokens": 2,
+            "total_tokens": prompt + 2,
+            "prompt_tokens_details": {"cached_tokens": 1000},
+        }
+        assert ex.usage == Usage(prompt, 2)
+
+
+async def test_events_split_anywhere_translate_the_same(fake: FakeAnthropic) -> None:
+    """The provider's bytes may arrive cut at any point (TCP): the same chunks come out."""
+    body = {**chat(stream=True, max_tokens=3), "max_tokens": 3}
+    fake.tool_call = {"name": "f", "arguments": {"x": "ü"}}
+    async with aiohttp.ClientSession() as session:
+        headers = {"x-api-key": SECRET, "anthropic-version": "2023-06-01"}
+        async with session.post(fake.url + "/v1/messages", json=body, headers=headers) as r:
+            raw = await r.read()
+    assert raw.startswith(b"event: message_start\ndata: ")
+
+    def translate(size: int) -> list[Any]:
+        translator = StreamTranslator(exchange("chat", body), MODEL)
+        out: list[bytes] = []
+        for i in range(0, len(raw), size):
+            out.extend(translator.feed(raw[i : i + size]))
+        assert translator.complete
+        return [e if e == "[DONE]" else {**e, "created": 0} for e in sse_data(b"".join(out))]
+
+    whole = translate(len(raw))
+    assert content_of(whole) == "t0 t1 t2 " and whole[-1] == "[DONE]"
+    for size in (1, 2, 3, 7, 64):
+        assert translate(size) == whole
 
 
 # -- errors before the answer ------------------------------------------------------------------

@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.metadata import entry_points
 from typing import Any
 
+import aiohttp
 import pytest
 from fake_native_servers import FakeOllama
 from fake_openai_server import Fault
 from gatewayd_llm.exchange import StreamFailed, Usage
 from gatewayd_llm.kinds.base import HttpProvider
-from gatewayd_llm.kinds.ollama import OllamaUpstream, OllamaUpstreamConfig
+from gatewayd_llm.kinds.ollama import OllamaUpstream, OllamaUpstreamConfig, StreamTranslator
 from llm_kind_harness import (
     CLIENT_HEADERS,
     body_json,
@@ -360,6 +361,32 @@ async def test_streamed_generate_and_tool_calls(fake: FakeOllama, kinds: KindFac
     assert call["index"] == 0 and call["type"] == "function" and call["function"]["name"] == "f"
     assert json.loads(call["function"]["arguments"]) == {"a": 1}
     assert deltas[-1]["finish_reason"] == "tool_calls"
+
+
+async def test_lines_split_anywhere_translate_the_same(fake: FakeOllama) -> None:
+    """The provider's bytes may arrive cut at any point (TCP): the same chunks come out."""
+    body = chat(stream=True, options={"num_predict": 3})
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(fake.url + "/api/chat", json=body) as r,
+    ):
+        raw = await r.read()
+    assert raw.count(b"\n") == 4
+
+    def translate(size: int) -> list[Any]:
+        translator = StreamTranslator(exchange("chat", body), MODEL)
+        out: list[bytes] = []
+        for i in range(0, len(raw), size):
+            out.extend(translator.feed(raw[i : i + size]))
+        assert translator.complete
+        return [
+            e if e == "[DONE]" else {**e, "created": 0, "id": ""} for e in sse_data(b"".join(out))
+        ]
+
+    whole = translate(len(raw))
+    assert content_of(whole) == "t0 t1 t2 " and whole[-1] == "[DONE]"
+    for size in (1, 2, 5, 64):
+        assert translate(size) == whole
 
 
 async def test_each_line_is_passed_on_as_it_arrives(fake: FakeOllama, kinds: KindFactory) -> None:
