@@ -548,4 +548,13 @@ async def test_through_the_gateway_with_the_openai_sdk(
     (last,) = [r for r in await gw.usage(count=5) if r.cancelled]
     assert last.stream and last.source != "provider"  # Ollama counts only in its last line
 
+    # Ollama says 0 tokens (a cached prompt, say): recorded as 0, not replaced by an estimate.
+    fake.zero_usage = True
+    stream = await client.chat.completions.create(
+        model="local", messages=[{"role": "user", "content": "one two three"}], stream=True
+    )
+    assert [c async for c in stream]
+    zero = (await gw.usage(count=6))[-1]
+    assert (zero.source, zero.prompt_tokens, zero.completion_tokens) == ("provider", 0, 0)
+
     await client.close()
