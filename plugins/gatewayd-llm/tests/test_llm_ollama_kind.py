@@ -557,4 +557,12 @@ async def test_through_the_gateway_with_the_openai_sdk(
     zero = (await gw.usage(count=6))[-1]
     assert (zero.source, zero.prompt_tokens, zero.completion_tokens) == ("provider", 0, 0)
 
+    fake.zero_usage = False
+    text_stream = await client.completions.create(
+        model="local", prompt="x", max_tokens=3, stream=True
+    )
+    pieces = [c async for c in text_stream]
+    assert "".join(c.choices[0].text for c in pieces if c.choices) == "t0 t1 t2 "
+    assert all(c.usage is None for c in pieces)  # not asked for: stripped
+
     await client.close()
