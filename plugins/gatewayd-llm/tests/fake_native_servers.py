@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -82,15 +83,21 @@ class NativeFake(FakeOpenAI):
             delay = fault.chunk_delay
         return min(chunks, MAX_TOKENS), delay
 
-    async def _guard(self, seen: Seen, coro: Any) -> web.StreamResponse:
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request, Seen], Awaitable[Any]]
+    ) -> web.StreamResponse:
+        """``handler(request, seen)``, counted in :attr:`handlers`; a client that goes away
+        (even while its request is being read) is timestamped in ``seen.cancelled_at``."""
         task = asyncio.current_task()
         assert task is not None
         self.handlers.add(task)
+        seen: Seen | None = None
         try:
-            result: web.StreamResponse = await coro
+            seen = await self._read(request)
+            result: web.StreamResponse = await handler(request, seen)
             return result
         except (asyncio.CancelledError, ConnectionError):
-            if seen.finished_at is None:
+            if seen is not None and seen.finished_at is None:
                 seen.cancelled_at = time.monotonic()
             raise
         finally:
@@ -191,8 +198,7 @@ class FakeAnthropic(NativeFake):
         )
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
-        seen = await self._read(request)
-        return await self._guard(seen, self._messages(request, seen))
+        return await self._guard(request, self._messages)
 
     async def _messages(self, request: web.Request, seen: Seen) -> web.StreamResponse:
         refused = self._check(request)
@@ -398,16 +404,13 @@ class FakeOllama(NativeFake):
         return web.json_response({"models": models})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        seen = await self._read(request)
-        return await self._guard(seen, self._answer(request, seen, "chat"))
+        return await self._guard(request, lambda r, seen: self._answer(r, seen, "chat"))
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
-        seen = await self._read(request)
-        return await self._guard(seen, self._answer(request, seen, "generate"))
+        return await self._guard(request, lambda r, seen: self._answer(r, seen, "generate"))
 
     async def embed(self, request: web.Request) -> web.StreamResponse:
-        seen = await self._read(request)
-        return await self._guard(seen, self._embed(request, seen))
+        return await self._guard(request, self._embed)
 
     async def _admit(self, request: web.Request, seen: Seen) -> web.Response | None:
         refused = self._check(request, seen)
