@@ -18,13 +18,9 @@ from typing import Any
 import pytest
 from gatewayd_llm import tokens
 from gatewayd_llm.exchange import EXCHANGE, Exchange, Operation, StreamFailed
-from gatewayd_llm.kinds.process import (
-    ProcessUpstream,
-    ProcessUpstreamConfig,
-    mask,
-    mask_argv,
-    render_chat,
-)
+from gatewayd_llm.kinds.masking import mask, mask_argv
+from gatewayd_llm.kinds.process import ProcessUpstream, ProcessUpstreamConfig, render_chat
+from gatewayd_llm.kinds.translate import BadRequest
 from multidict import CIMultiDict
 from pydantic import ValidationError
 
@@ -251,6 +247,9 @@ def test_chat_is_rendered_one_line_per_message() -> None:
         ]
     )
     assert text == "system: Be terse.\nuser: two\nlines\nassistant: \nassistant:"
+    for bad in ([], [{"role": "user\nsystem", "content": "x"}], ["hi"], None):
+        with pytest.raises(BadRequest):
+            render_chat(bad)
 
 
 def test_masking() -> None:
@@ -519,6 +518,16 @@ async def test_a_stream_nobody_reads_is_killed_at_the_timeout() -> None:
     await wait_live(marker, 2)
     await gone_within(marker, 3.0)
     await kind.close()
+
+
+async def test_closing_the_upstream_kills_what_still_runs() -> None:
+    marker = uuid.uuid4().hex
+    kind = await make_kind(command=command("--mode", "grandchild", "--marker", marker))
+    resp, _ = await send(kind, chat(stream=True))
+    assert resp.status == 200  # a stream still open when its generation closes
+    await wait_live(marker, 2)
+    await asyncio.wait_for(kind.close(), 1.0)
+    assert live(marker) == [] and kind.runs == set()
 
 
 # -- cancellation: the child and its grandchild are gone within 100 ms --------------------------

@@ -67,13 +67,10 @@ Health checks (``health:``) never run a completion: the probe checks that the ex
 from __future__ import annotations
 
 import asyncio
-import codecs
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
 import string
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,7 +95,9 @@ from gatewayd.chain import (
     WebSocketChannel,
 )
 from gatewayd_llm import tokens
-from gatewayd_llm.exchange import EXCHANGE, Exchange, StreamFailed
+from gatewayd_llm.exchange import EXCHANGE, Exchange
+from gatewayd_llm.kinds.masking import mask, mask_argv
+from gatewayd_llm.kinds.process_run import Expired, ProcessRun, ProcessStream, RunSettings
 from gatewayd_llm.kinds.translate import (
     BadRequest,
     ChunkWriter,
@@ -113,12 +112,10 @@ from gatewayd_llm.kinds.translate import (
     unsupported,
     usage_object,
 )
-from gatewayd_llm.wire import DONE, sse_headers
+from gatewayd_llm.wire import sse_headers
 
-READ_SIZE = 4096  # one read of stdout, at most
-STDERR_KEPT = 2048  # the tail of stderr kept for the log
-PIPES_GRACE = 2.0  # after SIGKILL, how long the pipes may take to close
 PLACEHOLDERS = frozenset({"model", "max_tokens"})
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -217,37 +214,6 @@ class ProcessUpstreamConfig(UpstreamConfig):
         return self
 
 
-# -- masking -------------------------------------------------------------------------------------
-
-_KEYLIKE = re.compile(
-    r"\b(?:sk|pk|rk|ghp|gho|ghs|glpat|xox[abprs]|hf)[-_][A-Za-z0-9_-]{8,}|\bAKIA[A-Z0-9]{12,}"
-)
-_SECRET_WORD = r"(?:[a-z0-9]+[-_.])*(?:key|token|secret|passw(?:or)?d|auth|credentials?)"
-_ASSIGNED = re.compile(rf"(?i)\b({_SECRET_WORD}\s*[=:]\s*)([^\s&,;]+)")
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[^\s,;]+")
-_SECRET_FLAG = re.compile(rf"(?i)^--?{_SECRET_WORD}$")  # its value is the next argument
-
-
-def mask(text: str, secrets: Sequence[str] = ()) -> str:
-    """``text`` with the given secrets and anything that looks like a key replaced by ``***``."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    text = _KEYLIKE.sub("***", text)
-    text = _ASSIGNED.sub(lambda m: m.group(1) + "***", text)
-    return _BEARER.sub(lambda m: m.group(1) + " ***", text)
-
-
-def mask_argv(argv: Sequence[str], secrets: Sequence[str] = ()) -> list[str]:
-    """An argv for the log: secrets masked, and the value after a flag such as ``--api-key``."""
-    out: list[str] = []
-    hide_next = False
-    for arg in argv:
-        out.append("***" if hide_next else mask(arg, secrets))
-        hide_next = bool(_SECRET_FLAG.match(arg))
-    return out
-
-
 # -- prompts -------------------------------------------------------------------------------------
 
 
@@ -257,271 +223,15 @@ def render_chat(messages: Any) -> str:
         raise BadRequest("messages must be a non-empty list", "messages")
     lines = []
     for message in messages:
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise BadRequest("each message must be an object with a role", "messages")
-        role = "system" if message["role"] == "developer" else message["role"]
+        if not isinstance(message, dict):
+            raise BadRequest("each message must be an object", "messages")
+        role = message.get("role")
+        if role not in ROLES:
+            raise BadRequest(f"unsupported message role {role!r}", "messages")
+        role = "system" if role == "developer" else role
         lines.append(f"{role}: {text_of(message.get('content'))}")
     lines.append("assistant:")
     return "\n".join(lines)
-
-
-# -- one run -------------------------------------------------------------------------------------
-
-
-class _Expired(Exception):
-    def __init__(self, why: Literal["stall", "timeout"]) -> None:
-        super().__init__(why)
-        self.why = why
-
-
-class _Run:
-    """One child process (its group), from the spawn until it and its group are gone."""
-
-    def __init__(
-        self,
-        upstream: ProcessUpstream,
-        proc: asyncio.subprocess.Process,
-        prompt: bytes,
-        read_timeout: float,
-        request_id: str,
-    ) -> None:
-        self.upstream = upstream
-        self.proc = proc
-        self.pgid = proc.pid  # start_new_session: the child leads its own group
-        self.request_id = request_id
-        self.read_timeout = read_timeout
-        loop = asyncio.get_running_loop()
-        self.deadline = loop.time() + upstream.config.timeout
-        self.output = 0  # stdout bytes read
-        self.truncated = False  # max_output_bytes reached (and the process killed)
-        self.expired: Literal["stall", "timeout"] | None = None
-        self.stderr = bytearray()
-        self.closing: asyncio.Task[None] | None = None
-        self.stdout_lock = asyncio.Lock()  # one reader: the answer's, or the discarding one
-        self.feeder = loop.create_task(self._feed(prompt))
-        self.drainer = loop.create_task(self._drain_stderr())
-        # The run's whole deadline holds even when nobody reads the body.
-        self.timer = loop.call_later(upstream.config.timeout, self._expire)
-
-    async def _feed(self, prompt: bytes) -> None:
-        stdin = self.proc.stdin
-        assert stdin is not None
-        try:
-            stdin.write(prompt)
-            await stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # it exited without reading it all: its exit status tells
-        finally:
-            with contextlib.suppress(OSError, RuntimeError):
-                stdin.close()
-
-    async def _drain_stderr(self) -> None:
-        stderr = self.proc.stderr
-        assert stderr is not None
-        with contextlib.suppress(OSError, ValueError):
-            while data := await stderr.read(65536):
-                self.stderr += data
-                if len(self.stderr) > STDERR_KEPT:
-                    del self.stderr[: len(self.stderr) - STDERR_KEPT]
-
-    def _expire(self) -> None:
-        if self.closing is None:
-            self.expired = self.expired or "timeout"
-            self.close(graceful=True)
-
-    async def read(self) -> bytes:
-        """The next piece of stdout (b"" at its end), within the read deadline and the run's;
-        raises :class:`_Expired` (the group is being killed) when either passes."""
-        stdout = self.proc.stdout
-        assert stdout is not None
-        if self.expired is not None:
-            raise _Expired(self.expired)
-        remaining = self.deadline - asyncio.get_running_loop().time()
-        wait = min(self.read_timeout, remaining)
-        try:
-            async with asyncio.timeout(max(wait, 0.0)), self.stdout_lock:
-                data = await stdout.read(READ_SIZE)
-        except TimeoutError:
-            self.expired = self.expired or ("stall" if wait < remaining else "timeout")
-            self.close(graceful=True)
-            raise _Expired(self.expired) from None
-        if self.expired is not None:  # the timer fired and the pipe closed
-            raise _Expired(self.expired)
-        limit = self.upstream.config.max_output_bytes
-        if self.output + len(data) > limit:
-            data = data[: limit - self.output]
-            self.truncated = True
-            self.close(graceful=False)
-        self.output += len(data)
-        return data
-
-    async def exit_status(self) -> int:
-        """The exit status once stdout ended (waits for the exit within the run's deadline)."""
-        remaining = self.deadline - asyncio.get_running_loop().time()
-        try:
-            async with asyncio.timeout(max(remaining, 0.0)):
-                status = await self.proc.wait()
-        except TimeoutError:
-            self.expired = self.expired or "timeout"
-            self.close(graceful=True)
-            raise _Expired(self.expired) from None
-        if self.expired is not None:
-            raise _Expired(self.expired)
-        return status
-
-    def killpg(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pgid, sig)
-
-    def close(self, graceful: bool = False) -> asyncio.Task[None]:
-        """End the run: kill the group now (SIGKILL) or, ``graceful``, SIGTERM and SIGKILL
-        after ``kill_grace``; reap it, kill what is left of the group, free the slot. Returns
-        the task doing it (idempotent: the same task again)."""
-        if self.closing is None:
-            self.timer.cancel()
-            if self.proc.returncode is None:
-                self.killpg(signal.SIGTERM if graceful else signal.SIGKILL)
-            self.closing = asyncio.get_running_loop().create_task(self._reap(graceful))
-            self.upstream.runs.add(self.closing)
-            self.closing.add_done_callback(self.upstream.runs.discard)
-        return self.closing
-
-    async def _reap(self, graceful: bool) -> None:
-        loop = asyncio.get_running_loop()
-        discard = loop.create_task(self._discard_stdout())  # a full pipe would hold the exit
-        self.feeder.cancel()
-        with contextlib.suppress(asyncio.CancelledError, OSError):
-            await self.feeder
-        if self.proc.stdin is not None:  # the feeder may never have run
-            with contextlib.suppress(OSError, RuntimeError):
-                self.proc.stdin.close()
-        try:
-            if graceful:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.upstream.config.kill_grace):
-                        await self.proc.wait()
-            # Whatever is left of the group: the process itself after its grace, or what it
-            # left behind when it exited on its own.
-            self.killpg(signal.SIGKILL)
-            try:
-                async with asyncio.timeout(PIPES_GRACE):
-                    await self.proc.wait()  # exited, and its pipes closed
-                    await self.drainer
-            except TimeoutError:
-                self.upstream.context.logger.warning(
-                    "model process: its pipes are still open (a process outside its group?)",
-                    extra={"upstream": self.upstream.name, "request_id": self.request_id},
-                )
-        finally:
-            discard.cancel()
-            self.drainer.cancel()
-            self.upstream.slots.release()
-
-    async def _discard_stdout(self) -> None:
-        stdout = self.proc.stdout
-        assert stdout is not None
-        with contextlib.suppress(OSError, ValueError):
-            async with self.stdout_lock:
-                while await stdout.read(65536):
-                    pass
-
-    def failed(self, status: int) -> None:
-        """Log a failed run: the exit status and a masked excerpt of stderr (WARNING)."""
-        excerpt = self.stderr.decode("utf-8", "replace").strip()
-        self.upstream.context.logger.warning(
-            "model process failed",
-            extra={
-                "upstream": self.upstream.name,
-                "request_id": self.request_id,
-                "exit_status": status,
-                "signal": signal.Signals(-status).name if status < 0 else None,
-                "stderr": mask(excerpt, self.upstream.secrets)[-STDERR_KEPT:],
-            },
-        )
-
-
-# -- the streamed body ---------------------------------------------------------------------------
-
-
-class ProcessStream:
-    """A streamed answer: each read of stdout as an OpenAI chunk, as it arrives. Closing it
-    (``aclose()``) or cancelling its reader kills the process group at once."""
-
-    __slots__ = ("decoder", "done", "exchange", "pending", "prompt_tokens", "run", "text", "writer")
-
-    def __init__(
-        self, run: _Run, exchange: Exchange, writer: ChunkWriter, prompt_tokens: int
-    ) -> None:
-        self.run = run
-        self.exchange = exchange
-        self.writer = writer
-        self.prompt_tokens = prompt_tokens
-        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self.pending: list[bytes] = []
-        self.text: list[str] = []
-        self.done = False
-
-    def __aiter__(self) -> ProcessStream:
-        return self
-
-    def feed(self, data: bytes) -> None:
-        text = self.decoder.decode(data)
-        if text:
-            self.exchange.mark_first_byte()
-            self.text.append(text)
-            self.pending.extend(self.writer.text(text))
-
-    async def __anext__(self) -> bytes:
-        try:
-            while not self.pending:
-                if self.done:
-                    raise StopAsyncIteration
-                data = await self.run.read()
-                if data:
-                    self.feed(data)
-                if not data or self.run.truncated:
-                    await self._end()
-        except _Expired as exc:
-            await self.aclose()
-            message = (
-                "the model process ran past its timeout"
-                if exc.why == "timeout"
-                else "the model process stopped sending"
-            )
-            raise StreamFailed("stall", message, 504) from None
-        except BaseException:
-            await self.aclose()
-            raise
-        chunk = b"".join(self.pending)
-        self.pending.clear()
-        return chunk
-
-    async def _end(self) -> None:
-        tail = self.decoder.decode(b"", final=True)
-        if tail:
-            self.exchange.mark_first_byte()
-            self.text.append(tail)
-            self.pending.extend(self.writer.text(tail))
-        if self.run.truncated:
-            reason = "length"
-        else:
-            status = await self.run.exit_status()
-            if status != 0:
-                self.run.failed(status)
-                self.run.close()
-                raise StreamFailed("provider", "the model process failed")
-            reason = "stop"
-        self.run.close()
-        completion = tokens.text_tokens("".join(self.text))
-        self.pending.extend(self.writer.finish(reason))
-        self.pending.append(self.writer.usage(self.prompt_tokens, completion))
-        self.pending.append(DONE)
-        self.done = True
-
-    async def aclose(self) -> None:
-        self.done = True
-        self.pending.clear()
-        self.run.close()
 
 
 # -- the kind ------------------------------------------------------------------------------------
@@ -546,7 +256,7 @@ class ProcessUpstream:
             "slots", lambda: asyncio.Semaphore(config.max_concurrency)
         )
         self.secrets = [s.get_secret_value() for s in config.env.values()]
-        self.runs: set[asyncio.Task[None]] = set()  # runs being reaped
+        self.runs: set[ProcessRun] = set()  # from the spawn until the group is gone
 
     def targets(self) -> Sequence[Target]:
         return self._targets
@@ -558,9 +268,17 @@ class ProcessUpstream:
             )
 
     async def close(self) -> None:
-        """Wait for the runs being reaped (each is killed within ``kill_grace``)."""
-        if self.runs:
-            await asyncio.gather(*list(self.runs), return_exceptions=True)
+        """Kill what still runs (nothing once the generation drained: a stream nobody reads
+        any more, at most) and wait until every group is gone."""
+        closing = [run.close() for run in list(self.runs)]
+        if closing:
+            await asyncio.gather(*closing, return_exceptions=True)
+
+    def ended(self, run: ProcessRun) -> None:
+        """A run's group is gone: its slot is free."""
+        if run in self.runs:
+            self.runs.discard(run)
+            self.slots.release()
 
     # -- what runs -------------------------------------------------------------------------------
 
@@ -688,7 +406,7 @@ class ProcessUpstream:
         attempt: Attempt,
         request_id: str,
         timeouts: TimeoutsConfig,
-    ) -> _Run:
+    ) -> ProcessRun:
         env = self.environment()
         cwd = str(self.config.cwd) if self.config.cwd else None
         try:
@@ -729,11 +447,23 @@ class ProcessUpstream:
             raise UpstreamConnectError(
                 f"the command of upstream '{self.name}' cannot be started"
             ) from None
-        return _Run(self, proc, prompt, timeouts.read, request_id)
+        cfg = self.config
+        settings = RunSettings(cfg.timeout, timeouts.read, cfg.kill_grace, cfg.max_output_bytes)
+        run = ProcessRun(
+            proc,
+            prompt,
+            settings,
+            on_done=self.ended,
+            logger=self.context.logger,
+            log_extra={"upstream": self.name, "request_id": request_id},
+            secrets=self.secrets,
+        )
+        self.runs.add(run)
+        return run
 
     async def stream(
         self,
-        run: _Run,
+        run: ProcessRun,
         exchange: Exchange,
         writer: ChunkWriter,
         prompt_tokens: int,
@@ -744,7 +474,7 @@ class ProcessUpstream:
         body = ProcessStream(run, exchange, writer, prompt_tokens)
         try:
             first = await run.read()
-        except _Expired:
+        except Expired:
             attempt.error = "timeout"
             raise UpstreamTimeout(f"upstream '{self.name}' timed out") from None
         if first:
@@ -752,21 +482,21 @@ class ProcessUpstream:
             if not body.pending:  # a character still incomplete: the role chunk goes first
                 body.pending.extend(writer.start())
             if run.truncated:
-                await body._end()
+                await body.end()
             return Response(200, sse_headers(), body)
         try:
             status = await run.exit_status()
-        except _Expired:
+        except Expired:
             attempt.error = "timeout"
             raise UpstreamTimeout(f"upstream '{self.name}' timed out") from None
         if status != 0:
             return self.failed(run, status)
-        await body._end()
+        await body.end()
         return Response(200, sse_headers(), body)
 
     async def whole(
         self,
-        run: _Run,
+        run: ProcessRun,
         exchange: Exchange,
         writer: ChunkWriter,
         prompt_tokens: int,
@@ -779,7 +509,7 @@ class ProcessUpstream:
                 if run.truncated:
                     break
             status = 0 if run.truncated else await run.exit_status()
-        except _Expired:
+        except Expired:
             attempt.error = "timeout"
             raise UpstreamTimeout(f"upstream '{self.name}' timed out") from None
         if status != 0:
@@ -800,8 +530,8 @@ class ProcessUpstream:
             json.dumps(answer, separators=(",", ":")).encode(),
         )
 
-    def failed(self, run: _Run, status: int) -> Response:
-        run.failed(status)
+    def failed(self, run: ProcessRun, status: int) -> Response:
+        run.log_failure(status)
         run.close()
         return error_reply(
             502, f"the model process of upstream '{self.name}' failed", "process_failed"
@@ -843,7 +573,7 @@ def sandbox_args(executable: str, config: ProcessUpstreamConfig) -> list[str]:
     if config.cwd is not None:
         binds.add(str(config.cwd))
     for path in sorted(binds):
-        if not path.startswith("/usr/") and os.path.exists(path):
+        if path != "/usr" and not path.startswith("/usr/") and os.path.exists(path):
             args += ["--ro-bind", path, path]
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     args += ["--unshare-all", "--unshare-net", "--die-with-parent", "--new-session"]
@@ -851,4 +581,4 @@ def sandbox_args(executable: str, config: ProcessUpstreamConfig) -> list[str]:
     return args
 
 
-__all__ = ["ProcessStream", "ProcessUpstream", "ProcessUpstreamConfig", "mask", "render_chat"]
+__all__ = ["ProcessUpstream", "ProcessUpstreamConfig", "render_chat", "sandbox_args"]
