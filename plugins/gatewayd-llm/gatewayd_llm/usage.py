@@ -13,6 +13,7 @@ import collections
 import contextlib
 import logging
 import sqlite3
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -186,6 +187,7 @@ class UsageStore:
         self._db: sqlite3.Connection | None = None
         self._closed = False
         self._dropped_logged = 0
+        self._dropped_logged_at = 0.0  # monotonic
 
     @property
     def pending(self) -> int:
@@ -231,7 +233,7 @@ class UsageStore:
             return
         try:
             await self._drain()
-            self._log_dropped()
+            self._log_dropped(final=True)
         finally:
             await self._run(self._close_db)
             self._executor.shutdown(wait=True)
@@ -304,8 +306,13 @@ class UsageStore:
                 else:
                     self.written += len(chunk)
 
-    def _log_dropped(self) -> None:
-        if self.dropped != self._dropped_logged:
+    def _log_dropped(self, final: bool = False) -> None:
+        """At most once per ``interval`` (and once more at the end): how many were dropped."""
+        if self.dropped == self._dropped_logged:
+            return
+        now = time.monotonic()
+        if final or now - self._dropped_logged_at >= self.interval:
+            self._dropped_logged_at = now
             log.warning(
                 "usage queue full: records dropped",
                 extra={

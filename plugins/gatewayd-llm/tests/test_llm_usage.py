@@ -204,6 +204,24 @@ async def test_a_full_queue_counts_and_logs_the_dropped_records(
     assert drops[0].dropped == 5 and drops[0].dropped_total == 5  # type: ignore[attr-defined]
 
 
+async def test_drops_are_logged_at_most_once_per_interval_and_at_the_end(
+    open_store: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await open_store(max_queue=5, batch=5, interval=2.0)
+    caplog.set_level(logging.WARNING, "gatewayd_llm.usage")
+    for burst in range(3):  # each fills the queue (the writer wakes) and drops 5
+        for i in range(10):
+            store.record(make(burst * 10 + i))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if store.written == 5 * (burst + 1):
+                break
+    assert store.dropped == 15 and store.written == 15
+    await store.close()
+    drops = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert [r.dropped for r in drops] == [5, 10]  # type: ignore[attr-defined]
+
+
 async def test_a_failed_write_is_counted_and_the_writer_goes_on(
     open_store: Callable[..., Any], caplog: pytest.LogCaptureFixture
 ) -> None:
