@@ -276,12 +276,32 @@ async def test_embeddings_are_refused_without_calling_the_provider(
     assert fake.requests == []
 
 
+BAD_CALL = {"function": {"name": "f", "arguments": "[1]"}}
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"n": 2}, "n"),
+        ({"stop": 5}, "stop"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"tools": [{"type": "function"}]}, "tools"),
+        ({"tools": "get_weather"}, "tools"),
+        ({"messages": [{"role": "assistant", "tool_calls": [{"id": "c"}]}]}, "messages"),
+        ({"messages": [{"role": "assistant", "tool_calls": [BAD_CALL]}]}, "messages"),
+        ({"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}, "messages"),
+        ({"messages": [{"role": "function", "content": "x"}]}, "messages"),
+        ({"messages": []}, "messages"),
+    ],
+)
 async def test_a_request_anthropic_cannot_take_is_a_400(
-    fake: FakeAnthropic, kinds: KindFactory
+    fake: FakeAnthropic, kinds: KindFactory, extra: dict[str, Any], param: str
 ) -> None:
     kind = await kinds(fake.url)
-    resp, _ = await send(kind, exchange("chat", chat(n=2)))
-    assert resp.status == 400 and body_json(resp)["error"]["param"] == "n"
+    resp, _ = await send(kind, exchange("chat", chat(**extra)))
+    assert resp.status == 400
+    err = body_json(resp)["error"]
+    assert err["param"] == param and err["type"] == "invalid_request_error"
     assert fake.requests == []
 
 

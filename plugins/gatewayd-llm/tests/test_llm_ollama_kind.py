@@ -200,6 +200,25 @@ async def test_an_image_url_that_is_not_inline_is_a_400(
     assert fake.requests == []
 
 
+@pytest.mark.parametrize(
+    ("operation", "body", "param"),
+    [
+        ("chat", chat(tools=[{"type": "function", "function": {}}]), "tools"),
+        ("chat", chat(messages=[{"role": "assistant", "tool_calls": ["x"]}]), "messages"),
+        ("chat", chat(n=3), "n"),
+        ("completions", {"model": MODEL, "prompt": ["a", "b"]}, "prompt"),
+        ("embeddings", {"model": MODEL, "input": [1, 2, 3]}, "input"),
+    ],
+)
+async def test_a_request_ollama_cannot_take_is_a_400(
+    fake: FakeOllama, kinds: KindFactory, operation: str, body: dict[str, Any], param: str
+) -> None:
+    kind = await kinds(fake.url)
+    resp, _ = await send(kind, exchange(operation, body))  # type: ignore[arg-type]
+    assert resp.status == 400 and body_json(resp)["error"]["param"] == param
+    assert fake.requests == []
+
+
 async def test_legacy_completion_goes_to_api_generate(fake: FakeOllama, kinds: KindFactory) -> None:
     kind = await kinds(fake.url)
     body = {"model": MODEL, "prompt": "def f(x):", "suffix": "return y", "max_tokens": 2}

@@ -24,6 +24,7 @@ from gatewayd_llm.kinds.translate import (
     data_url,
     error_payload,
     error_reply,
+    function_tools,
     json_reply,
     legacy_prompt,
     malformed,
@@ -34,7 +35,7 @@ from gatewayd_llm.kinds.translate import (
     stream_reply,
     text_completion,
     text_of,
-    tool_arguments,
+    tool_calls_of,
     unsupported,
     usage_object,
 )
@@ -207,16 +208,8 @@ class AnthropicUpstream(HttpProvider):
             text = text_of(content)
             if text:
                 blocks.append({"type": "text", "text": text})
-            for call in message.get("tool_calls") or []:
-                function = call.get("function") or {}
-                blocks.append(
-                    {
-                        "type": "tool_use",
-                        "id": str(call.get("id", "")),
-                        "name": str(function.get("name", "")),
-                        "input": tool_arguments(function.get("arguments")),
-                    }
-                )
+            for id, name, arguments in tool_calls_of(message):
+                blocks.append({"type": "tool_use", "id": id, "name": name, "input": arguments})
             return "assistant", blocks
         raise BadRequest(f"unsupported message role {role!r}", "messages")
 
@@ -246,17 +239,15 @@ class AnthropicUpstream(HttpProvider):
         return blocks
 
     def tools(self, body: dict[str, Any], payload: dict[str, Any]) -> None:
-        tools = body.get("tools")
+        tools = function_tools(body)
         if tools:
             payload["tools"] = [
                 {
-                    "name": t["function"]["name"],
-                    "description": t["function"].get("description", ""),
-                    "input_schema": t["function"].get("parameters")
-                    or {"type": "object", "properties": {}},
+                    "name": f["name"],
+                    "description": str(f.get("description") or ""),
+                    "input_schema": f.get("parameters") or {"type": "object", "properties": {}},
                 }
-                for t in tools
-                if isinstance(t, dict) and t.get("type") == "function" and "function" in t
+                for f in tools
             ]
         choice = body.get("tool_choice")
         spec: dict[str, Any] | None = None

@@ -27,6 +27,7 @@ from gatewayd_llm.kinds.translate import (
     data_url,
     error_payload,
     error_reply,
+    function_tools,
     json_reply,
     legacy_prompt,
     malformed,
@@ -38,7 +39,7 @@ from gatewayd_llm.kinds.translate import (
     stream_reply,
     text_completion,
     text_of,
-    tool_arguments,
+    tool_calls_of,
     usage_object,
 )
 from gatewayd_llm.wire import DONE, LineDecoder
@@ -154,8 +155,8 @@ class OllamaUpstream(HttpProvider):
                 payload["suffix"] = body["suffix"]
         else:
             payload["messages"] = chat_messages(body.get("messages"))
-            if body.get("tools"):
-                payload["tools"] = body["tools"]
+            if function_tools(body):
+                payload["tools"] = body["tools"]  # Ollama takes OpenAI's tool definitions
             response_format = body.get("response_format")
             if isinstance(response_format, dict):
                 if response_format.get("type") == "json_object":
@@ -200,12 +201,8 @@ def chat_messages(raw: Any) -> list[dict[str, Any]]:
             native["images"] = images
         if role == "assistant" and message.get("tool_calls"):
             calls = []
-            for call in message["tool_calls"]:
-                function = call.get("function") or {}
-                name = str(function.get("name", ""))
-                if isinstance(call.get("id"), str):
-                    names[call["id"]] = name
-                arguments = tool_arguments(function.get("arguments"))
+            for id, name, arguments in tool_calls_of(message):
+                names[id] = name
                 calls.append({"function": {"name": name, "arguments": arguments}})
             native["tool_calls"] = calls
         if role == "tool":

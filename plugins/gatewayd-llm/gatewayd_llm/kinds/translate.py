@@ -156,6 +156,37 @@ def tool_arguments(arguments: Any) -> dict[str, Any]:
     return value
 
 
+def tool_calls_of(message: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(id, function name, arguments) of an assistant message's ``tool_calls``."""
+    calls = message.get("tool_calls") or []
+    if not isinstance(calls, list):
+        raise BadRequest("tool_calls must be a list", "messages")
+    out = []
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise BadRequest("each tool call needs a function with a name", "messages")
+        arguments = tool_arguments(function.get("arguments"))
+        out.append((str(call.get("id") or ""), function["name"], arguments))
+    return out
+
+
+def function_tools(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``function`` objects of a request's ``tools``."""
+    tools = body.get("tools")
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise BadRequest("tools must be a list", "tools")
+    out = []
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise BadRequest("each tool needs a function with a name", "tools")
+        out.append(function)
+    return out
+
+
 def count(value: Any) -> int | None:
     """A provider's token count, or None when it gave none (0 is a count)."""
     if isinstance(value, bool) or not isinstance(value, int):
