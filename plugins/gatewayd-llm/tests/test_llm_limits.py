@@ -447,3 +447,91 @@ async def test_settle_nowait_from_synchronous_code(services: HarnessServices) ->
         assert task.done() and await used(limits) == [20]
     assert limits.settle_nowait(r, 900, 0) is None  # once only
     assert await used(limits) == [20]
+
+
+# -- end to end: two gateway daemons, one Redis, the official SDK ----------------------------
+
+
+async def test_two_gateways_on_one_redis_hold_a_token_budget(
+    llm_redis_url: str, fake_openai: Any, llm_config: Any, llm_gateway: Any, tmp_path: Path
+) -> None:
+    """Two ``gatewayd run`` processes with ``state.backend: redis`` on one redis-server, 200
+    concurrent requests (100 through each, half of them streamed; half sent at once, half
+    within the next 3 s) against a budget of N tokens
+    per tenant: the usage the provider reported for the admitted ones is at most N plus one
+    request's max_tokens, and the requests over the budget got OpenAI-shaped 429s."""
+    import openai
+    from fake_openai_server import Fault
+    from llm_testkit import openai_upstream
+
+    await fresh_window(3600, 60)
+    n, max_tokens = 2000, 100
+    rng = random.Random(12)
+    # every answer uses part of its max_tokens, after a short wait: requests overlap
+    fake_openai.behaviour = lambda body: Fault(chunks=rng.randint(1, max_tokens), delay=0.05)
+    upstreams = {"main": openai_upstream(fake_openai.url)}
+    llm = {
+        "models": {"m": [{"upstream": "main", "model": "fake-model"}]},
+        "limits": [{"tokens": f"{n}/h", "key": "tenant"}],
+        "on_limits_error": "deny",
+    }
+    gateways = []
+    for name in ("a", "b"):
+        state = {"dir": str(tmp_path / f"state-{name}"), "backend": "redis"}
+        cfg = llm_config(upstreams, llm, state={**state, "redis_url": llm_redis_url})
+        gateways.append(await llm_gateway(cfg, keys={f"key-{name}": "acme"}))
+    clients = [gw.client() for gw in gateways]
+    messages = [{"role": "user", "content": "count to one hundred"}]
+    outcomes: list[tuple[int, str]] = []
+    # all at once, or within 3 s: the later ones meet the earlier ones' refunds
+    starts = [0.0 if i < 100 else 3 * rng.random() for i in range(200)]
+
+    async def one(i: int) -> None:
+        client = clients[i % 2]
+        await asyncio.sleep(starts[i])
+        try:
+            if i % 4 < 2:
+                reply = await client.chat.completions.create(
+                    model="m", messages=messages, max_tokens=max_tokens
+                )
+                assert reply.usage is not None
+            else:
+                stream = await client.chat.completions.create(
+                    model="m", messages=messages, max_tokens=max_tokens, stream=True
+                )
+                async for _ in stream:
+                    pass
+            outcomes.append((i % 2, "ok"))
+        except openai.RateLimitError as exc:
+            assert exc.status_code == 429 and exc.code == "rate_limit_exceeded"
+            assert int(exc.response.headers["Retry-After"]) >= 1
+            outcomes.append((i % 2, "limited"))
+        except openai.APIStatusError as exc:
+            outcomes.append((i % 2, f"status {exc.status_code}"))
+
+    await asyncio.gather(*(one(i) for i in range(200)))
+    await fake_openai.wait_idle()
+    seen = [s for s in fake_openai.seen() if s.usage is not None]
+    admitted = sum(s.usage["prompt_tokens"] + s.usage["completion_tokens"] for s in seen)
+    results = [r for _, r in outcomes]
+    assert len(results) == 200 and results.count("ok") == len(seen), outcomes
+    assert results.count("ok") + results.count("limited") >= 190, outcomes  # few 503s at most
+    assert admitted <= n + max_tokens, (admitted, len(seen))
+    # more were admitted than fit at once: the refunds of the settled ones were used again
+    assert len(seen) > n // max_tokens
+    # the gateways settled every reservation to the provider's counts: the shared counter
+    # (the plugin's prefix is llm:<route>) holds exactly the admitted usage
+    services = HarnessServices(backend="redis", redis_url=llm_redis_url)
+    limits = Limits([spec(tokens=f"{n}/h", key="tenant")], services.stores, prefix="llm:llm")
+    acme = LimitSubject(None, "acme", "m", "llm")
+    for _ in range(100):  # settles are tasks that end just after their replies
+        if await used(limits, acme) == [admitted]:
+            break
+        await asyncio.sleep(0.05)
+    assert await used(limits, acme) == [admitted]
+    await services.close()
+    for g, gw in enumerate(gateways):  # each gateway admitted some and refused some: one budget
+        mine = [r for h, r in outcomes if h == g]
+        assert "ok" in mine and "limited" in mine
+        limited = await gw.metric("gatewayd_llm_errors_total", model="m", kind="limited")
+        assert limited == mine.count("limited")
