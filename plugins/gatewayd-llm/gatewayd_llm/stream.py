@@ -73,7 +73,10 @@ def count_tokens(item: bytes) -> int:
     """The content-bearing events of an item: about one token each (an estimate for a stream
     whose provider never said)."""
     n = item.count(b'"content":') + item.count(b'"text":')
-    return max(0, n - item.count(b'"content":""') - item.count(b'"text":""'))
+    empty = item.count(b'"content":""') + item.count(b'"text":""')
+    if b'": ""' in item:  # JSON written with spaces after the colons
+        empty += item.count(b'"content": ""') + item.count(b'"text": ""')
+    return max(0, n - empty - item.count(b'"content":null') - item.count(b'"content": null'))
 
 
 class StreamRelay:

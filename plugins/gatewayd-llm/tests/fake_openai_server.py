@@ -192,13 +192,16 @@ class FakeOpenAI:
 
     # -- handlers ---------------------------------------------------------------------------
 
-    async def _begin(self, request: web.Request) -> tuple[Seen, Any, web.Response | None]:
+    async def _begin(
+        self, request: web.Request, holder: list[Seen]
+    ) -> tuple[Seen, Any, web.Response | None]:
         raw = await request.read()
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
             body = None
         seen = Seen(request.path, dict(request.headers), body, time.monotonic())
+        holder.append(seen)
         if self.record:
             self.requests.append(seen)
         if self.api_key is not None and request.headers.get("Authorization") != (
@@ -223,9 +226,9 @@ class FakeOpenAI:
         task = asyncio.current_task()
         assert task is not None
         self.handlers.add(task)
-        seen: Seen | None = None
+        holder: list[Seen] = []
         try:
-            seen, body, refused = await self._begin(request)
+            seen, body, refused = await self._begin(request, holder)
             if refused is not None:
                 return refused
             if kind == "embeddings":
@@ -233,13 +236,9 @@ class FakeOpenAI:
             if body.get("stream"):
                 return await self._stream(request, seen, body, kind)
             return await self._whole(request, seen, body, kind)
-        except asyncio.CancelledError:
-            if seen is not None and seen.finished_at is None:
-                seen.cancelled_at = time.monotonic()
-            raise
-        except ConnectionError:
-            if seen is not None and seen.finished_at is None:
-                seen.cancelled_at = time.monotonic()
+        except (asyncio.CancelledError, ConnectionError):
+            if holder and holder[0].finished_at is None:
+                holder[0].cancelled_at = time.monotonic()
             raise
         finally:
             self.handlers.discard(task)
