@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from multidict import CIMultiDict
 
 from gatewayd.chain.api import INTERIM_MAX, Request, RequestContext, Response, RouteInfo
@@ -173,6 +174,44 @@ async def test_a_cache_never_stores_nor_replays_an_interim_response(
     finally:
         writer.close()
     assert hinting.hits == 1
+
+
+async def test_a_client_waiting_for_100_continue_gets_the_backends(
+    gateway, config, backend
+) -> None:
+    """aiohttp's server, the backend here, answers ``Expect: 100-continue`` itself; the gateway
+    forwards the header and relays the ``100 Continue``, so a client that waits for it (as
+    curl does, for a while) can send its body."""
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(body=await request.read())
+
+    app = web.Application()
+    app.router.add_post("/upload", echo)
+    srv = await backend(app)
+    d = await gateway(
+        config(
+            upstreams={"u": {"targets": [f"http://127.0.0.1:{srv.port}"]}},
+            routes=[{"name": "r", "match": {"path": "/"}, "upstream": "u"}],
+        )
+    )
+    host, port = d.config["listen"][0]["address"].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            b"POST /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        await writer.drain()
+        first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert first == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"hello")  # only now
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert await asyncio.wait_for(reader.readexactly(5), 5) == b"hello"
+    finally:
+        writer.close()
 
 
 # -- the hook ---------------------------------------------------------------------------------
