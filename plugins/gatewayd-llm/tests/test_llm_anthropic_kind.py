@@ -15,6 +15,8 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from fake_native_servers import FakeAnthropic, FakeOllama
 from fake_openai_server import Fault
 from gatewayd_llm.exchange import StreamFailed, Usage
@@ -838,3 +840,31 @@ async def test_a_failing_claude_falls_back_and_a_late_error_reaches_the_client(
         await client.close()
     finally:
         await ollama.close()
+
+
+async def test_events_of_an_unexpected_shape_are_malformed(kinds: KindFactory) -> None:
+    """Whatever the provider sends is data: an event whose shape does not fit is ``malformed``."""
+
+    async def messages(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        start = {"type": "message_start", "message": {"id": "msg_1", "usage": {}}}
+        await resp.write(b"event: message_start\ndata: " + json.dumps(start).encode() + b"\n\n")
+        bad = {
+            "type": "content_block_start",
+            "index": "first",
+            "content_block": {"type": "tool_use"},
+        }
+        await resp.write(b"event: content_block_start\ndata: " + json.dumps(bad).encode() + b"\n\n")
+        await asyncio.sleep(5)
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", messages)
+    async with TestServer(app, host="127.0.0.1") as server:
+        kind = await kinds(str(server.make_url("")).rstrip("/"))
+        resp, _ = await send(kind, exchange("chat", chat(stream=True)))
+        assert isinstance(resp.body, AsyncIterator)
+        with pytest.raises(StreamFailed) as failed:
+            await anext(resp.body)
+        assert failed.value.kind == "malformed"

@@ -15,6 +15,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from fake_native_servers import FakeOllama
 from fake_openai_server import Fault
 from gatewayd_llm.exchange import StreamFailed, Usage
@@ -585,3 +587,35 @@ async def test_through_the_gateway_with_the_openai_sdk(
     assert all(c.usage is None for c in pieces)  # not asked for: stripped
 
     await client.close()
+
+
+async def test_answers_of_an_unexpected_shape_are_malformed(kinds: KindFactory) -> None:
+    """Whatever the provider sends is data: a shape that does not fit is ``malformed``."""
+    bad_call = {"model": MODEL, "message": {"role": "assistant", "tool_calls": ["x"]}}
+
+    async def chat_handler(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if not body["stream"]:
+            return web.json_response({**bad_call, "done": True})
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        await resp.write(
+            json.dumps({"model": MODEL, "message": {"content": "hi"}}).encode() + b"\n"
+        )
+        await resp.write(json.dumps({**bad_call, "done": False}).encode() + b"\n")
+        await asyncio.sleep(5)
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/api/chat", chat_handler)
+    async with TestServer(app, host="127.0.0.1") as server:
+        kind = await kinds(str(server.make_url("")).rstrip("/"))
+        with pytest.raises(UpstreamError) as info:
+            await send(kind, exchange("chat", chat()))
+        assert info.value.code == "upstream_malformed"
+        resp, _ = await send(kind, exchange("chat", chat(stream=True)))
+        got: list[Any] = []
+        with pytest.raises(StreamFailed) as failed:
+            async for chunk in resp.body:  # type: ignore[union-attr]
+                got.extend(sse_data(chunk))
+        assert failed.value.kind == "malformed" and content_of(got) == "hi"

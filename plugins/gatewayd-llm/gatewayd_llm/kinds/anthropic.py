@@ -17,6 +17,7 @@ from gatewayd.chain import Attempt, Response, TimeoutsConfig
 from gatewayd_llm.exchange import Exchange, StreamFailed
 from gatewayd_llm.kinds.base import HttpProvider, ProviderConfig, read_whole
 from gatewayd_llm.kinds.translate import (
+    SHAPE_ERRORS,
     BadRequest,
     ChunkWriter,
     chat_completion,
@@ -142,7 +143,10 @@ class AnthropicUpstream(HttpProvider):
         data = parse_json(await read_whole(resp, timeouts.read))
         if not isinstance(data, dict) or data.get("type") != "message":
             raise malformed(attempt, self.name)
-        return json_reply(self.answer(exchange, data))
+        try:
+            return json_reply(self.answer(exchange, data))
+        except SHAPE_ERRORS:
+            raise malformed(attempt, self.name) from None
 
     # -- OpenAI -> Messages ----------------------------------------------------------------------
 
@@ -363,7 +367,13 @@ class StreamTranslator:
             event = parse_json(raw.encode())
             if not isinstance(event, dict) or not isinstance(event.get("type"), str):
                 raise StreamFailed("malformed", "the provider sent an event that is not valid")
-            yield from self.event(event)
+            try:
+                out = self.event(event)
+            except SHAPE_ERRORS:
+                raise StreamFailed(
+                    "malformed", "the provider sent an event that is not valid"
+                ) from None
+            yield from out
 
     def event(self, event: dict[str, Any]) -> list[bytes]:
         kind = event["type"]

@@ -20,6 +20,7 @@ from gatewayd.chain import Attempt, Response, TimeoutsConfig
 from gatewayd_llm.exchange import Exchange, StreamFailed
 from gatewayd_llm.kinds.base import HttpProvider, ProviderConfig, read_whole
 from gatewayd_llm.kinds.translate import (
+    SHAPE_ERRORS,
     BadRequest,
     ChunkWriter,
     chat_completion,
@@ -123,9 +124,12 @@ class OllamaUpstream(HttpProvider):
                 message = self.scrub(str(data["error"])[:2000])
                 return error_reply(502, message)
             raise malformed(attempt, self.name)
-        if exchange.operation == "embeddings":
-            return json_reply(embeddings_answer(exchange, data))
-        return json_reply(answer(exchange, data))
+        try:
+            if exchange.operation == "embeddings":
+                return json_reply(embeddings_answer(exchange, data))
+            return json_reply(answer(exchange, data))
+        except SHAPE_ERRORS:
+            raise malformed(attempt, self.name) from None
 
     async def error(self, resp: aiohttp.ClientResponse, timeouts: TimeoutsConfig) -> Response:
         data = await error_payload(resp, timeouts.read)
@@ -343,7 +347,13 @@ class StreamTranslator:
             line = parse_json(raw)
             if not isinstance(line, dict):
                 raise StreamFailed("malformed", "the provider sent a line that is not valid")
-            yield from self.line(line)
+            try:
+                out = self.line(line)
+            except SHAPE_ERRORS:
+                raise StreamFailed(
+                    "malformed", "the provider sent a line that is not valid"
+                ) from None
+            yield from out
 
     def line(self, line: dict[str, Any]) -> list[bytes]:
         if "error" in line:

@@ -56,6 +56,11 @@ def malformed(attempt: Attempt, upstream: str) -> UpstreamError:
     return UpstreamError(502, "upstream_malformed", f"upstream '{upstream}' sent a malformed reply")
 
 
+# What reading a provider's JSON of an unexpected shape raises (a list where an object was
+# expected, a string for a number): the provider's answer is malformed, not our bug to raise.
+SHAPE_ERRORS = (AttributeError, KeyError, TypeError, ValueError)
+
+
 def unsupported(operation: Operation, kind: str) -> Response:
     return error_reply(
         400,
