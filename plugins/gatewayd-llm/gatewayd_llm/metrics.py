@@ -149,7 +149,7 @@ class LlmMetrics:
             usage.labels(op, provider, model, "output").observe(rec.completion_tokens)
         error = "cancelled" if rec.cancelled else (str(rec.status) if rec.status >= 400 else "")
         self.duration.labels(op, provider, model, error).observe(rec.duration_ms / 1000)
-        if rec.ttft_ms is not None:
+        if rec.stream and rec.ttft_ms is not None:  # a whole answer has no first token
             self.ttft.labels(op, provider, model).observe(rec.ttft_ms / 1000)
         self.overhead.labels(model).observe(max(0.0, overhead_s))
         tenant = self.tenant(rec.tenant)

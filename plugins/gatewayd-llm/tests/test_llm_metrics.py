@@ -3,6 +3,7 @@ real metrics (a Prometheus registry of its own), read back as Prometheus exposes
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -80,7 +81,7 @@ def test_a_usage_record_lands_in_every_instrument(harness: HarnessServices) -> N
 
 def test_errors_cancellations_and_unstreamed_requests(harness: HarnessServices) -> None:
     m = LlmMetrics(harness.metrics)
-    m.record(rec(status=502, ttft_ms=None, prompt_tokens=0, completion_tokens=0), "openai", 0.0)
+    m.record(rec(status=502, stream=False, prompt_tokens=0, completion_tokens=0), "openai", 0.0)
     m.record(rec(cancelled=True, status=499), "anthropic", 0.001)
     m.record(rec(model="embed", completion_tokens=0), "openai", 0.0, operation="embeddings")
     duration = "gen_ai_client_operation_duration_seconds_count"
@@ -145,3 +146,61 @@ def test_labels_stay_bounded(harness: HarnessServices) -> None:
         "other",
         "none",
     )
+
+
+# -- through the daemon ----------------------------------------------------------------------
+
+
+async def test_the_daemon_exposes_them_and_keeps_counting_after_a_reload(
+    fake_openai: Any, llm_config: Any, llm_gateway: Any
+) -> None:
+    import copy
+
+    from llm_testkit import openai_upstream
+
+    upstreams = {"main": openai_upstream(fake_openai.url)}
+    llm = {"models": {"m": [{"upstream": "main", "model": "fake-model"}]}}
+    cfg = llm_config(upstreams, llm)
+    gw = await llm_gateway(cfg, keys={"k1": "acme"})
+    client = gw.client()
+    messages = [{"role": "user", "content": "say three words"}]
+    await client.chat.completions.create(model="m", messages=messages, max_tokens=3)
+    stream = await client.chat.completions.create(
+        model="m", messages=messages, max_tokens=5, stream=True
+    )
+    async for _ in stream:
+        pass
+    await fake_openai.wait_idle()
+    reported = [s.usage for s in fake_openai.seen() if s.usage is not None]
+    assert len(reported) == 2
+    prompt = sum(u["prompt_tokens"] for u in reported)
+    completion = sum(u["completion_tokens"] for u in reported)
+    assert completion == 8
+
+    async def settled(name: str, want: float, **labels: str) -> float:
+        for _ in range(100):  # the record is made when the reply ends, just after the client
+            if (value := await gw.metric(name, **labels)) == want:
+                return value
+            await asyncio.sleep(0.05)
+        return await gw.metric(name, **labels)
+
+    usage = "gen_ai_client_token_usage_sum"
+    model = {"gen_ai_request_model": "m", "gen_ai_operation_name": "chat"}
+    assert await settled(usage, prompt, **model, gen_ai_token_type="input") == prompt
+    assert await gw.metric(usage, **model, gen_ai_token_type="output") == completion
+    ttft = "gen_ai_server_time_to_first_token_seconds_count"
+    assert await gw.metric(ttft, **model) == 1  # the streamed one
+    duration = "gen_ai_client_operation_duration_seconds_count"
+    assert await gw.metric(duration, **model, error_type="") == 2
+    assert await gw.metric("gatewayd_llm_overhead_seconds_count", model="m") == 2
+    tokens = "gatewayd_llm_tokens_total"
+    assert await gw.metric(tokens, model="m", type="output", tenant="acme") == completion
+
+    changed = copy.deepcopy(cfg)
+    changed["routes"][0]["plugins"][-1]["llm"]["default_max_tokens"] = 7  # a new plugin
+    await gw.reload(changed)
+    await client.chat.completions.create(model="m", messages=messages, max_tokens=2)
+    want = completion + 2
+    assert await settled(tokens, want, model="m", type="output", tenant="acme") == want
+    assert await gw.metric("gatewayd_llm_overhead_seconds_count", model="m") == 3
+    assert "Traceback" not in gw.logs()
