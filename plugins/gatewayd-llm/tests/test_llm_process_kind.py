@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import math
 import os
 import shutil
+import subprocess
 import sys
 import time
 import uuid
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from gatewayd_llm import tokens
 from gatewayd_llm.exchange import EXCHANGE, Exchange, Operation, StreamFailed
 from gatewayd_llm.kinds.masking import mask, mask_argv
@@ -233,6 +236,25 @@ def test_sandbox_without_bwrap_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_p
             {"kind": "process", "command": ["x"], "memory": "1GiB"}
         )
     ProcessUpstreamConfig.model_validate({"kind": "process", "command": ["x"]})  # unsandboxed: ok
+
+
+def test_gatewayd_check_refuses_a_sandbox_without_bwrap(tmp_path: Path, llm_config: Any) -> None:
+    """What an operator sees (``gatewayd check``, and a reload is refused the same way)."""
+    cfg = llm_config(
+        {"cli": {"kind": "process", "command": ["/usr/bin/true"], "sandbox": True}},
+        {"models": {"echo": [{"upstream": "cli", "model": "default"}]}},
+    )
+    path = tmp_path / "gatewayd.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PATH": str(tmp_path)}  # no bwrap there
+    args = [PYTHON, "-m", "gatewayd", "check", "-c", str(path)]
+    refused = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
+    assert refused.returncode != 0
+    assert "upstreams.cli" in refused.stderr + refused.stdout
+    assert "sandbox: true needs bubblewrap" in refused.stderr + refused.stdout
+    if HAVE_BWRAP:
+        accepted = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        assert accepted.returncode == 0, accepted.stderr
 
 
 # -- the prompt and the log ----------------------------------------------------------------------
@@ -615,7 +637,7 @@ async def test_max_concurrency_refuses_with_429_and_queue_timeout_waits() -> Non
     assert again.status == 200
     await again.body.aclose()  # type: ignore[union-attr]
     queued = await make_kind(
-        command=command("--delay", "0.2"), max_concurrency=1, queue_timeout="5s"
+        command=command("--delay", "0.05"), max_concurrency=1, queue_timeout="5s"
     )
     results = await asyncio.gather(*(send(queued, chat("a b")) for _ in range(3)))
     assert [r.status for r, _ in results] == [200, 200, 200]
@@ -700,6 +722,8 @@ def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLo
     end-to-end tests run the kind in the daemon: once is enough)."""
     if request.param == "uvloop" and "llm_gateway" in request.fixturenames:
         pytest.skip("end to end: the kind runs in the daemon (uvloop) either way")
+    if request.param == "uvloop" and not inspect.iscoroutinefunction(request.function):
+        pytest.skip("no event loop")
     if request.param == "uvloop":
         import uvloop
 
