@@ -81,7 +81,9 @@ class OpenAIUpstream(HttpProvider):
                 options["include_usage"] = True
             else:
                 options.pop("include_usage", None)
-            body = {**body, "stream_options": options} if options else body
+            body = {**body, "stream_options": options}
+            if not options:
+                del body["stream_options"]  # some servers refuse stream_options at all
         return body
 
     async def call(
