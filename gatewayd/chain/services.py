@@ -252,7 +252,12 @@ class StateStores(Protocol):
         """The process's one ``redis.asyncio`` client (made on first use)."""
         ...
 
-    def memory_limiter(self, max_entries: int) -> Limiter: ...
+    def memory_limiter(self, max_entries: int, name: str | None = None) -> Limiter:
+        """A limiter in this process, at most ``max_entries`` keys. With ``name``, the same one
+        for the same name for the life of the process, whatever the config generation (its
+        counts outlive a reload that changes the plugin's config, as Redis's do); without,
+        a new one (keep it across reloads with ``context.keep``)."""
+        ...
 
     def redis_limiter(self, prefix: str) -> AsyncLimiter: ...
 

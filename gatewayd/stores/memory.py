@@ -80,7 +80,7 @@ class MemoryLimiter:
             entries[key] = value
             entries.move_to_end(key)
             return
-        if len(entries) >= self.max_entries:
+        while len(entries) >= self.max_entries:
             entries.popitem(last=False)
             self.evictions += 1
         entries[key] = value

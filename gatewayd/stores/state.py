@@ -18,14 +18,24 @@ class PluginStores:
         self.backend = state.backend
         self.redis_url = state.redis_url
         self._redis: Any = None
+        self._named: dict[str, MemoryLimiter] = {}
 
     def redis(self) -> Any:
         if self._redis is None:
             self._redis = connect(self.redis_url)
         return self._redis
 
-    def memory_limiter(self, max_entries: int) -> MemoryLimiter:
-        return MemoryLimiter(max_entries)
+    def memory_limiter(self, max_entries: int, name: str | None = None) -> MemoryLimiter:
+        """A new limiter; or, with ``name``, the process's limiter of that name, made on first
+        use and the same for every later generation (so its counts outlive any config change,
+        as they would in Redis), its bound the latest ``max_entries`` asked for."""
+        if name is None:
+            return MemoryLimiter(max_entries)
+        limiter = self._named.get(name)
+        if limiter is None:
+            limiter = self._named[name] = MemoryLimiter(max_entries)
+        limiter.max_entries = max_entries
+        return limiter
 
     def redis_limiter(self, prefix: str) -> RedisLimiter:
         return RedisLimiter(self.redis(), prefix)

@@ -197,9 +197,12 @@ def cost_units(cost: float) -> int:
 
 class Limits:
     """The compiled ``limits:`` of one plugin instance, on the store ``store`` (``default``:
-    ``state.backend``). ``prefix`` names the counters (every gateway with the same prefix and
-    the same limits shares them: in Redis, ``gatewayd:<prefix>:...``). ``keep``: the plugin
-    context's ``keep``, so that the memory store's counters outlive a reload."""
+    ``state.backend``). ``prefix`` names the counters: in Redis ``gatewayd:<prefix>:...``,
+    shared by every gateway on it; in memory the process's limiter named ``gatewayd:<prefix>``
+    (:meth:`StateStores.memory_limiter`), the same after every reload. A counter's name holds
+    what it counts, its period and its key, never the limit's value: a reload that changes the
+    config (a model, or the limit itself) carries the counts on. ``keep`` is accepted for
+    callers written against the first version and not used."""
 
     def __init__(
         self,
@@ -226,10 +229,8 @@ class Limits:
         if self.specs:
             if backend == "redis":
                 self.limiter = stores.redis_limiter(f"gatewayd:{prefix}:")
-            elif keep is not None:
-                self.limiter = keep("limits", lambda: stores.memory_limiter(max_entries))
             else:
-                self.limiter = stores.memory_limiter(max_entries)
+                self.limiter = stores.memory_limiter(max_entries, name=f"gatewayd:{prefix}")
 
     def counters(self, subject: LimitSubject) -> list[Counter]:
         """The request's counters, one per distinct (quantity, period, key value)."""

@@ -274,26 +274,22 @@ async def test_windows_roll_over_and_settles_land_in_their_own(
 # -- bounded memory, reloads -----------------------------------------------------------------
 
 
-async def test_memory_counters_are_bounded_and_kept_across_a_reload() -> None:
+async def test_memory_counters_are_bounded_and_outlive_a_config_change() -> None:
     services = HarnessServices()
-    kept: dict[str, Any] = {}
-
-    def keep(key: str, factory: Any) -> Any:
-        if key not in kept:
-            kept[key] = factory()
-        return kept[key]
-
-    specs = [spec(requests="1/h", key="tenant")]
-    limits = Limits(specs, services.stores, max_entries=100, keep=keep)
+    limits = Limits([spec(requests="1/h", key="tenant")], services.stores, max_entries=100)
     for i in range(5000):
         await limits.reserve(LimitSubject("k", f"tenant-{i}", "m", "r"), 1, 0)
     assert len(limits.limiter) == 100
     await fresh_window(3600, 5)
     await limits.reserve(ACME, 1, 0)
-    again = Limits(specs, services.stores, max_entries=100, keep=keep)
+    # the reloaded plugin, its limit changed: the same counters, the request already counted
+    again = Limits([spec(requests="2/h", key="tenant")], services.stores, max_entries=100)
     assert again.limiter is limits.limiter
+    await again.reserve(ACME, 1, 0)
     with pytest.raises(LimitExceeded):
         await again.reserve(ACME, 1, 0)
+    other_route = Limits([spec(requests="2/h", key="tenant")], services.stores, prefix="llm:b")
+    assert other_route.limiter is not limits.limiter
     await services.close()
 
 
@@ -535,3 +531,35 @@ async def test_two_gateways_on_one_redis_hold_a_token_budget(
         assert "ok" in mine and "limited" in mine
         limited = await gw.metric("gatewayd_llm_errors_total", model="m", kind="limited")
         assert limited == mine.count("limited")
+
+
+async def test_a_reload_that_changes_the_config_is_no_way_around_a_limit(
+    fake_openai: Any, llm_config: Any, llm_gateway: Any
+) -> None:
+    """The memory store, through the daemon: two requests of 2/h, then a reload that changes
+    the plugin's config (another default, a higher limit): the counts carry on."""
+    import copy
+
+    import openai
+    from llm_testkit import openai_upstream
+
+    await fresh_window(3600, 20)
+    upstreams = {"main": openai_upstream(fake_openai.url)}
+    llm = {
+        "models": {"m": [{"upstream": "main", "model": "fake-model"}]},
+        "limits": [{"requests": "2/h", "key": "tenant"}],
+    }
+    cfg = llm_config(upstreams, llm)
+    gw = await llm_gateway(cfg)
+    client = gw.client()
+    messages = [{"role": "user", "content": "hi"}]
+    for _ in range(2):
+        await client.chat.completions.create(model="m", messages=messages, max_tokens=2)
+    changed = copy.deepcopy(cfg)
+    changed["routes"][0]["plugins"][-1]["llm"]["default_max_tokens"] = 64
+    changed["routes"][0]["plugins"][-1]["llm"]["limits"] = [{"requests": "3/h", "key": "tenant"}]
+    await gw.reload(changed)
+    await client.chat.completions.create(model="m", messages=messages, max_tokens=2)
+    with pytest.raises(openai.RateLimitError):
+        await client.chat.completions.create(model="m", messages=messages, max_tokens=2)
+    assert len(fake_openai.seen()) == 3
