@@ -868,3 +868,88 @@ async def test_events_of_an_unexpected_shape_are_malformed(kinds: KindFactory) -
         with pytest.raises(StreamFailed) as failed:
             await anext(resp.body)
         assert failed.value.kind == "malformed"
+
+
+BEFORE_FIRST_BYTE = [
+    Fault(status=429, message="rate limited"),
+    Fault(status=500, message="Internal server error"),
+    Fault(status=529, message="Overloaded"),
+    Fault(status=400, message="prompt is too long: 208310 tokens > 200000 maximum"),
+    Fault(delay=3),  # no head within timeouts.total
+    Fault(stall_after=0),  # streamed: message_start, then silence; whole: part of the body
+    Fault(cut_after=0),
+    Fault(malformed_after=0),
+    Fault(error_after=0, message="Overloaded"),  # streamed only (whole: a normal answer)
+]
+
+
+async def test_fault_matrix_through_the_gateway(
+    fake: FakeAnthropic, llm_config: Any, llm_gateway: Any
+) -> None:
+    """Every fault of Claude's before the first byte, streamed or not, is recovered by the
+    fallback model; after it, the stream ends with an error the SDK raises, never cleanly."""
+    ollama = await FakeOllama(models=("llama3.2:3b",)).start()
+    try:
+        timeouts = {"read": "500ms", "total": "2s"}
+        cfg = llm_config(
+            {
+                "claude": {"kind": "anthropic", "base_url": fake.url, "api_key": SECRET,
+                           "timeouts": timeouts},
+                "local": {"kind": "ollama", "base_url": ollama.url},
+            },
+            {
+                "models": {
+                    "smart": [{"upstream": "claude", "model": MODEL}],
+                    "local": [{"upstream": "local", "model": "llama3.2:3b"}],
+                },
+                "fallbacks": {"smart": ["local"]},
+                "breaker": {"failures": 1000},  # every fault must reach this kind
+            },
+        )  # fmt: skip
+        gw = await llm_gateway(cfg)
+        client = gw.client()
+        fake.chunks = 5
+        served = sent = 0
+        for stream in (False, True):
+            for fault in BEFORE_FIRST_BYTE:
+                fake.push(fault)
+                sent += 1
+                messages = [{"role": "user", "content": "hi"}]
+                if stream:
+                    chunks = await client.chat.completions.create(
+                        model="smart", messages=messages, max_tokens=2, stream=True
+                    )
+                    text = "".join(
+                        [c.choices[0].delta.content or "" async for c in chunks if c.choices]
+                    )
+                else:
+                    chat = await client.chat.completions.create(
+                        model="smart", messages=messages, max_tokens=2
+                    )
+                    text = chat.choices[0].message.content or ""
+                assert len(fake.seen("/v1/messages")) == sent  # the fault was met
+                if not stream and fault.error_after is not None:
+                    assert text == "t0 t1 ", fault  # no error event in a whole answer
+                    continue
+                served += 1
+                assert text == "t0 t1 " and len(ollama.seen("/api/chat")) == served, (stream, fault)
+
+        for fault in [
+            Fault(error_after=2),
+            Fault(cut_after=2),
+            Fault(stall_after=2),
+            Fault(malformed_after=2),
+        ]:
+            fake.push(fault)
+            chunks = await client.chat.completions.create(
+                model="smart", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+            text = ""
+            with pytest.raises(openai.APIError):
+                async for c in chunks:
+                    text += (c.choices[0].delta.content or "") if c.choices else ""
+            assert text == "t0 t1 ", fault
+        assert len(ollama.seen("/api/chat")) == served  # no fallback once bytes were sent
+        await client.close()
+    finally:
+        await ollama.close()

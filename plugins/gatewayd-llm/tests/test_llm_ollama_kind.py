@@ -14,10 +14,11 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import aiohttp
+import openai
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from fake_native_servers import FakeOllama
+from fake_native_servers import FakeAnthropic, FakeOllama
 from fake_openai_server import Fault
 from gatewayd_llm.exchange import StreamFailed, Usage
 from gatewayd_llm.kinds.base import HttpProvider
@@ -619,3 +620,92 @@ async def test_answers_of_an_unexpected_shape_are_malformed(kinds: KindFactory) 
             async for chunk in resp.body:  # type: ignore[union-attr]
                 got.extend(sse_data(chunk))
         assert failed.value.kind == "malformed" and content_of(got) == "hi"
+
+
+BEFORE_FIRST_BYTE = [
+    Fault(status=429, message="too many requests"),
+    Fault(status=500, message="llama runner process has terminated"),
+    Fault(status=503, message="server busy"),
+    Fault(delay=3),  # no head within timeouts.total (loading the model, say)
+    Fault(stall_after=0),
+    Fault(cut_after=0),
+    Fault(malformed_after=0),
+    Fault(error_after=0, message="an error was encountered while running the model"),
+]
+
+
+async def test_fault_matrix_through_the_gateway(
+    fake: FakeOllama, llm_config: Any, llm_gateway: Any
+) -> None:
+    """Every fault of Ollama's before the first byte, streamed or not, is recovered by the
+    fallback model; after it, the stream ends with an error the SDK raises, never cleanly."""
+    claude = await FakeAnthropic(models=("claude-haiku",)).start()
+    try:
+        cfg = llm_config(
+            {
+                "ollama": {"kind": "ollama", "base_url": fake.url,
+                           "timeouts": {"read": "500ms", "total": "2s"}},
+                "claude": {"kind": "anthropic", "base_url": claude.url, "api_key": "k"},
+            },
+            {
+                "models": {
+                    "local": [{"upstream": "ollama", "model": MODEL}],
+                    "cloud": [{"upstream": "claude", "model": "claude-haiku"}],
+                },
+                "fallbacks": {"local": ["cloud"]},
+                "breaker": {"failures": 1000},  # every fault must reach this kind
+            },
+        )  # fmt: skip
+        gw = await llm_gateway(cfg)
+        client = gw.client()
+        claude.chunks = 2
+        served = sent = 0
+        for stream in (False, True):
+            for fault in BEFORE_FIRST_BYTE:
+                fake.push(fault)
+                sent += 1
+                messages = [{"role": "user", "content": "hi"}]
+                if stream:
+                    chunks = await client.chat.completions.create(
+                        model="local", messages=messages, max_tokens=2, stream=True
+                    )
+                    text = "".join(
+                        [c.choices[0].delta.content or "" async for c in chunks if c.choices]
+                    )
+                else:
+                    chat = await client.chat.completions.create(
+                        model="local", messages=messages, max_tokens=2
+                    )
+                    text = chat.choices[0].message.content or ""
+                assert len(fake.seen("/api/chat")) == sent  # the fault was met
+                if not stream and fault.error_after is not None:
+                    assert text == "t0 t1 ", fault  # no error line in a whole answer
+                    continue
+                served += 1
+                assert text == "t0 t1 " and len(claude.seen("/v1/messages")) == served, (
+                    stream,
+                    fault,
+                )
+
+        for fault in [
+            Fault(error_after=2),
+            Fault(cut_after=2),
+            Fault(stall_after=2),
+            Fault(malformed_after=2),
+        ]:
+            fake.push(fault)
+            chunks = await client.chat.completions.create(
+                model="local",
+                messages=[{"role": "user", "content": "hi"}],
+                max_tokens=5,
+                stream=True,
+            )
+            text = ""
+            with pytest.raises(openai.APIError):
+                async for c in chunks:
+                    text += (c.choices[0].delta.content or "") if c.choices else ""
+            assert text == "t0 t1 ", fault
+        assert len(claude.seen("/v1/messages")) == served  # no fallback once bytes were sent
+        await client.close()
+    finally:
+        await claude.close()
