@@ -164,9 +164,12 @@ class LlmPlugin(Plugin):
 
     def not_allowed(self, ctx: RequestContext, method: str, allow: str) -> Response:
         return self.error(
-            ctx, 405, f"Method {method} is not allowed here (use {allow})", "method_not_allowed",
+            ctx,
+            405,
+            f"Method {method} is not allowed here (use {allow})",
+            "method_not_allowed",
             headers={"Allow": allow},
-        )  # fmt: skip
+        )
 
     def model_list(self) -> dict[str, Any]:
         data = []
@@ -194,9 +197,12 @@ class LlmPlugin(Plugin):
 
     def model_not_found(self, ctx: RequestContext, model: str) -> Response:
         return self.error(
-            ctx, 404, f"The model `{model[:200]}` does not exist or you do not have access to it.",
-            "model_not_found", type="invalid_request_error",
-        )  # fmt: skip
+            ctx,
+            404,
+            f"The model `{model[:200]}` does not exist or you do not have access to it.",
+            "model_not_found",
+            type="invalid_request_error",
+        )
 
     # -- a model request --------------------------------------------------------------------
 
@@ -237,9 +243,12 @@ class LlmPlugin(Plugin):
             body = None
         if not isinstance(body, dict):
             return self.error(
-                ctx, 400, "We could not parse the JSON body of your request: it must be a JSON"
-                " object (see https://platform.openai.com/docs/api-reference)", "invalid_json",
-            )  # fmt: skip
+                ctx,
+                400,
+                "We could not parse the JSON body of your request: it must be a JSON"
+                " object (see https://platform.openai.com/docs/api-reference)",
+                "invalid_json",
+            )
         model = body.get("model")
         if not isinstance(model, str) or not model:
             return self.error(ctx, 400, "you must provide a model parameter", None, "model")
@@ -316,8 +325,9 @@ class LlmPlugin(Plugin):
                         reply = self.stream_error(ctx, peeked.error)
                     else:
                         assert peeked.first is not None
-                        return self.streamed(ctx, ledger, deployment, reply, peeked.first,
-                                             client_usage)  # fmt: skip
+                        return self.streamed(
+                            ctx, ledger, deployment, reply, peeked.first, client_usage
+                        )
                 else:
                     ledger.provider_wait += time.monotonic() - waiting
             except BaseException as exc:
@@ -356,15 +366,21 @@ class LlmPlugin(Plugin):
         if candidates.too_small and not candidates.open_breakers:
             window = candidates.largest_window
             return self.error(
-                ctx, 400, f"This model's maximum context length is {window} tokens; the request"
-                f" needs about {need} (prompt and max_tokens)", "context_length_exceeded",
+                ctx,
+                400,
+                f"This model's maximum context length is {window} tokens; the request"
+                f" needs about {need} (prompt and max_tokens)",
+                "context_length_exceeded",
                 "messages",
-            )  # fmt: skip
+            )
         retry = max(1, math.ceil(candidates.retry_after))
         return self.error(
-            ctx, 503, "No deployment of this model is available now; retry later",
-            "model_unavailable", headers={"Retry-After": str(retry)},
-        )  # fmt: skip
+            ctx,
+            503,
+            "No deployment of this model is available now; retry later",
+            "model_unavailable",
+            headers={"Retry-After": str(retry)},
+        )
 
     async def reserve(self, ctx: RequestContext, ledger: Ledger, need: int) -> Response | None:
         limits = self.limits
@@ -385,9 +401,13 @@ class LlmPlugin(Plugin):
             self.metrics.error(ledger.model, "limited" if exc.status == 429 else "limits_store")
             retry = str(max(1, math.ceil(exc.retry_after)))
             return self.error(
-                ctx, exc.status, exc.message, exc.code, headers={"Retry-After": retry},
+                ctx,
+                exc.status,
+                exc.message,
+                exc.code,
+                headers={"Retry-After": retry},
                 type="rate_limit_error" if exc.status == 429 else None,
-            )  # fmt: skip
+            )
         return None
 
     def fallback(
@@ -449,9 +469,12 @@ class LlmPlugin(Plugin):
             status = {"complete": 200, "failed": 502, "cancelled": 499}[how]
             ledger.provider_wait += relay.waited
             self.finish(
-                ledger, status, complete=how == "complete", cancelled=how == "cancelled",
+                ledger,
+                status,
+                complete=how == "complete",
+                cancelled=how == "cancelled",
                 relayed=relayed,
-            )  # fmt: skip
+            )
 
         relay = StreamRelay(
             first, body, include_usage=client_usage, request_id=ctx.request_id, on_end=ended
@@ -508,8 +531,10 @@ class LlmPlugin(Plugin):
     ) -> None:
         """The request's one usage record: to the store and the metrics; the limits settled."""
         deployment = ledger.deployment
-        price = self.config.price(ledger.model if deployment is None else deployment.model,
-                                  deployment.config if deployment else None)  # fmt: skip
+        price = self.config.price(
+            ledger.model if deployment is None else deployment.model,
+            deployment.config if deployment else None,
+        )
         rec = ledger.finish(
             status,
             complete=complete,
@@ -594,8 +619,9 @@ def check_body(endpoint: str, body: dict[str, Any]) -> tuple[str, str] | None:
         return "you must provide a 'prompt' (a string)", "prompt"
     for key in ("max_tokens", "max_completion_tokens", "n"):
         value = body.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                  or value < 1):  # fmt: skip
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
             return f"'{key}' must be a positive integer", key
     return None
 

@@ -377,8 +377,18 @@ class FakeOpenAI:
                 seen.finished_at = time.monotonic()
                 return resp
             if fault.error_after == n:
-                await resp.write(event({"error": {"message": fault.message, "type": "api_error",
-                                                  "code": fault.code, "param": None}}))  # fmt: skip
+                await resp.write(
+                    event(
+                        {
+                            "error": {
+                                "message": fault.message,
+                                "type": "api_error",
+                                "code": fault.code,
+                                "param": None,
+                            }
+                        }
+                    )
+                )
                 seen.finished_at = time.monotonic()
                 return resp
             if content is None:
@@ -391,8 +401,14 @@ class FakeOpenAI:
         await resp.write(event(chunk(None if kind == "chat" else "", "stop")))
         if include_usage and fault.usage:
             total = {**usage, "total_tokens": usage["prompt_tokens"] + chunks}
-            last = {"id": "x-" + oid, "object": "chat.completion.chunk", "created": created,
-                    "model": model, "choices": [], "usage": total}  # fmt: skip
+            last = {
+                "id": "x-" + oid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": total,
+            }
             if kind != "chat":
                 last["object"] = "text_completion"
             await resp.write(event(last))

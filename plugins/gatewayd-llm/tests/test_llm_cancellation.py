@@ -174,7 +174,9 @@ async def test_a_thousand_streams_a_third_cancelled(
         if s.usage is not None:  # the provider reported usage: the record is exactly that
             assert rec.source == "provider", (p, rec)
             assert (rec.prompt_tokens, rec.completion_tokens) == (
-                s.usage["prompt_tokens"], s.usage["completion_tokens"]), (p, rec)  # fmt: skip
+                s.usage["prompt_tokens"],
+                s.usage["completion_tokens"],
+            ), (p, rec)
         else:
             assert rec.source == "estimated", (p, rec)
             assert rec.prompt_tokens > 0, rec  # the prompt was sent: its estimate counts

@@ -165,7 +165,11 @@ async def test_fault_matrix(make_fake_openai, llm_config, llm_gateway) -> None:
         rec = records[rid]
         if cell.recovered:
             assert (rec.deployment, rec.fallbacks, rec.status, rec.source) == (
-                "backup#0", 1, 200, "provider"), (name, rec)  # fmt: skip
+                "backup#0",
+                1,
+                200,
+                "provider",
+            ), (name, rec)
             assert (rec.prompt_tokens, rec.completion_tokens) == (2, 2), (name, rec)
         else:
             assert (rec.deployment, rec.fallbacks, rec.status) == ("m#0", 0, 502), (name, rec)

@@ -60,13 +60,15 @@ async def send(
 ) -> tuple[Response, Attempt]:
     target = kind.targets()[0]
     attempt = Attempt(target.id)
-    request = Request("POST", "/v1/chat/completions", "", CIMultiDict(CLIENT), "gw", "http",
-                      "127.0.0.1", b"{}", 2)  # fmt: skip
+    request = Request(
+        "POST", "/v1/chat/completions", "", CIMultiDict(CLIENT), "gw", "http", "127.0.0.1", b"{}", 2
+    )
     ctx = RequestContext(request, "rid-1", RouteInfo("llm", None, "/v1/"))
     if exchange is not None:
         ctx.state[EXCHANGE] = exchange
-    reply = await kind.send(target, attempt, ctx, "/", CIMultiDict(CLIENT),
-                            timeouts or TimeoutsConfig())  # fmt: skip
+    reply = await kind.send(
+        target, attempt, ctx, "/", CIMultiDict(CLIENT), timeouts or TimeoutsConfig()
+    )
     return reply, attempt
 
 
@@ -129,7 +131,9 @@ async def test_a_whole_answer_and_its_usage(fake_openai: FakeOpenAI, kinds) -> N
     reply, _ = await send(kind, emb)
     assert json.loads(reply.body)["data"][0]["object"] == "embedding"  # type: ignore[arg-type]
     assert emb.usage is not None and (emb.usage.prompt_tokens, emb.usage.completion_tokens) == (
-        3, 0)  # fmt: skip
+        3,
+        0,
+    )
     fake_openai.push(Fault(usage=False))
     none = chat()
     await send(kind, none)
@@ -140,8 +144,14 @@ async def test_refusals_are_openai_shaped_and_keep_no_secret(make_fake_openai, k
     fake = await make_fake_openai()
     kind = await kind_for(fake.url, api_key="sk-secret-abc")
     kinds.append(kind)
-    fake.push(Fault(status=429, retry_after=7, code="rate_limit_exceeded",
-                    message="slow down, sk-secret-abc"))  # fmt: skip
+    fake.push(
+        Fault(
+            status=429,
+            retry_after=7,
+            code="rate_limit_exceeded",
+            message="slow down, sk-secret-abc",
+        )
+    )
     reply, _ = await send(kind, chat())
     assert reply.status == 429 and reply.headers["Retry-After"] == "7"
     err = json.loads(reply.body)["error"]  # type: ignore[arg-type]

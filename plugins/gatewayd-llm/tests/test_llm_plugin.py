@@ -53,8 +53,9 @@ def sse_events(raw: bytes) -> list[Any]:
 async def test_chat_streamed_and_not_through_the_sdk(
     fake_openai: FakeOpenAI, llm_config, llm_gateway
 ) -> None:
-    upstreams, llm = one_model(fake_openai, prices={"m": {"input_per_mtok": 1e6,
-                                                          "output_per_mtok": 2e6}})  # fmt: skip
+    upstreams, llm = one_model(
+        fake_openai, prices={"m": {"input_per_mtok": 1e6, "output_per_mtok": 2e6}}
+    )
     gw = await llm_gateway(llm_config(upstreams, llm))
     async with gw.client() as client:
         chat = await client.chat.completions.with_raw_response.create(
@@ -89,8 +90,11 @@ async def test_chat_streamed_and_not_through_the_sdk(
     first, second = await gw.usage(2)
     assert (first.request_id, first.model, first.deployment) == (rid, "m", "m#0")
     assert (first.upstream, first.provider_model, first.key_id, first.tenant) == (
-        "main", "fake-model", "test", "acme",
-    )  # fmt: skip
+        "main",
+        "fake-model",
+        "test",
+        "acme",
+    )
     assert (first.prompt_tokens, first.completion_tokens, first.source) == (3, 4, "provider")
     assert first.cost == pytest.approx(3 * 1 + 4 * 2)  # dollars per million tokens x 1e6
     assert (first.status, first.stream, first.cancelled, first.fallbacks) == (200, False, False, 0)
@@ -219,8 +223,9 @@ async def test_a_providers_refusal_is_passed_on_without_its_secrets(
     llm = {"models": {"m": [{"upstream": "main", "model": "fake-model"}]}}
     gw = await llm_gateway(llm_config(upstreams, llm))
     fake.api_key = None
-    fake.push(Fault(status=400, message="bad temperature (key sk-wrong-secret-123)",
-                    code="invalid_value"))  # fmt: skip
+    fake.push(
+        Fault(status=400, message="bad temperature (key sk-wrong-secret-123)", code="invalid_value")
+    )
     status, headers, body = await raw_post(gw, "/v1/chat/completions", CHAT)
     assert_openai_error(status, headers, body, 400, "invalid_value")
     assert "bad temperature" in body["error"]["message"]
