@@ -82,6 +82,8 @@ def test_the_kind_is_registered_and_its_config_has_defaults() -> None:
     assert cfg.base_url == "https://api.anthropic.com"
     assert cfg.anthropic_version == "2023-06-01" and cfg.default_max_tokens == 4096
     assert SECRET not in repr(cfg) and SECRET not in str(cfg.model_dump())
+    default = AnthropicUpstreamConfig.model_validate({"kind": "anthropic", "api_key": SECRET})
+    assert default.base_url == "https://api.anthropic.com"
 
 
 # -- translation, not streamed ----------------------------------------------------------------

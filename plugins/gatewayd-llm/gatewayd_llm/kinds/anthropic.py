@@ -70,6 +70,7 @@ CONTEXT_MARKERS = ("prompt is too long", "context window", "context length", "to
 
 class AnthropicUpstreamConfig(ProviderConfig):
     kind: Literal["anthropic"] = "anthropic"
+    base_url: str = "https://api.anthropic.com"
     anthropic_version: str = "2023-06-01"
     default_max_tokens: int = Field(4096, ge=1)  # Anthropic needs max_tokens; OpenAI does not
     beta: list[str] = []  # anthropic-beta feature flags, sent with every request
