@@ -49,6 +49,9 @@ class DeploymentConfig(PluginConfig):
     weight: float = Field(1.0, gt=0)
     context_window: int | None = Field(None, ge=1)
     price: PriceConfig | None = None  # overrides ``prices`` of the model for this deployment
+    # The deployment's own limits (e.g. the provider account's tokens per minute): a request
+    # that would go over them skips the deployment for the next one.
+    limits: list[LimitSpec] = []
     owned_by: str | None = None  # what GET /v1/models says (default: the upstream's name)
 
 

@@ -29,7 +29,7 @@ from gatewayd_llm.exchange import Exchange, Operation, UsageSource
 from gatewayd_llm.usage import UsageRecord
 
 if TYPE_CHECKING:
-    from gatewayd_llm.limits import Reservation
+    from gatewayd_llm.limits import Limits, Reservation
     from gatewayd_llm.router import Deployment
 
 log = logging.getLogger("gatewayd_llm.plugin")
@@ -55,6 +55,8 @@ class Ledger:
     done: bool = False
     record: UsageRecord | None = None
     provider_wait: float = 0.0  # seconds spent waiting for providers (for the overhead metric)
+    # Reservations of the deployments' own limits: (limits, reservation, deployment name)
+    holds: list[tuple[Limits, Reservation, str]] = field(default_factory=list)
 
     def attempt(self, deployment: Deployment, exchange: Exchange) -> None:
         self.deployment = deployment

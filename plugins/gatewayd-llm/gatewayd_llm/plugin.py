@@ -39,7 +39,13 @@ from gatewayd_llm import tokens
 from gatewayd_llm.config import LlmConfig
 from gatewayd_llm.exchange import EXCHANGE, Exchange, Operation
 from gatewayd_llm.ledger import LEDGER, Ledger
-from gatewayd_llm.limits import LimitExceeded, Limits, LimitSubject, subject_headers
+from gatewayd_llm.limits import (
+    LimitExceeded,
+    Limits,
+    LimitSubject,
+    Reservation,
+    subject_headers,
+)
 from gatewayd_llm.metrics import LlmMetrics
 from gatewayd_llm.router import Candidates, Deployment, Router, RouterState
 from gatewayd_llm.stream import Ending, StreamRelay, failure_reason, peek
@@ -102,12 +108,34 @@ class LlmPlugin(Plugin):
                 keep=context.keep,
                 logger=log,
             )
+        self.deployment_limits: dict[str, Limits] = {}
+        for deployments in self.router.models.values():
+            for d in deployments:
+                if d.config.limits:
+                    self.deployment_limits[d.name] = self.own_limits(d)
         self.usage: UsageStore | None = None
         if config.usage:
             path = Path(services.state_dir) / "llm" / "usage.sqlite3"
             self.usage = context.keep(f"usage:{path}", lambda: UsageStore(path))
         self.tasks: set[asyncio.Task[Any]] = set()
         self.models_reply = json.dumps(self.model_list()).encode()
+
+    def own_limits(self, d: Deployment) -> Limits:
+        context, config = self.context, self.config
+        name = f"{d.config.upstream}/{d.config.model}"
+
+        def keep(key: str, factory: Any) -> Any:
+            return context.keep(f"deployment:{name}:{key}", factory)
+
+        return Limits(
+            d.config.limits,
+            context.services.stores,
+            config.limits_store,
+            prefix=f"llm:{context.route or 'global'}:{name}",
+            on_store_error=config.on_limits_error,
+            keep=keep,
+            logger=log,
+        )
 
     async def start(self) -> None:
         if self.usage is not None:
@@ -117,8 +145,9 @@ class LlmPlugin(Plugin):
     async def close(self) -> None:
         if self.tasks:
             await asyncio.wait(set(self.tasks), timeout=5)
-        if self.limits is not None:
-            await self.limits.close()
+        for limits in [self.limits, *self.deployment_limits.values()]:
+            if limits is not None:
+                await limits.close()
 
     # -- the phases -------------------------------------------------------------------------
 
@@ -299,7 +328,13 @@ class LlmPlugin(Plugin):
             return refused
         order = candidates.order[: config.max_attempts]
         last: Response | None = None
+        over: list[float] = []  # retry-after of the deployments skipped for their own limits
         for i, deployment in enumerate(order):
+            if deployment.name in self.deployment_limits:
+                retry = await self.hold(ctx, ledger, deployment, need)
+                if retry is not None:
+                    over.append(retry)
+                    continue
             exchange = Exchange(
                 ledger.operation,
                 {**body, "model": deployment.config.model},
@@ -354,7 +389,19 @@ class LlmPlugin(Plugin):
                 self.metrics.error(model, reason)
                 break
             self.fallback(ctx, ledger, deployment, nxt, reason)
-        assert last is not None
+        if last is None:  # every deployment is over its own limits
+            retry_after = str(max(1, math.ceil(min(over))))
+            reply = self.error(
+                ctx,
+                429,
+                "Every deployment of this model is over its limits; retry later",
+                "rate_limit_exceeded",
+                headers={"Retry-After": retry_after},
+                type="rate_limit_error",
+            )
+            self.metrics.error(model, "limited")
+            self.finish(ledger, 429, complete=True)
+            return reply
         reply = self.openai_error(ctx, last)
         if reply.status in (401, 403):  # the provider refused the gateway, not the client
             message = json.loads(reply.body)["error"]["message"]  # type: ignore[arg-type]
@@ -388,15 +435,10 @@ class LlmPlugin(Plugin):
             return None
         price = self.config.price(ledger.model, None)
         estimate = price.cost(ledger.prompt_estimate, need - ledger.prompt_estimate) if price else 0
-        subject = LimitSubject(
-            ledger.key_id,
-            ledger.tenant,
-            ledger.model,
-            ctx.route.name,
-            subject_headers(ctx.request.headers, limits.specs),
-        )
         try:
-            ledger.reservation = await limits.reserve(subject, need, estimate)
+            ledger.reservation = await limits.reserve(
+                self.subject(ctx, ledger, limits), need, estimate
+            )
         except LimitExceeded as exc:
             self.metrics.error(ledger.model, "limited" if exc.status == 429 else "limits_store")
             retry = str(max(1, math.ceil(exc.retry_after)))
@@ -409,6 +451,29 @@ class LlmPlugin(Plugin):
                 type="rate_limit_error" if exc.status == 429 else None,
             )
         return None
+
+    async def hold(
+        self, ctx: RequestContext, ledger: Ledger, deployment: Deployment, need: int
+    ) -> float | None:
+        """Reserve ``deployment``'s own limits; the seconds until it may be tried when over."""
+        limits = self.deployment_limits[deployment.name]
+        price = self.config.price(deployment.model, deployment.config)
+        estimate = price.cost(ledger.prompt_estimate, need - ledger.prompt_estimate) if price else 0
+        try:
+            reservation = await limits.reserve(self.subject(ctx, ledger, limits), need, estimate)
+        except LimitExceeded as exc:
+            return exc.retry_after
+        ledger.holds.append((limits, reservation, deployment.name))
+        return None
+
+    def subject(self, ctx: RequestContext, ledger: Ledger, limits: Limits) -> LimitSubject:
+        return LimitSubject(
+            ledger.key_id,
+            ledger.tenant,
+            ledger.model,
+            ctx.route.name,
+            subject_headers(ctx.request.headers, limits.specs),
+        )
 
     def fallback(
         self,
@@ -555,10 +620,17 @@ class LlmPlugin(Plugin):
                 usage.record(rec)
             except UsageStoreClosed:
                 log.warning("usage store closed: record lost", extra={"request_id": rec.request_id})
-        limits, reservation = self.limits, ledger.reservation
-        if limits is not None and reservation is not None:
+        settles: list[tuple[Limits, Reservation, int, float]] = []
+        if self.limits is not None and ledger.reservation is not None:
+            settles.append((self.limits, ledger.reservation, rec.total_tokens, rec.cost))
+        for limits, reservation, name in ledger.holds:  # a failed attempt used no tokens
+            used = name == rec.deployment
+            settles.append(
+                (limits, reservation, rec.total_tokens if used else 0, rec.cost if used else 0.0)
+            )
+        for limits, reservation, used_tokens, cost in settles:
             task = asyncio.get_running_loop().create_task(
-                limits.settle(reservation, rec.total_tokens, rec.cost)
+                limits.settle(reservation, used_tokens, cost)
             )
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)

@@ -3,7 +3,9 @@ bytes matter), fake OpenAI-compatible providers on 127.0.0.1."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import time
 from typing import Any
 
 import aiohttp
@@ -282,3 +284,52 @@ async def test_limits_answer_429_with_retry_after(
     other = {"Authorization": f"Bearer {gw.keys['b']}"}
     assert (await raw_post(gw, "/v1/chat/completions", body, headers=other))[0] == 200
     assert len(fake_openai.requests) == 3
+
+
+async def test_a_deployment_over_its_own_limits_is_skipped(
+    make_fake_openai, llm_config, llm_gateway
+) -> None:
+    first, second = await make_fake_openai(), await make_fake_openai()
+    upstreams = {"a": openai_upstream(first.url), "b": openai_upstream(second.url)}
+    own = [{"requests": "2/min", "key": "global"}]
+    llm = {
+        "models": {
+            "m": [
+                {"upstream": "a", "model": "x", "weight": 1000, "limits": own},
+                {"upstream": "b", "model": "y", "weight": 0.001, "limits": own},
+            ]
+        }
+    }
+    gw = await llm_gateway(llm_config(upstreams, llm))
+    statuses = [(await raw_post(gw, "/v1/chat/completions", CHAT))[0] for _ in range(5)]
+    assert statuses == [200, 200, 200, 200, 429]
+    assert (len(first.requests), len(second.requests)) == (2, 2)  # never asked when over
+    status, headers, body = await raw_post(gw, "/v1/chat/completions", CHAT)
+    assert_openai_error(status, headers, body, 429, "rate_limit_exceeded")
+    assert int(headers["Retry-After"]) >= 1
+
+
+async def test_the_sdk_reads_the_gateways_own_refusals(
+    fake_openai: FakeOpenAI, llm_config, llm_gateway
+) -> None:
+    gw = await llm_gateway(llm_config(*one_model(fake_openai)))
+    async with gw.client(key="gwd_test_wrong") as client:  # key_auth answers, before llm
+        with pytest.raises(openai.AuthenticationError):
+            await client.chat.completions.create(model="m", messages=MSGS)  # type: ignore
+    assert fake_openai.requests == []
+
+
+async def test_chunks_go_on_as_they_come(fake_openai: FakeOpenAI, llm_config, llm_gateway) -> None:
+    """Nothing is buffered: each token reaches the client when the provider sends it."""
+    fake_openai.push(Fault(chunk_delay=0.3))
+    gw = await llm_gateway(llm_config(*one_model(fake_openai)))
+    arrivals: list[float] = []
+    async with gw.client() as client:
+        stream = await client.chat.completions.create(
+            model="m", messages=MSGS, max_tokens=3, stream=True
+        )
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                arrivals.append(time.monotonic())
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    assert len(arrivals) == 3 and all(0.2 < g < 0.45 for g in gaps), gaps
