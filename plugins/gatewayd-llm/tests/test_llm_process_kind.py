@@ -289,14 +289,14 @@ def test_masking() -> None:
 async def test_a_streamed_chat_arrives_read_by_read_as_openai_chunks() -> None:
     kind = await make_kind(command=command("--delay", "0.15"))
     ex = chat("one two three", stream=True)
-    started = time.monotonic()
     resp, attempt = await send(kind, ex)
     assert resp.status == 200 == attempt.status
     assert resp.headers["Content-Type"] == "text/event-stream"
     events, times = await read_stream(resp.body)
-    # Each write of the CLI came as its own chunk, as it was written (0.15 s apart).
+    # Each write of the CLI (6 of them, 0.15 s apart) came as its own chunk, as it was written:
+    # buffered, they would have come at once.
     assert len(times) >= 5
-    assert times[1] - started < 0.6 < times[-1] - started
+    assert times[-1] - times[0] > 0.5
     assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
     assert {e["object"] for e in events[:-1]} == {"chat.completion.chunk"}
     assert content(events) == "model=local-7b max_tokens=1024 one two three"
@@ -307,7 +307,7 @@ async def test_a_streamed_chat_arrives_read_by_read_as_openai_chunks() -> None:
     assert usage["usage"]["prompt_tokens"] == tokens.prompt_tokens("chat", ex.body)
     assert events[-1] == "[DONE]"
     assert ex.usage is None  # an estimate: never reported as the provider's
-    assert ex.first_byte_at is not None and ex.first_byte_at - ex.started < 0.6
+    assert ex.first_byte_at is not None and times[-1] - ex.first_byte_at > 0.5
     await kind.close()
 
 
@@ -616,7 +616,7 @@ async def test_memory_and_cpu_limits_hold(caplog: pytest.LogCaptureFixture) -> N
     spin = await make_kind(command=command("--mode", "spin"), cpu_seconds=1, timeout="20s")
     started = time.monotonic()
     resp, _ = await send(spin, chat())
-    assert resp.status == 502 and time.monotonic() - started < 5
+    assert resp.status == 502 and time.monotonic() - started < 15  # 1 s of CPU, a busy host
     failed = [r for r in caplog.records if r.getMessage() == "model process failed"]
     assert failed[-1].signal == "SIGXCPU"  # type: ignore[attr-defined]
     for k in (kind, unlimited, spin):
