@@ -40,6 +40,7 @@ from aiohttp.http_exceptions import (
 )
 from aiohttp.streams import StreamReader
 from multidict import CIMultiDict
+from prometheus_client import Counter
 
 from gatewayd.chain.api import error_body
 from gatewayd.config.schema import ServerConfig
@@ -202,12 +203,12 @@ class ProtocolGuard:
     def __init__(
         self,
         config: ServerConfig,
-        counter: Any | None = None,
+        counter: Counter | None = None,
         logger: logging.Logger = PROTOCOL_LOG,
     ) -> None:
         self.logger = logger
         self.log = RateLimitedLog(logger)
-        self.counter = counter  # gatewayd_protocol_errors_total (a labelled Counter)
+        self.counter = counter  # gatewayd_protocol_errors_total{reason}
         if counter is not None:
             for refusal in REFUSALS:
                 counter.labels(refusal.reason)
@@ -216,7 +217,6 @@ class ProtocolGuard:
         self.configure(config)
 
     def configure(self, config: ServerConfig) -> None:
-        self.config = config
         self.max_headers_total = config.headers_total
         self.server: str | None = config.header or None
         # Requests that need our writer: all of them when the header is to be dropped, else
@@ -274,7 +274,7 @@ class ProtocolGuard:
                 self.logger.error(
                     "request handler failed",
                     exc_info=exc,
-                    extra={"client_ip": request.remote, "path": request.path},
+                    extra={"client_ip": request.remote},
                 )
             return self.error_response(500, "internal_error", "internal error")
         return self.error_response(status, "gateway_timeout", "request handler timed out")
@@ -292,9 +292,10 @@ class ProtocolGuard:
             codings = message.headers.getall("Transfer-Encoding", ())
             if len(codings) != 1 or codings[0].strip().lower() != "chunked":
                 return TRANSFER_CODING
-        size = 0
-        for name, value in message.raw_headers:
-            size += len(name) + len(value) + 4
+        raw = message.raw_headers  # the one per-request cost here: ~0.5 us for 8 headers
+        size = 4 * len(raw)  # ": " and CRLF
+        for name, value in raw:
+            size += len(name) + len(value)
         if size > self.max_headers_total:
             return HEADERS_TOO_LARGE
         return None

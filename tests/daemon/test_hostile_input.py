@@ -94,8 +94,12 @@ def backend_app(sent: list[int]) -> web.Application:
             sent[0] += len(chunk)
         return resp
 
+    async def read(request: web.Request) -> web.Response:
+        return web.json_response({"len": len(await request.read())})
+
     app = web.Application()
     app.router.add_get("/big", big)
+    app.router.add_post("/read", read)
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
 
@@ -403,3 +407,31 @@ async def test_server_header_everywhere_and_on_reload(gateway, backend, config):
     await gw.reload()
     got = await server_headers(gw)
     assert got == dict.fromkeys(got), got  # none at all: not ours, not aiohttp's
+
+
+async def test_a_broken_chunked_body_mid_request(gateway, backend, config):
+    """The framing breaks after the headers were accepted, while the body is being forwarded.
+    aiohttp's parser queues its error behind the request instead of failing the body: the
+    request ends at the upstream's total timeout (504), then the connection closes. No
+    traceback, nothing of the request in the log, the daemon serves on."""
+    srv = await backend(backend_app([0]))
+    cfg = hostile_config(config, upstream_url(srv))
+    cfg["upstreams"]["api"]["timeouts"]["total"] = "2s"
+    gw = await gateway(cfg)
+    reader, writer = await asyncio.open_connection(*address(gw))
+    writer.write(req("POST /read HTTP/1.1", "Transfer-Encoding: chunked") + b"5\r\nhello\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.3)
+    writer.write(f"zz{SECRET}\r\n\r\n".encode())
+    await writer.drain()
+    started = time.monotonic()
+    got = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert time.monotonic() - started < 5
+    reply = parse(got)
+    assert reply.status == 504 and reply.headers["content-type"] == "application/json"
+    rest = await asyncio.wait_for(reader.read(), 15)  # aiohttp lingers for the body (10 s)
+    writer.close()
+    assert SECRET not in (got + rest).decode("latin-1")
+    await assert_serving(gw)
+    logs = gw.logs()
+    assert SECRET not in logs and "Traceback" not in logs
