@@ -15,9 +15,9 @@ Members are read-only properties: a plugin uses a service, it never replaces one
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 __all__ = [
     "AsyncLimiter",
@@ -37,6 +37,9 @@ __all__ = [
     "PluginServices",
     "StateStores",
 ]
+
+
+T = TypeVar("T")
 
 
 # -- the event bus -------------------------------------------------------------------------------
@@ -260,6 +263,13 @@ class StateStores(Protocol):
         ...
 
     def redis_limiter(self, prefix: str) -> AsyncLimiter: ...
+
+    def shared(self, name: str, factory: Callable[[], T]) -> T:
+        """The process's object called ``name`` (made by ``factory`` on first use), the same
+        for every generation whatever the config: small, bounded state that must outlive a
+        reload that changes the plugin's config (``context.keep`` keeps an object only while
+        the config is unchanged). Name it after the plugin (``"llm:metrics:tenants"``)."""
+        ...
 
 
 # -- all of them ---------------------------------------------------------------------------------

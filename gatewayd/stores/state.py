@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from gatewayd.config.schema import StateConfig
 from gatewayd.stores.memory import MemoryLimiter
 from gatewayd.stores.redis import RedisLimiter, connect
+
+T = TypeVar("T")
 
 
 class PluginStores:
@@ -19,6 +22,7 @@ class PluginStores:
         self.redis_url = state.redis_url
         self._redis: Any = None
         self._named: dict[str, MemoryLimiter] = {}
+        self._shared: dict[str, Any] = {}
 
     def redis(self) -> Any:
         if self._redis is None:
@@ -36,6 +40,16 @@ class PluginStores:
             limiter = self._named[name] = MemoryLimiter(max_entries)
         limiter.max_entries = max_entries
         return limiter
+
+    def shared(self, name: str, factory: Callable[[], T]) -> T:
+        """The process's object called ``name``, made by ``factory`` on first use and the same
+        for every later generation, whatever the config (``context.keep`` hands an object over
+        only while the plugin's config is unchanged). For small, bounded state only: it lives
+        as long as the process."""
+        if name not in self._shared:
+            self._shared[name] = factory()
+        found: T = self._shared[name]
+        return found
 
     def redis_limiter(self, prefix: str) -> RedisLimiter:
         return RedisLimiter(self.redis(), prefix)

@@ -26,3 +26,18 @@ def test_the_latest_bound_holds() -> None:
     stores.memory_limiter(3, name="n")  # the reloaded config asks for fewer entries
     limiter.reserve([("new", 5, 60, 1)])
     assert len(limiter) == 3 and limiter.evictions == 8
+
+
+def test_shared_objects_are_the_processs_by_name() -> None:
+    stores = PluginStores(StateConfig())
+    made: list[int] = []
+
+    def factory() -> set[str]:
+        made.append(1)
+        return set()
+
+    tenants = stores.shared("llm:metrics:tenants", factory)
+    tenants.add("acme")
+    assert stores.shared("llm:metrics:tenants", factory) == {"acme"}
+    assert stores.shared("other", set) is not tenants
+    assert made == [1]

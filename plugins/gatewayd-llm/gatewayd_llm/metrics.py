@@ -18,8 +18,8 @@ kind}``, ``gatewayd_llm_tokens_total{model, provider, type, tenant}`` and
 ``gatewayd_llm_cost_total{model, tenant}``.
 
 Every label is bounded: a model that is not configured counts as ``other``; tenants are labelled
-only within a bounded set (the ``tenants`` given, else the first ``max_tenants`` seen), every
-other tenant as ``other`` (no tenant: ``none``).
+only within a bounded set (the ``tenants`` given, else the first ``max_tenants`` seen by the
+process), every other tenant as ``other`` (no tenant: ``none``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from gatewayd.chain import MetricsFactory
+from gatewayd.chain import MetricsFactory, StateStores
 from gatewayd_llm.usage import UsageRecord
 
 # The buckets the GenAI conventions recommend.
@@ -43,6 +43,7 @@ OVERHEAD_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 )  # fmt: skip
 OTHER = "other"
+SHARED_TENANTS = "llm:metrics:tenants"  # the process's set of tenants labelled by name
 NO_TENANT = "none"
 
 OPERATIONS = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings"}
@@ -54,8 +55,10 @@ class LlmMetrics:
     (the factory returns the same one for the same name), so counts carry on.
 
     ``models``: the configured model names (others are labelled ``other``; None: any name).
-    ``tenants``: the tenants labelled by name; None: the first ``max_tenants`` seen, kept in
-    ``keep`` (the plugin context's) so that a reload does not start the set again."""
+    ``tenants``: the tenants labelled by name; None: the first ``max_tenants`` seen. That set
+    is the process's (``stores.shared``: one for every llm plugin and every generation, so no
+    reload ever labels more); without ``stores``, it is kept with ``keep`` (the plugin
+    context's: only across reloads that leave the config unchanged), else this instance's."""
 
     def __init__(
         self,
@@ -65,11 +68,16 @@ class LlmMetrics:
         tenants: Iterable[str] | None = None,
         max_tenants: int = 20,
         keep: Callable[[str, Callable[[], Any]], Any] | None = None,
+        stores: StateStores | None = None,
     ) -> None:
         self.models = None if models is None else frozenset(models)
         self.fixed_tenants = None if tenants is None else frozenset(tenants)
         self.max_tenants = max_tenants
-        seen: set[str] = set() if keep is None else keep("metrics.tenants", set)
+        seen: set[str]
+        if stores is not None:
+            seen = stores.shared(SHARED_TENANTS, set)
+        else:
+            seen = set() if keep is None else keep("metrics.tenants", set)
         self.seen_tenants = seen
         self.token_usage = metrics.histogram(
             "gen_ai_client_token_usage",

@@ -124,6 +124,21 @@ def test_the_same_collectors_after_a_reload(harness: HarnessServices) -> None:
     assert sample(harness, "gatewayd_llm_errors_total", model="smart", kind="timeout") == 2
 
 
+def test_the_tenant_set_is_the_processs_whatever_the_config(harness: HarnessServices) -> None:
+    """With the state stores, a reload that changes the config labels no new tenants."""
+    first = LlmMetrics(harness.metrics, stores=harness.stores, max_tenants=2)
+    first.record(rec(tenant="a"), "openai", 0.0)
+    first.record(rec(tenant="b"), "openai", 0.0)
+    changed = LlmMetrics(
+        harness.metrics, models=["smart", "new"], stores=harness.stores, max_tenants=2
+    )
+    changed.record(rec(tenant="c"), "openai", 0.0)
+    assert (changed.tenant("a"), changed.tenant("c")) == ("a", "other")
+    labels = {"model": "smart", "provider": "openai", "type": "input"}
+    assert sample(harness, "gatewayd_llm_tokens_total", **labels, tenant="c") is None
+    assert sample(harness, "gatewayd_llm_tokens_total", **labels, tenant="other") == 812
+
+
 def test_labels_stay_bounded(harness: HarnessServices) -> None:
     m = LlmMetrics(harness.metrics, models=["smart", "local"], max_tenants=3)
     for i in range(500):
