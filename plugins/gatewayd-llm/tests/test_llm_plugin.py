@@ -3,6 +3,7 @@ bytes matter), fake OpenAI-compatible providers on 127.0.0.1."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import time
@@ -333,3 +334,36 @@ async def test_chunks_go_on_as_they_come(fake_openai: FakeOpenAI, llm_config, ll
                 arrivals.append(time.monotonic())
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert len(arrivals) == 3 and all(0.2 < g < 0.45 for g in gaps), gaps
+
+
+async def test_a_reload_keeps_streams_and_their_records(
+    fake_openai: FakeOpenAI, llm_config, llm_gateway
+) -> None:
+    """A stream that started before a reload with another config ends on its generation, and
+    its record is written once; the new config serves at once; the metrics carry on."""
+    upstreams, llm = one_model(fake_openai)
+    gw = await llm_gateway(llm_config(upstreams, llm))
+    fake_openai.push(Fault(chunk_delay=0.2))
+    async with gw.client() as client:
+        stream = await client.chat.completions.create(
+            model="m", messages=MSGS, max_tokens=5, stream=True
+        )
+        text = ""
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content == "t1 ":
+                llm2 = {**llm, "models": {**llm["models"], "n": llm["models"]["m"]}}
+                cfg = copy.deepcopy(gw.config)  # the same ports and state dir
+                cfg["routes"][0]["plugins"][-1] = {"llm": llm2}
+                await gw.reload(cfg)
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+        assert text == "t0 t1 t2 t3 t4 "
+        await client.chat.completions.create(model="n", messages=MSGS, max_tokens=1)
+        assert {m.id for m in (await client.models.list()).data} == {"m", "n"}
+    first, second = await gw.usage(2)
+    assert (first.model, first.completion_tokens, first.source) == ("m", 5, "provider")
+    assert (second.model, second.completion_tokens) == ("n", 1)
+    tokens = "gatewayd_llm_tokens_total"
+    assert await gw.metric(tokens, model="m", type="output", provider="main") == 5
+    assert await gw.metric(tokens, model="n", type="output", tenant="acme") == 1
+    assert await gw.metric("gen_ai_client_token_usage_count", gen_ai_token_type="input") == 2
