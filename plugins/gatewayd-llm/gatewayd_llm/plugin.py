@@ -156,7 +156,7 @@ class LlmPlugin(Plugin):
         found = endpoint_of(ctx.request.path)
         if found is None:
             return self.error(
-                ctx, 404, f"Unknown request URL: {method} {ctx.request.path}", "unknown_url"
+                ctx, 404, f"Unknown request URL: {method} {ctx.request.path[:200]}", "unknown_url"
             )
         endpoint, model_id = found
         if endpoint in ("models", "model"):
@@ -299,8 +299,10 @@ class LlmPlugin(Plugin):
             client_usage = bool(options.get("include_usage"))
             options["include_usage"] = True  # the gateway always asks for usage
             body["stream_options"] = options
-        elif operation != "embeddings":
+        else:
             body.pop("stream_options", None)
+            if operation == "embeddings":
+                body.pop("stream", None)
         ledger.prompt_estimate = tokens.prompt_tokens(operation, body)
         return body, client_usage
 
@@ -510,7 +512,11 @@ class LlmPlugin(Plugin):
             body = chat_to_generate(bytes(body))
         headers = CIMultiDict({"Content-Type": "application/json"})
         self.served_headers(headers, ledger)
-        self.finish(ledger, 200, complete=True)
+        exchange = ledger.exchange
+        estimate = 0
+        if exchange is not None and exchange.usage is None:  # the provider did not say
+            estimate = tokens.answer_tokens(reply.body)
+        self.finish(ledger, 200, complete=True, relayed=estimate)
         return Response(200, headers, bytes(body))
 
     def streamed(

@@ -8,6 +8,7 @@ reservations; the provider's counts replace them whenever it gives them.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from gatewayd_llm.exchange import Operation
@@ -96,3 +97,24 @@ def max_output_tokens(operation: Operation, body: dict[str, Any], default: int) 
     n = body.get("n")
     choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
     return int(limit) * choices
+
+
+def answer_tokens(raw: Any) -> int:
+    """The estimated completion tokens of a whole OpenAI answer (chat or text completion)."""
+    try:
+        obj = json.loads(raw)
+        choices = obj["choices"]
+    except (ValueError, TypeError, KeyError):
+        return 0
+    total = 0
+    for choice in choices if isinstance(choices, list) else ():
+        if not isinstance(choice, dict):
+            continue
+        message = choice.get("message")
+        if isinstance(message, dict):
+            total += content_tokens(message.get("content"))
+            if message.get("tool_calls") is not None:
+                total += text_tokens(str(message["tool_calls"]))
+        elif isinstance(choice.get("text"), str):
+            total += text_tokens(choice["text"])
+    return total

@@ -170,9 +170,13 @@ async def test_completions_embeddings_generate_and_models(
         {"role": "system", "content": "be"},
         {"role": "user", "content": "say hi"},
     ]
-    records = await gw.usage(4)
-    assert [r.source for r in records] == ["provider"] * 4
+    fake_openai.push(Fault(usage=False))  # a provider that says nothing: an estimate
+    status, _, out = await raw_post(gw, "/v1/chat/completions", {**CHAT, "max_tokens": 2})
+    assert status == 200 and "usage" not in out
+    records = await gw.usage(5)
+    assert [r.source for r in records] == ["provider"] * 4 + ["estimated"]
     assert records[2].model == "e" and records[2].completion_tokens == 0
+    assert (records[4].prompt_tokens, records[4].completion_tokens) == (3 + 4 + 3, 2)
 
 
 # -- errors ------------------------------------------------------------------------------------

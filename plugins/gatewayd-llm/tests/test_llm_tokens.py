@@ -32,3 +32,10 @@ def test_prompts_inputs_and_output_budgets() -> None:
     assert tokens.max_output_tokens("chat", {"max_completion_tokens": 7, "max_tokens": 1}, 9) == 7
     assert tokens.max_output_tokens("chat", {"max_tokens": True}, 99) == 99
     assert tokens.max_output_tokens("embeddings", {"max_tokens": 5}, 99) == 0
+
+
+def test_answer_estimates() -> None:
+    chat = b'{"choices": [{"message": {"content": "abcdabcd"}}, {"message": {"content": "a"}}]}'
+    assert tokens.answer_tokens(chat) == 3
+    assert tokens.answer_tokens(b'{"choices": [{"text": "abcde"}]}') == 2
+    assert tokens.answer_tokens(b"not json") == tokens.answer_tokens(b"{}") == 0
