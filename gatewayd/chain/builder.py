@@ -32,7 +32,10 @@ class Chain:
     """The plugins of one route in run order, and one tuple per phase holding only the plugins
     that implement it: ``(position, plugin name, bound method, awaits)``. Response phases are
     reversed. ``on_request``, ``on_response`` and ``on_done`` may be async or plain functions;
-    a plain ``on_request`` may also return a coroutine (its slow path), which is awaited."""
+    a plain ``on_request`` may also return a coroutine (its slow path), which is awaited.
+    ``all_replies``: the positions of the plugins whose ``on_response`` sees every reply of the
+    route, also a local reply of a plugin before them (class attribute ``sees_all_replies``:
+    e.g. a plugin that gives the route's errors its API's shape)."""
 
     plugins: tuple[Any, ...]
     names: tuple[str, ...]
@@ -40,6 +43,7 @@ class Chain:
     response: Phase
     chunk: Phase
     done: Phase
+    all_replies: frozenset[int] = frozenset()
 
     @classmethod
     def of(cls, entries: list[tuple[str, Any]]) -> Chain:
@@ -61,6 +65,7 @@ class Chain:
             phase("on_response", True),
             phase("on_response_chunk", True),
             phase("on_done", True),
+            frozenset(i for i, p in enumerate(plugins) if getattr(p, "sees_all_replies", False)),
         )
 
 

@@ -5,8 +5,9 @@ three functions (one request path, one set of rules):
 
 1. :func:`run_request`: ``on_request`` in chain order. A plugin's local reply stops the chain;
    ``seen`` is the position of the last plugin that saw the request.
-2. :func:`run_response`: ``on_response`` in reverse order over the plugins that saw the request,
-   then the chunk phase wraps the body (``on_response_chunk``, reverse order, per chunk).
+2. :func:`run_response`: ``on_response`` in reverse order over the plugins that saw the request
+   (and those that see every reply: ``sees_all_replies``), then the chunk phase wraps the body
+   (``on_response_chunk``, reverse order, per chunk, over the plugins that saw the request).
 3. :func:`run_done`: ``on_done`` in reverse order over the same plugins; always run, whatever
    happened (a failure is logged and the others still run).
 
@@ -82,12 +83,12 @@ async def run_request(chain: Chain, ctx: RequestContext) -> tuple[Response | Non
 async def run_response(
     chain: Chain, ctx: RequestContext, response: Response, seen: int
 ) -> Response:
-    """Run ``on_response`` in reverse order over the plugins that saw the request, then wrap the
-    body in the chunk phase. Returns the reply to send: ``response`` (changed in place by the
-    plugins), or the failure reply of a plugin that raised (the remaining response phases and
-    the chunk phase are then skipped)."""
+    """Run ``on_response`` in reverse order over the plugins that saw the request (and those that
+    see every reply, ``Chain.all_replies``), then wrap the body in the chunk phase. Returns the
+    reply to send: ``response`` (changed in place by the plugins), or the failure reply of a
+    plugin that raised (the remaining response phases and the chunk phase are then skipped)."""
     for pos, name, fn, awaited in chain.response:
-        if pos > seen:
+        if pos > seen and pos not in chain.all_replies:
             continue
         try:
             result = fn(ctx, response)

@@ -50,7 +50,7 @@ from gatewayd_llm.metrics import LlmMetrics
 from gatewayd_llm.router import Candidates, Deployment, Router, RouterState
 from gatewayd_llm.stream import Ending, StreamRelay, failure_reason, peek
 from gatewayd_llm.usage import UsageStore, UsageStoreClosed
-from gatewayd_llm.wire import error_response, json_response, sse_headers
+from gatewayd_llm.wire import error_body, error_response, json_response, sse_headers
 
 log = logging.getLogger("gatewayd_llm.plugin")
 
@@ -90,6 +90,9 @@ class LlmPlugin(Plugin):
     name: ClassVar[str] = "llm"
     Config: ClassVar[type[BaseModel]] = LlmConfig
     priority: ClassVar[int] = 50  # after auth, acl, rate limits and cache: it answers
+    # on_response sees every reply of the route, so that the refusals of the plugins before it
+    # (key_auth's 401, rate_limit's 429...) are OpenAI-shaped too
+    sees_all_replies: ClassVar[bool] = True
 
     def __init__(self, config: LlmConfig, context: PluginContext) -> None:
         super().__init__(config, context)
@@ -166,6 +169,25 @@ class LlmPlugin(Plugin):
         if method != "POST":
             return self.not_allowed(ctx, method, "POST")
         return await self.serve(ctx, endpoint)
+
+    def on_response(self, ctx: RequestContext, response: Response) -> None:
+        """Give gatewayd's own error bodies on this route (``{"error": {"code", "message",
+        "request_id"}}``: another plugin's refusal, an upstream failure) OpenAI's shape."""
+        if response.status < 400:
+            return
+        body = response.body
+        if not isinstance(body, bytes | bytearray) or len(body) > 64 * 1024:
+            return
+        try:
+            err = json.loads(body).get("error")
+        except (ValueError, AttributeError):
+            return
+        if not isinstance(err, dict) or "type" in err:
+            return  # not gatewayd's, or OpenAI-shaped already
+        message = str(err.get("message") or "request failed")[:2000]
+        code = err.get("code") if isinstance(err.get("code"), str) else None
+        response.body = error_body(message, response.status, code, None, ctx.request_id)
+        response.headers["Content-Type"] = "application/json"
 
     async def on_done(self, ctx: RequestContext) -> None:
         """The last chance to account for a request that ended where nothing else saw it end

@@ -317,11 +317,19 @@ async def test_a_deployment_over_its_own_limits_is_skipped(
 async def test_the_sdk_reads_the_gateways_own_refusals(
     fake_openai: FakeOpenAI, llm_config, llm_gateway
 ) -> None:
-    gw = await llm_gateway(llm_config(*one_model(fake_openai)))
+    cfg = llm_config(*one_model(fake_openai))
+    cfg["routes"][0]["plugins"].insert(1, {"rate_limit": {"rate": "1/min", "key": "api_key"}})
+    gw = await llm_gateway(cfg)
     async with gw.client(key="gwd_test_wrong") as client:  # key_auth answers, before llm
-        with pytest.raises(openai.AuthenticationError):
+        with pytest.raises(openai.AuthenticationError) as err:
             await client.chat.completions.create(model="m", messages=MSGS)  # type: ignore
-    assert fake_openai.requests == []
+    assert err.value.type == "authentication_error" and err.value.code is not None
+    assert err.value.response.headers.get("WWW-Authenticate")
+    assert (await raw_post(gw, "/v1/chat/completions", CHAT))[0] == 200
+    status, headers, body = await raw_post(gw, "/v1/chat/completions", CHAT)  # rate_limit's
+    assert_openai_error(status, headers, body, 429, body["error"]["code"])
+    assert body["error"]["type"] == "rate_limit_error" and headers["Retry-After"]
+    assert len(fake_openai.requests) == 1
 
 
 async def test_chunks_go_on_as_they_come(fake_openai: FakeOpenAI, llm_config, llm_gateway) -> None:
