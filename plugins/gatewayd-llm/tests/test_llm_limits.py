@@ -353,8 +353,12 @@ import asyncio, json, random, sys, time
 from gatewayd.testing import HarnessServices
 from gatewayd_llm.limits import LimitExceeded, Limits, LimitSpec, LimitSubject, LimitsUnavailable
 
-url, budget, count, prompt, max_tokens, seed, start_at = sys.argv[1:]
+url, budget, count, prompt, max_tokens, seed = sys.argv[1:]
 budget, count, prompt, max_tokens = int(budget), int(count), int(prompt), int(max_tokens)
+
+async def used_now(limits, subject):
+    c = limits.counters(subject)[0]
+    return (await limits.limiter.reserve([(c.key, 10**15, c.period, 0)])).used[0]
 
 async def main():
     services = HarnessServices(backend="redis", redis_url=url)
@@ -364,7 +368,9 @@ async def main():
     subject = LimitSubject("k", "acme", "smart", "llm")
     rng = random.Random(int(seed))
     spent, refused, unavailable = [], 0, 0
-    await asyncio.sleep(max(0.0, float(start_at) - time.time()))
+    assert await used_now(limits, subject) >= 0  # connected
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # "go"
 
     async def one():
         nonlocal refused, unavailable
@@ -393,7 +399,6 @@ asyncio.run(main())
 async def test_two_processes_share_one_budget(llm_redis_url: str) -> None:
     await fresh_window(3600, 30)
     n, prompt, max_tokens = 8000, 50, 150
-    start_at = time.time() + 1.5
     procs = [
         await asyncio.create_subprocess_exec(
             sys.executable,
@@ -405,23 +410,25 @@ async def test_two_processes_share_one_budget(llm_redis_url: str) -> None:
             str(prompt),
             str(max_tokens),
             str(seed),
-            str(start_at),
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
         for seed in (1, 2)
     ]
+    for proc in procs:  # both started and connected: then both at once
+        assert proc.stdout is not None
+        assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"ready\n"
     results = []
-    for proc in procs:
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-        assert proc.returncode == 0, err.decode()
-        results.append(json.loads(out))
+    for out, err in await asyncio.gather(*(p.communicate(b"go\n") for p in procs)):
+        results.append(json.loads(out or b"null") or err.decode())
+    assert all(p.returncode == 0 for p in procs), results
     spent = [t for r in results for t in r["spent"]]
-    assert all(r["spent"] for r in results)  # both processes had requests admitted
-    assert sum(r["refused"] for r in results) > 0  # the budget was the limit
+    assert all(r["spent"] for r in results), results  # both processes had requests admitted
+    assert sum(r["refused"] for r in results) > 0, results  # the budget was the limit
     unavailable = sum(r["unavailable"] for r in results)  # Redis too slow on a loaded host
     assert len(spent) + sum(r["refused"] for r in results) + unavailable == 200
-    assert unavailable < 20
+    assert unavailable < 20, results
     assert sum(spent) <= n + max_tokens, results
     services = HarnessServices(backend="redis", redis_url=llm_redis_url)
     limits = Limits([spec(tokens=f"{n}/h", key="tenant")], services.stores)
