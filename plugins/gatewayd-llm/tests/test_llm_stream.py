@@ -92,3 +92,12 @@ async def test_peek_and_helpers() -> None:
     assert strip_usage(CHUNK[:-2]) == b'data: {"choices":[{"delta":{"content":"hi"}}]}'
     assert count_tokens(b'{"delta": {"role": "assistant", "content": ""}}') == 0
     assert count_tokens(CHUNK + CHUNK) == 2
+
+
+def test_usage_null_is_stripped_in_any_spelling() -> None:
+    spaced = b'data: {"choices": [{"delta": {"content": "a"}}], "usage": null}'
+    assert strip_usage(spaced) == b'data: {"choices":[{"delta":{"content":"a"}}]}'
+    inner = b'data: {"choices":[{"delta":{"content":"\\"usage\\":null"}}],"usage":null}'
+    assert json.loads(strip_usage(inner)[6:]) == {  # type: ignore[index]
+        "choices": [{"delta": {"content": '"usage":null'}}]
+    }
