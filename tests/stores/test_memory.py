@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gatewayd.stores.memory import MemoryLimiter
 
@@ -89,3 +91,41 @@ def test_entries_are_bounded_least_recently_used_first() -> None:
     for i in range(1000):
         assert lim.reserve([(f"k{i}", 5, 60, 1)]).allowed
     assert len(lim) == 10 and lim.evictions == 990
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["reserve", "adjust"]),
+            st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3, unique=True),
+            st.integers(-50, 120),
+        ),
+        max_size=60,
+    )
+)
+def test_budgets_hold_under_any_sequence(ops: list[tuple[str, list[str], int]]) -> None:
+    """Whatever mix of reservations and corrections: a reservation never takes a counter
+    past its limit, a refused one changes nothing, and no counter goes below zero."""
+    limits = {"a": 100, "b": 50, "c": 1000}
+    lim = MemoryLimiter(100)
+    counts = dict.fromkeys(limits, 0)  # the model: what each counter should hold
+    fresh_window(3600, 5)
+    window = int(time.time() // 3600)
+    for op, keys, amount in ops:
+        if op == "reserve":
+            amount = abs(amount)
+            r = lim.reserve([(k, limits[k], 3600, amount) for k in keys])
+            fits = all(counts[k] + amount <= limits[k] for k in keys)
+            assert r.allowed == fits
+            if fits:
+                for k in keys:
+                    counts[k] += amount
+        else:
+            lim.adjust([(k, 3600, window, amount) for k in keys])
+            for k in keys:
+                if counts[k] or amount > 0:
+                    counts[k] = max(0, counts[k] + amount)
+        now = lim.reserve([(k, 10**9, 3600, 0) for k in limits])
+        assert now.used == [counts[k] for k in limits]
+        assert all(n >= 0 for n in now.used)
