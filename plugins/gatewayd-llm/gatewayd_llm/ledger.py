@@ -95,7 +95,7 @@ class Ledger:
         exchange, deployment = self.exchange, self.deployment
         now = time.monotonic()
         ttft = None
-        if exchange is not None and exchange.first_byte_at is not None:
+        if self.stream and exchange is not None and exchange.first_byte_at is not None:
             ttft = (exchange.first_byte_at - self.started) * 1000
         rec = UsageRecord(
             request_id=self.request_id,

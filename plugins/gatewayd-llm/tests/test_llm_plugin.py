@@ -103,6 +103,7 @@ async def test_chat_streamed_and_not_through_the_sdk(
     assert (first.status, first.stream, first.cancelled, first.fallbacks) == (200, False, False, 0)
     assert (second.prompt_tokens, second.completion_tokens, second.source) == (3, 5, "provider")
     assert second.stream and second.ttft_ms is not None and second.ttft_ms >= 0
+    assert first.ttft_ms is None  # time to first token: streamed answers only
 
 
 async def test_usage_chunk_is_stripped_unless_asked(
