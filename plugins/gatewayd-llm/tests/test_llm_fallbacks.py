@@ -24,7 +24,7 @@ import aiohttp
 import openai
 import pytest
 from fake_openai_server import Fault
-from llm_testkit import LlmGateway, openai_upstream
+from llm_testkit import LlmGateway, free_port, openai_upstream
 
 FAULTS = ("429", "500", "503", "timeout", "stall", "cut", "malformed")
 READ, TOTAL = 0.4, 1.0  # the primary's timeouts (seconds)
@@ -217,3 +217,42 @@ async def test_open_breakers_send_requests_to_the_next_deployment_across_reloads
             await client.chat.completions.create(model="m", messages=X)
         assert err.value.status_code == 503
     assert await gw.metric("gatewayd_llm_fallbacks_total", model="m", reason="5xx") == 3
+
+
+async def test_no_connection_and_context_length_refusals_fall_back(
+    make_fake_openai, llm_config, llm_gateway
+) -> None:
+    small, backup = await make_fake_openai(), await make_fake_openai()
+    small.behaviour = lambda body: Fault(
+        status=400, code="context_length_exceeded", message="maximum context length is 8 tokens"
+    )
+    upstreams = {
+        "gone": openai_upstream(f"http://127.0.0.1:{free_port()}/v1"),  # nothing listens
+        "small": openai_upstream(small.url),
+        "b": openai_upstream(backup.url),
+    }
+    llm = {
+        "models": {
+            "m": [{"upstream": "gone", "model": "p"}],
+            "s": [{"upstream": "small", "model": "q"}],
+            "backup": [{"upstream": "b", "model": "r"}],
+        },
+        "fallbacks": {"m": ["backup"], "s": ["backup"]},
+        "breaker": {"failures": 2},
+    }
+    gw = await llm_gateway(llm_config(upstreams, llm))
+    async with gw.client() as client:
+        for model in ("m", "s", "s", "s"):
+            reply = await client.chat.completions.with_raw_response.create(model=model, messages=X)
+            assert reply.headers["x-llm-model"] == "backup", model
+    assert len(small.requests) == 3  # a context-length refusal does not open the breaker
+    assert len(backup.requests) == 4
+    assert await gw.metric("gatewayd_llm_fallbacks_total", model="m", reason="connect") == 1
+    assert await gw.metric("gatewayd_llm_fallbacks_total", model="s", reason="context_length") == 3
+    records = await gw.usage(4)
+    assert [(r.model, r.deployment, r.fallbacks) for r in records] == [
+        ("m", "backup#0", 1),
+        ("s", "backup#0", 1),
+        ("s", "backup#0", 1),
+        ("s", "backup#0", 1),
+    ]
