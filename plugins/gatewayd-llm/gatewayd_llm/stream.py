@@ -195,8 +195,9 @@ class StreamRelay:
 def strip_usage(event: bytes) -> bytes | None:
     """One ``data:`` event without usage: None for the usage chunk itself, the chunk without
     its ``"usage": null`` otherwise (unchanged when it is not JSON: the kind checked it)."""
-    if event.endswith(b',"usage":null}'):  # OpenAI's own compact form: no need to parse
-        return event[: -len(b',"usage":null}')] + b"}"
+    for tail in (b',"usage":null}', b', "usage": null}'):  # as OpenAI and Python write it
+        if event.endswith(tail):  # (a string's quotes are escaped: this is the key itself)
+            return event[: -len(tail)] + b"}"
     try:
         obj: Any = json.loads(event[5:])
     except ValueError:

@@ -96,7 +96,9 @@ async def test_peek_and_helpers() -> None:
 
 def test_usage_null_is_stripped_in_any_spelling() -> None:
     spaced = b'data: {"choices": [{"delta": {"content": "a"}}], "usage": null}'
-    assert strip_usage(spaced) == b'data: {"choices":[{"delta":{"content":"a"}}]}'
+    assert strip_usage(spaced) == b'data: {"choices": [{"delta": {"content": "a"}}]}'
+    middle = b'data: {"usage": null, "choices": []}'
+    assert strip_usage(middle) == b'data: {"choices":[]}'
     inner = b'data: {"choices":[{"delta":{"content":"\\"usage\\":null"}}],"usage":null}'
     assert json.loads(strip_usage(inner)[6:]) == {  # type: ignore[index]
         "choices": [{"delta": {"content": '"usage":null'}}]
