@@ -127,6 +127,7 @@ class Router:
             model: [Deployment(model, i, d, state.of(d)) for i, d in enumerate(deployments)]
             for model, deployments in config.models.items()
         }
+        self.chains = {model: config.chain(model) for model in config.models}
 
     def order(self, deployments: list[Deployment]) -> list[Deployment]:
         """Weighted random order (each next pick in proportion to weight among those left), or
@@ -149,7 +150,7 @@ class Router:
         now = self.clock()
         out = Candidates([])
         retry: list[float] = []
-        for name in self.config.chain(model):
+        for name in self.chains[model]:
             usable: list[Deployment] = []
             for d in self.models[name]:
                 window = d.config.context_window

@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Literal
 import aiohttp
 from multidict import CIMultiDict
 
-from gatewayd.chain import Attempt, Response, TimeoutsConfig, UpstreamError
+from gatewayd.chain import Attempt, Response, TimeoutsConfig, UpstreamContext, UpstreamError
 from gatewayd_llm.exchange import Exchange, Operation, StreamFailed
 from gatewayd_llm.kinds.base import (
     HttpProvider,
@@ -55,6 +55,10 @@ class OpenAIUpstreamConfig(ProviderConfig):
 class OpenAIUpstream(HttpProvider):
     kind: ClassVar[str] = "openai"
     Config: ClassVar[type[ProviderConfig]] = OpenAIUpstreamConfig
+
+    def __init__(self, name: str, config: ProviderConfig, context: UpstreamContext) -> None:
+        super().__init__(name, config, context)
+        self.urls = {operation: self.url(path) for operation, path in PATHS.items()}
 
     def provider_headers(self, exchange: Exchange | None, stream: bool) -> CIMultiDict[str]:
         config = self.config
@@ -95,7 +99,7 @@ class OpenAIUpstream(HttpProvider):
     ) -> Response:
         stream = exchange.stream and exchange.operation != "embeddings"
         resp = await session.post(
-            self.url(PATHS[exchange.operation]),
+            self.urls[exchange.operation],
             data=json.dumps(self.request_body(exchange)).encode(),
             headers=self.provider_headers(exchange, stream),
             allow_redirects=False,
