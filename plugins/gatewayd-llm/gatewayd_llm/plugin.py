@@ -8,7 +8,8 @@ prompt in, a completion out) and ``GET /v1/models`` (``/v1/models/<id>``). For a
    ``models`` (else 404 ``model_not_found``, as OpenAI answers);
 2. estimate its tokens and choose the deployments to try (:mod:`gatewayd_llm.router`): the
    model's, then its ``fallbacks``' models', without open breakers and too small context windows;
-3. reserve the ``limits`` (429 with ``Retry-After`` when over);
+3. reserve the ``limits`` (429 with ``Retry-After`` when over), and before each deployment its
+   own ``limits`` (a deployment over them is skipped);
 4. try the deployments in turn through ``PluginContext.forward`` (gatewayd's upstream does the
    rest: the kind, its timeouts, ejection, metrics): on 429, 5xx, a timeout, no connection, a
    provider refusing the gateway's credentials or the model, a context-length refusal, or a
@@ -18,7 +19,9 @@ prompt in, a completion out) and ``GET /v1/models`` (``/v1/models/<id>``). For a
 6. record the usage exactly once (:mod:`gatewayd_llm.ledger`) and settle the limits.
 
 Every error is OpenAI-shaped (``{"error": {"message", "type", "code", "param"}}``) with the
-gateway's request id. Nothing the client sent as a header (its API key) reaches a provider.
+gateway's request id, gatewayd's own too (``sees_all_replies``: the plugin's ``on_response``
+reshapes the refusals of the plugins before it, such as key_auth's 401). Nothing the client sent
+as a header (its API key) reaches a provider.
 """
 
 from __future__ import annotations
