@@ -40,7 +40,15 @@ from pydantic import BaseModel
 from gatewayd.chain import BodyTooLarge, Plugin, PluginContext, RequestContext, Response
 from gatewayd_llm import tokens
 from gatewayd_llm.config import LlmConfig
-from gatewayd_llm.exchange import EXCHANGE, Exchange, Operation
+from gatewayd_llm.endpoints import (
+    POST_ENDPOINTS,
+    chat_to_generate,
+    check_body,
+    endpoint_of,
+    generate_to_chat,
+    model_list,
+)
+from gatewayd_llm.exchange import EXCHANGE, Exchange
 from gatewayd_llm.ledger import LEDGER, Ledger
 from gatewayd_llm.limits import (
     LimitExceeded,
@@ -50,6 +58,7 @@ from gatewayd_llm.limits import (
     subject_headers,
 )
 from gatewayd_llm.metrics import LlmMetrics
+from gatewayd_llm.outcomes import discard, verdict
 from gatewayd_llm.router import Candidates, Deployment, Router, RouterState
 from gatewayd_llm.stream import Ending, StreamRelay, failure_reason, peek
 from gatewayd_llm.usage import UsageStore, UsageStoreClosed
@@ -58,35 +67,6 @@ from gatewayd_llm.wire import error_body, error_response, json_response, sse_hea
 log = logging.getLogger("gatewayd_llm.plugin")
 
 RELAY = "llm.relay"  # ctx.state: the StreamRelay of a streamed answer
-POST_ENDPOINTS: dict[str, Operation] = {
-    "chat": "chat",
-    "completions": "completions",
-    "embeddings": "embeddings",
-    "generate": "chat",
-}
-# What a refusal by one deployment says about the others: these statuses (and a context-length
-# refusal) mean "try the next one"; any other 4xx is about the request itself.
-FALLBACK_STATUSES = frozenset({401, 403, 404, 408, 409, 429})
-GATEWAY_CODES = {  # gatewayd's own error codes (ManagedUpstream) as fallback reasons
-    "upstream_timeout": "timeout",
-    "upstream_unreachable": "connect",
-    "upstream_unavailable": "unavailable",
-    "upstream_malformed": "malformed",
-}
-
-
-def endpoint_of(path: str) -> tuple[str, str | None] | None:
-    """(endpoint, model id) of a request path, by its last segments (any route prefix)."""
-    p = path.rstrip("/")
-    if p.endswith("/chat/completions"):
-        return "chat", None
-    for name in ("completions", "embeddings", "generate", "models"):
-        if p.endswith("/" + name):
-            return name, None
-    _, sep, model = p.rpartition("/models/")
-    if sep and model:
-        return "model", model
-    return None
 
 
 class LlmPlugin(Plugin):
@@ -124,7 +104,7 @@ class LlmPlugin(Plugin):
             path = Path(services.state_dir) / "llm" / "usage.sqlite3"
             self.usage = context.keep(f"usage:{path}", lambda: UsageStore(path))
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.models_reply = json.dumps(self.model_list()).encode()
+        self.models_reply = json.dumps(model_list(config)).encode()
 
     def own_limits(self, d: Deployment) -> Limits:
         context, config = self.context, self.config
@@ -225,26 +205,10 @@ class LlmPlugin(Plugin):
             headers={"Allow": allow},
         )
 
-    def model_list(self) -> dict[str, Any]:
-        data = []
-        for name, deployments in self.config.models.items():
-            owners = sorted({d.owned_by or d.upstream for d in deployments})
-            windows = [d.context_window for d in deployments if d.context_window is not None]
-            data.append(
-                {
-                    "id": name,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": ",".join(owners),
-                    "context_window": max(windows) if windows else None,
-                }
-            )
-        return {"object": "list", "data": data}
-
     def models(self, ctx: RequestContext, model_id: str | None) -> Response:
         if model_id is None:
             return Response(200, {"Content-Type": "application/json"}, self.models_reply)
-        for item in self.model_list()["data"]:
+        for item in model_list(self.config)["data"]:
             if item["id"] == model_id:
                 return json_response(item)
         return self.model_not_found(ctx, model_id)
@@ -665,102 +629,3 @@ class LlmPlugin(Plugin):
             )
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
-
-
-def verdict(reply: Response) -> str | None:
-    """None for a good reply; otherwise why the next deployment should be tried (a bounded
-    word), or ``request`` when the request itself was refused."""
-    status = reply.status
-    if status < 300:
-        return None
-    code = None
-    body = reply.body
-    if isinstance(body, bytes | bytearray) and body:
-        try:
-            err = json.loads(body).get("error")
-        except (ValueError, AttributeError):
-            err = None
-        if isinstance(err, dict) and isinstance(err.get("code"), str):
-            code = err["code"]
-    if code == "context_length_exceeded":
-        return "context_length"
-    if code in GATEWAY_CODES:
-        return GATEWAY_CODES[code]
-    if status == 429:
-        return "rate_limited"
-    if status in (401, 403):
-        return "auth"
-    if status >= 500 or status in FALLBACK_STATUSES:
-        return f"status_{status}" if status < 500 else f"{status // 100}xx"
-    return "request"
-
-
-async def discard(body: Any) -> None:
-    aclose = getattr(body, "aclose", None)
-    if aclose is not None:
-        try:
-            await aclose()
-        except Exception:
-            log.debug("closing a discarded reply failed", exc_info=True)
-
-
-def check_body(endpoint: str, body: dict[str, Any]) -> tuple[str, str] | None:
-    """(message, param) of what is wrong with an OpenAI request body, or None."""
-    if endpoint == "chat":
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            return "'messages' must be a non-empty array", "messages"
-        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
-            return "each message must be an object with a 'role'", "messages"
-    elif endpoint == "completions":
-        if not isinstance(body.get("prompt"), str | list):
-            return "you must provide a 'prompt' (a string or an array)", "prompt"
-    elif endpoint == "embeddings":
-        if not isinstance(body.get("input"), str | list) or body.get("input") in ("", []):
-            return "you must provide an 'input' (a string or an array)", "input"
-    elif endpoint == "generate" and not isinstance(body.get("prompt"), str):
-        return "you must provide a 'prompt' (a string)", "prompt"
-    for key in ("max_tokens", "max_completion_tokens", "n"):
-        value = body.get(key)
-        if value is not None and (
-            not isinstance(value, int) or isinstance(value, bool) or value < 1
-        ):
-            return f"'{key}' must be a positive integer", key
-    return None
-
-
-GENERATE_KEYS = ("max_tokens", "temperature", "top_p", "stop", "seed", "stream", "user")
-
-
-def generate_to_chat(body: dict[str, Any]) -> dict[str, Any]:
-    """``/v1/generate`` (``prompt``, optional ``system``) as a chat request."""
-    messages = []
-    if isinstance(body.get("system"), str):
-        messages.append({"role": "system", "content": body["system"]})
-    messages.append({"role": "user", "content": body["prompt"]})
-    chat: dict[str, Any] = {"model": body["model"], "messages": messages}
-    for key in GENERATE_KEYS:
-        if key in body:
-            chat[key] = body[key]
-    return chat
-
-
-def chat_to_generate(raw: bytes) -> bytes:
-    """A chat completion as ``/v1/generate``'s answer: ``{id, object, created, model, text,
-    finish_reason, usage}``."""
-    try:
-        obj = json.loads(raw)
-        choice = obj["choices"][0]
-        text = choice["message"].get("content") or ""
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        return raw
-    out = {
-        "id": obj.get("id"),
-        "object": "generation",
-        "created": obj.get("created", int(time.time())),
-        "model": obj.get("model"),
-        "text": text,
-        "finish_reason": choice.get("finish_reason"),
-        "usage": obj.get("usage"),
-    }
-    return json.dumps(out).encode()
