@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from gatewayd.chain import UpstreamError
 from gatewayd_llm.exchange import StreamFailed
+from gatewayd_llm.tokens import text_tokens
 from gatewayd_llm.wire import DONE, error_object, sse_event
 
 __all__ = ["Ending", "Peeked", "StreamRelay", "count_tokens", "failure_reason", "peek"]
@@ -69,14 +70,47 @@ async def peek(body: AsyncIterator[bytes]) -> Peeked:
     return Peeked(first, None)
 
 
+# An event longer than this per content field carries more than a token or two (a process
+# kind's chunk is one read of the command's output, up to 4 KiB): its text is estimated.
+LARGE_EVENT = 512
+
+
 def count_tokens(item: bytes) -> int:
-    """The content-bearing events of an item: about one token each (an estimate for a stream
-    whose provider never said)."""
+    """The estimated completion tokens of an item, for a stream whose provider never says:
+    about one per content-bearing event (providers send a token or a few per event), and for
+    events much longer than that, an estimate from their text (four characters a token)."""
     n = item.count(b'"content":') + item.count(b'"text":')
     empty = item.count(b'"content":""') + item.count(b'"text":""')
     if b'": ""' in item:  # JSON written with spaces after the colons
         empty += item.count(b'"content": ""') + item.count(b'"text": ""')
-    return max(0, n - empty - item.count(b'"content":null') - item.count(b'"content": null'))
+    events = max(0, n - empty - item.count(b'"content":null') - item.count(b'"content": null'))
+    if events and len(item) > LARGE_EVENT * events:
+        return max(events, text_estimate(item))
+    return events
+
+
+def text_estimate(item: bytes) -> int:
+    """Tokens of the content deltas (chat) and texts (completions) of the SSE events in
+    ``item``, from their characters; an event that is not JSON counts nothing."""
+    total = 0
+    for event in item.split(b"\n\n"):
+        data = event.strip().removeprefix(b"data:").strip()
+        if not data.startswith(b"{"):
+            continue
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            continue
+        choices = obj.get("choices") if isinstance(obj, dict) else None
+        for choice in choices if isinstance(choices, list) else ():
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta")
+            if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+                total += text_tokens(delta["content"])
+            elif isinstance(choice.get("text"), str):
+                total += text_tokens(choice["text"])
+    return total
 
 
 class StreamRelay:

@@ -779,6 +779,8 @@ async def test_through_the_gateway_with_the_openai_sdk(llm_config: Any, llm_gate
         ("echo", "cli", "default", 200)
     }
     assert [r.stream for r in records] == [False, True, True, False]
+    # A whole answer's estimate comes from its text (four characters a token).
+    assert records[0].completion_tokens == math.ceil(len("model=default max_tokens=5 hi there") / 4)
     started = [line for line in gw.logs().splitlines() if "starting model process" in line]
     assert len(started) == 4 and all('"argv"' in line for line in started)
     await client.close()

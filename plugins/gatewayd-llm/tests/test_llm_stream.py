@@ -94,6 +94,25 @@ async def test_peek_and_helpers() -> None:
     assert count_tokens(CHUNK + CHUNK) == 2
 
 
+def test_count_tokens_estimates_large_events_from_their_text() -> None:
+    """A process kind's chunk is a whole read of the command's output: one event of 4,000
+    characters is about 1,000 tokens, not one."""
+    text = "word " * 800
+    event = (
+        b"data: "
+        + json.dumps(
+            {
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {"content": text}}],
+            }
+        ).encode()
+        + b"\n\n"
+    )
+    assert count_tokens(event) == len(text) // 4
+    legacy = b"data: " + json.dumps({"choices": [{"index": 0, "text": text}]}).encode() + b"\n\n"
+    assert count_tokens(legacy + legacy) == 2 * (len(text) // 4)
+
+
 def test_usage_null_is_stripped_in_any_spelling() -> None:
     spaced = b'data: {"choices": [{"delta": {"content": "a"}}], "usage": null}'
     assert strip_usage(spaced) == b'data: {"choices": [{"delta": {"content": "a"}}]}'
