@@ -41,7 +41,9 @@ class ProviderConfig(UpstreamConfig):
 
     base_url: str
     api_key: SecretStr | None = None
-    max_connections: int = Field(100, ge=1)
+    # Connections to the provider at once (each stream holds one for its whole length): the
+    # official OpenAI SDK allows 1,000 too.
+    max_connections: int = Field(1000, ge=1)
 
     @field_validator("base_url")
     @classmethod
