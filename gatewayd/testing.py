@@ -38,6 +38,9 @@ the functions the daemon's dispatcher runs::
 - ``await h.create_key(tenant="acme", scopes=["read"])`` makes an API key for ``key_auth``;
   ``h.published()`` lists the events published so far; ``h.sample(name, **labels)`` reads a
   metric.
+- ``upstream_context(name)`` is an :class:`~gatewayd.chain.UpstreamContext` as the daemon gives
+  a kind (a real logger, ``keep`` that always makes a fresh object, ``http_client()`` the
+  daemon's HTTP client), for testing an upstream kind directly against a real server.
 - ``h.reload(config)`` builds the next generation as a SIGHUP does (the state a plugin
   ``keep()``-s carries over when its config is unchanged). Closing any harness of a reload
   lineage closes them all, with the services it made (``async with`` or ``await h.close()``).
@@ -85,6 +88,7 @@ from gatewayd.chain.services import PluginServices
 from gatewayd.chain.upstream import (
     Target,
     UpstreamConnectError,
+    UpstreamContext,
     UpstreamError,
     UpstreamTimeout,
     WebSocketChannel,
@@ -94,6 +98,7 @@ from gatewayd.config.schema import PluginSpec, StateConfig, TimeoutsConfig, Upst
 from gatewayd.events.bus import Event, EventBus
 from gatewayd.observability.metrics import Metrics
 from gatewayd.proxy.dispatch import error_reply
+from gatewayd.proxy.http_kind import PooledHttpClient
 from gatewayd.proxy.upstream import ManagedUpstream, UpstreamState
 from gatewayd.stores.keys import KeyStore, KeyStoreSettings
 from gatewayd.stores.keys_sqlite import SQLiteKeyBackend
@@ -109,7 +114,21 @@ __all__ = [
     "Upstream",
     "UpstreamRequest",
     "ok_upstream",
+    "upstream_context",
 ]
+
+
+def upstream_context(name: str = "test", services: PluginServices | None = None) -> UpstreamContext:
+    """What the daemon gives a kind at construction, for a kind's own tests: ``services``
+    (default: in-memory :class:`HarnessServices`), a logger ``gatewayd.upstreams.<name>``,
+    ``keep`` that makes a fresh object each time, and the daemon's HTTP client."""
+    return UpstreamContext(
+        services if services is not None else _satisfies(HarnessServices()),
+        logging.getLogger(f"gatewayd.upstreams.{name}"),
+        lambda key, factory: factory(),
+        lambda pool: PooledHttpClient(name, pool),
+    )
+
 
 Upstream = Callable[[RequestContext], Awaitable[Response]]
 """The fake backend: the reply for one request (``ctx.request`` is what the chain forwards)."""

@@ -29,6 +29,7 @@ from aiohttp import ClientWSTimeout, WSMsgType, WSServerHandshakeError
 from gatewayd.config.schema import (
     HealthConfig,
     PassiveConfig,
+    PoolConfig,
     RetriesConfig,
     TimeoutsConfig,
     UpstreamConfig,
@@ -50,7 +51,9 @@ CLOSE_TIMEOUT = 5.0  # how long a WebSocket close handshake may take
 __all__ = [
     "ClientWebSocketChannel",
     "HealthConfig",
+    "HttpClient",
     "PassiveConfig",
+    "PoolConfig",
     "RetriesConfig",
     "Target",
     "TimeoutsConfig",
@@ -239,26 +242,70 @@ class ClientWebSocketChannel:
 # -- the kind ----------------------------------------------------------------------------------
 
 
-class UpstreamContext:
-    """What a kind gets at construction: the daemon's shared services, a logger, and
-    ``keep(key, factory)`` to hand state over across reloads (as plugins have it): while the
-    upstream's config is unchanged, the new generation's kind gets the old one's object."""
+class HttpClient(Protocol):
+    """The daemon's HTTP/1.1 client, for kinds that speak HTTP to their backends: the one the
+    ``http`` kind uses (llhttp, a connection pool per origin with keep-alive, TLS with the
+    system's trust store for ``https``, read and write flow control, the framing rules of
+    docs/traffic.md, interim responses relayed to the client), from
+    :meth:`UpstreamContext.http_client`. Make it in ``start()``, close it in ``close()``.
 
-    __slots__ = ("_keep", "logger", "services")
+    ``request(ctx, attempt, method, origin, target, headers, body, timeouts)`` sends one
+    request to ``origin`` (``https://host[:port]``) for ``target`` (the path and query, as it
+    goes on the wire) with exactly ``headers`` and ``body`` (bytes, an async iterator, or None)
+    and answers with the reply: its body is bytes when it is small (up to 64 KiB with a
+    Content-Length) or the method was HEAD, else an async iterator with ``aclose()`` whose every
+    chunk arrives within ``timeouts.read`` (else :class:`UpstreamTimeout`). Failures set
+    ``attempt.error`` and raise :class:`UpstreamConnectError` (``connect``),
+    :class:`UpstreamTimeout` (``timeout``: ``timeouts.connect`` to connect) or
+    :class:`UpstreamError` (``disconnect``, ``framing``), as a kind must. The ``total``
+    deadline is the core's, around the kind's whole ``send``."""
+
+    async def request(
+        self,
+        ctx: RequestContext,
+        attempt: Attempt,
+        method: str,
+        origin: str,
+        target: str,
+        headers: CIMultiDict[str],
+        body: bytes | Any | None,
+        timeouts: TimeoutsConfig,
+    ) -> Response: ...
+
+    async def close(self) -> None: ...
+
+
+class UpstreamContext:
+    """What a kind gets at construction: the daemon's shared services, a logger,
+    ``keep(key, factory)`` to hand state over across reloads (as plugins have it): while the
+    upstream's config is unchanged, the new generation's kind gets the old one's object; and
+    :meth:`http_client`, the daemon's HTTP client for kinds that speak HTTP."""
+
+    __slots__ = ("_http", "_keep", "logger", "services")
 
     def __init__(
         self,
         services: PluginServices,
         logger: logging.Logger,
         keep: Callable[[str, Callable[[], Any]], Any],
+        http: Callable[[PoolConfig], HttpClient] | None = None,
     ) -> None:
         self.services = services
         self.logger = logger
         self._keep = keep
+        self._http = http
 
     def keep(self, key: str, factory: Callable[[], T]) -> T:
         kept: T = self._keep(key, factory)
         return kept
+
+    def http_client(self, pool: PoolConfig | None = None) -> HttpClient:
+        """A new :class:`HttpClient` with its own pool (``max_connections`` per upstream,
+        ``keepalive``, ``read_buffer``: the ``pool`` settings of an ``http`` upstream). The
+        daemon and ``gatewayd.testing.upstream_context()`` give contexts that have one."""
+        if self._http is None:
+            raise RuntimeError("this upstream context has no HTTP client (see gatewayd.testing)")
+        return self._http(pool or PoolConfig())
 
 
 @runtime_checkable

@@ -19,7 +19,7 @@ from gatewayd.config.schema import (
     UpstreamConfig,
 )
 from gatewayd.daemon.services import Services
-from gatewayd.proxy.http_kind import HttpUpstream
+from gatewayd.proxy.http_kind import HttpUpstream, PooledHttpClient
 from gatewayd.proxy.leases import LeaseUpstreams
 from gatewayd.proxy.upstream import ManagedUpstream, UpstreamState
 
@@ -38,6 +38,7 @@ def build_upstream(
         services,
         logging.getLogger(f"gatewayd.upstreams.{name}"),
         lambda k, factory: handover.keep(f"{key}#{k}", factory),
+        lambda pool: PooledHttpClient(name, pool),
     )
     impl: UpstreamKind
     if isinstance(kconfig, HttpUpstreamConfig):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import aiohttp
 from multidict import CIMultiDict
@@ -32,7 +32,7 @@ from gatewayd.chain.upstream import (
     UpstreamError,
     UpstreamTimeout,
 )
-from gatewayd.config.schema import HttpUpstreamConfig, TimeoutsConfig
+from gatewayd.config.schema import HttpUpstreamConfig, PoolConfig, TimeoutsConfig
 from gatewayd.proxy import h1
 from gatewayd.proxy.deadlines import Deadlines
 from gatewayd.proxy.interim import InterimRelay
@@ -43,6 +43,71 @@ log = logging.getLogger("gatewayd.proxy")
 # one call; anything larger or of unknown length streams chunk by chunk.
 SMALL_BODY = 64 * 1024
 NO_BODY_STATUS = frozenset({204, 304})
+
+
+class PooledHttpClient:
+    """The daemon's HTTP/1.1 client behind :class:`gatewayd.chain.HttpClient`: one pool
+    (:mod:`gatewayd.proxy.h1`) for any number of origins. The ``http`` kind sends through one,
+    and plugin kinds get their own from ``UpstreamContext.http_client()``."""
+
+    def __init__(self, name: str, pool: PoolConfig) -> None:
+        self.name = name
+        self.pool = h1.Pool(pool)
+        self.deadlines: Deadlines | None = None
+
+    async def request(
+        self,
+        ctx: RequestContext,
+        attempt: Attempt,
+        method: str,
+        origin: str,
+        target: str,
+        headers: CIMultiDict[str],
+        body: bytes | Any | None,
+        timeouts: TimeoutsConfig,
+    ) -> Response:
+        pool = self.pool
+        deadlines = self.deadlines
+        if deadlines is None:
+            deadlines = self.deadlines = Deadlines(asyncio.get_running_loop())
+        resp: h1.Response | None = None
+        interim = InterimRelay(ctx) if ctx.interim_writer is not None else None
+        try:
+            resp = await pool.request(
+                pool.origin(origin),
+                method,
+                target,
+                headers,
+                body,
+                timeouts.connect,
+                None if interim is None else interim.received,
+            )
+            if interim is not None and interim.pending is not None:
+                await interim.flush()
+            length = resp.content_length
+            if (
+                method == "HEAD"
+                or resp.status in NO_BODY_STATUS
+                or (length is not None and length <= SMALL_BODY)
+            ):
+                reply: bytes | AsyncIterator[bytes] = await resp.read()
+                resp.close()
+                if resp.framing_error is not None:
+                    framing(self.name, attempt, ctx, resp.framing_error)
+            else:
+                reply = _Stream(resp, deadlines, timeouts.read, attempt, self.name, ctx)
+        except BaseException as exc:
+            if interim is not None:
+                interim.cancel()
+            if resp is not None:
+                resp.close()
+            if isinstance(exc, h1.MalformedResponse):
+                framing(self.name, attempt, ctx, str(exc))
+            raise map_error(self.name, exc, attempt) from exc
+        return Response(resp.status, resp.headers, reply, resp.reason)
+
+    async def close(self) -> None:
+        await self.pool.close()
 
 
 class HttpUpstream:
@@ -57,19 +122,17 @@ class HttpUpstream:
         self._targets: list[Target] = context.keep(
             "targets", lambda: [Target(url) for url in config.targets]
         )
-        self.pool: h1.Pool | None = None
-        self.deadlines: Deadlines | None = None
+        self.client: PooledHttpClient | None = None
 
     def targets(self) -> Sequence[Target]:
         return self._targets
 
     async def start(self) -> None:
-        self.pool = h1.Pool(self.config.pool)
-        self.deadlines = Deadlines(asyncio.get_running_loop())
+        self.client = PooledHttpClient(self.name, self.config.pool)
 
     async def close(self) -> None:
-        if self.pool is not None:
-            await self.pool.close()
+        if self.client is not None:
+            await self.client.close()
 
     async def send(
         self,
@@ -80,73 +143,23 @@ class HttpUpstream:
         headers: CIMultiDict[str],
         timeouts: TimeoutsConfig,
     ) -> Response:
-        pool = self.pool
-        assert pool is not None, "upstream not started"
+        client = self.client
+        assert client is not None, "upstream not started"
         req = ctx.request
         qs = req.query_string
-        resp: h1.Response | None = None
-        interim = InterimRelay(ctx) if ctx.interim_writer is not None else None
-        try:
-            resp = await pool.request(
-                pool.origin(target.id),
-                req.method,
-                f"{path}?{qs}" if qs else path,
-                headers,
-                req.body,
-                timeouts.connect,
-                None if interim is None else interim.received,
-            )
-            if interim is not None and interim.pending is not None:
-                await interim.flush()
-            length = resp.content_length
-            if (
-                req.method == "HEAD"
-                or resp.status in NO_BODY_STATUS
-                or (length is not None and length <= SMALL_BODY)
-            ):
-                body: bytes | AsyncIterator[bytes] = await resp.read()
-                resp.close()
-                if resp.framing_error is not None:
-                    framing(self.name, attempt, ctx, resp.framing_error)
-            else:
-                assert self.deadlines is not None
-                body = _Stream(resp, self.deadlines, timeouts.read, attempt, self.name, ctx)
-        except BaseException as exc:
-            if interim is not None:
-                interim.cancel()
-            if resp is not None:
-                resp.close()
-            if isinstance(exc, h1.MalformedResponse):
-                framing(self.name, attempt, ctx, str(exc))
-            raise self._map_error(exc, attempt) from exc
-        return Response(resp.status, resp.headers, body, resp.reason)
+        return await client.request(
+            ctx,
+            attempt,
+            req.method,
+            target.id,
+            f"{path}?{qs}" if qs else path,
+            headers,
+            req.body,
+            timeouts,
+        )
 
     def _map_error(self, exc: BaseException, attempt: Attempt) -> BaseException:
-        if isinstance(exc, h1.ConnectTimeout):
-            attempt.error = "timeout"
-            return UpstreamTimeout(f"connecting to upstream '{self.name}' timed out")
-        if isinstance(exc, h1.ConnectError):
-            attempt.error = "connect"
-            return UpstreamConnectError(f"cannot connect to upstream '{self.name}'")
-        if isinstance(exc, h1.MalformedResponse):
-            attempt.error = "framing"
-            return UpstreamError(
-                502, "upstream_error", f"upstream '{self.name}' sent a malformed response"
-            )
-        if isinstance(exc, h1.ClientError):
-            attempt.error = "disconnect"
-            return UpstreamError(502, "upstream_error", f"upstream '{self.name}' failed")
-        # the WebSocket handshake (aiohttp's client)
-        if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-            if isinstance(exc, aiohttp.ConnectionTimeoutError):
-                attempt.error = "timeout"
-                return UpstreamTimeout(f"connecting to upstream '{self.name}' timed out")
-            attempt.error = "connect"
-            return UpstreamConnectError(f"cannot connect to upstream '{self.name}'")
-        if isinstance(exc, aiohttp.ClientError):
-            attempt.error = "disconnect"
-            return UpstreamError(502, "upstream_error", f"upstream '{self.name}' failed")
-        return exc
+        return map_error(self.name, exc, attempt)
 
     async def upgrade(
         self,
@@ -177,6 +190,33 @@ class HttpUpstream:
             raise
         except BaseException as exc:
             raise self._map_error(exc, attempt) from exc
+
+
+def map_error(name: str, exc: BaseException, attempt: Attempt) -> BaseException:
+    """An h1 (or, for WebSockets, aiohttp) error as the upstream error a kind raises."""
+    if isinstance(exc, h1.ConnectTimeout):
+        attempt.error = "timeout"
+        return UpstreamTimeout(f"connecting to upstream '{name}' timed out")
+    if isinstance(exc, h1.ConnectError):
+        attempt.error = "connect"
+        return UpstreamConnectError(f"cannot connect to upstream '{name}'")
+    if isinstance(exc, h1.MalformedResponse):
+        attempt.error = "framing"
+        return UpstreamError(502, "upstream_error", f"upstream '{name}' sent a malformed response")
+    if isinstance(exc, h1.ClientError):
+        attempt.error = "disconnect"
+        return UpstreamError(502, "upstream_error", f"upstream '{name}' failed")
+    # the WebSocket handshake (aiohttp's client)
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            attempt.error = "timeout"
+            return UpstreamTimeout(f"connecting to upstream '{name}' timed out")
+        attempt.error = "connect"
+        return UpstreamConnectError(f"cannot connect to upstream '{name}'")
+    if isinstance(exc, aiohttp.ClientError):
+        attempt.error = "disconnect"
+        return UpstreamError(502, "upstream_error", f"upstream '{name}' failed")
+    return exc
 
 
 def framing(upstream: str, attempt: Attempt, ctx: RequestContext, reason: str) -> None:

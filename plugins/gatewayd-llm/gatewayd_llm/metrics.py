@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from gatewayd.chain import MetricsFactory, StateStores
+from gatewayd.chain import CounterSeries, HistogramSeries, MetricsFactory, StateStores
 from gatewayd_llm.usage import UsageRecord
 
 # The buckets the GenAI conventions recommend.
@@ -48,6 +48,65 @@ NO_TENANT = "none"
 
 OPERATIONS = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings"}
 GENAI = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
+
+
+MAX_SERIES = 4096  # kept label combinations (beyond: looked up per request, still bounded)
+
+
+class Series:
+    """The labelled series of one (operation, provider, model, error, tenant), looked up once
+    and kept; those not every request touches are looked up on first use (so no empty series
+    is exported that the old per-request lookups would not have made)."""
+
+    __slots__ = (
+        "cost",
+        "duration",
+        "inputs",
+        "key",
+        "metrics",
+        "outputs",
+        "overhead",
+        "tokens",
+        "ttft",
+    )
+
+    def __init__(self, metrics: LlmMetrics, key: tuple[str, str, str, str, str]) -> None:
+        op, provider, model, error, _tenant = key
+        self.metrics = metrics
+        self.key = key
+        usage = metrics.token_usage
+        self.inputs: HistogramSeries = usage.labels(op, provider, model, "input")
+        self.outputs: HistogramSeries | None = None
+        self.duration: HistogramSeries = metrics.duration.labels(op, provider, model, error)
+        self.overhead: HistogramSeries = metrics.overhead.labels(model)
+        self.ttft: HistogramSeries | None = None
+        self.tokens: dict[str, CounterSeries] = {}
+        self.cost: CounterSeries | None = None
+
+    def output(self) -> HistogramSeries:
+        if self.outputs is None:
+            op, provider, model, _, _ = self.key
+            self.outputs = self.metrics.token_usage.labels(op, provider, model, "output")
+        return self.outputs
+
+    def first_token(self) -> HistogramSeries:
+        if self.ttft is None:
+            op, provider, model, _, _ = self.key
+            self.ttft = self.metrics.ttft.labels(op, provider, model)
+        return self.ttft
+
+    def token_count(self, kind: str) -> CounterSeries:
+        series = self.tokens.get(kind)
+        if series is None:
+            _, provider, model, _, tenant = self.key
+            series = self.tokens[kind] = self.metrics.tokens.labels(model, provider, kind, tenant)
+        return series
+
+    def spent(self) -> CounterSeries:
+        if self.cost is None:
+            _, _, model, _, tenant = self.key
+            self.cost = self.metrics.cost.labels(model, tenant)
+        return self.cost
 
 
 class LlmMetrics:
@@ -79,6 +138,7 @@ class LlmMetrics:
         else:
             seen = set() if keep is None else keep("metrics.tenants", set)
         self.seen_tenants = seen
+        self.series: dict[tuple[str, str, str, str, str], Series] = {}
         self.token_usage = metrics.histogram(
             "gen_ai_client_token_usage",
             "Tokens used per request (GenAI semconv gen_ai.client.token.usage), by token type",
@@ -151,22 +211,26 @@ class LlmMetrics:
         ``operation``: chat, completions or embeddings."""
         model = self.model(rec.model)
         op = OPERATIONS.get(operation, operation)
-        usage = self.token_usage
-        usage.labels(op, provider, model, "input").observe(rec.prompt_tokens)
-        if operation != "embeddings":
-            usage.labels(op, provider, model, "output").observe(rec.completion_tokens)
         error = "cancelled" if rec.cancelled else (str(rec.status) if rec.status >= 400 else "")
-        self.duration.labels(op, provider, model, error).observe(rec.duration_ms / 1000)
+        key = (op, provider, model, error, self.tenant(rec.tenant))
+        series = self.series.get(key)
+        if series is None:
+            series = Series(self, key)
+            if len(self.series) < MAX_SERIES:  # labels are bounded sets: so is this map
+                self.series[key] = series
+        series.inputs.observe(rec.prompt_tokens)
+        if operation != "embeddings":
+            series.output().observe(rec.completion_tokens)
+        series.duration.observe(rec.duration_ms / 1000)
         if rec.stream and rec.ttft_ms is not None:  # a whole answer has no first token
-            self.ttft.labels(op, provider, model).observe(rec.ttft_ms / 1000)
-        self.overhead.labels(model).observe(max(0.0, overhead_s))
-        tenant = self.tenant(rec.tenant)
+            series.first_token().observe(rec.ttft_ms / 1000)
+        series.overhead.observe(max(0.0, overhead_s))
         if rec.prompt_tokens:
-            self.tokens.labels(model, provider, "input", tenant).inc(rec.prompt_tokens)
+            series.token_count("input").inc(rec.prompt_tokens)
         if rec.completion_tokens:
-            self.tokens.labels(model, provider, "output", tenant).inc(rec.completion_tokens)
+            series.token_count("output").inc(rec.completion_tokens)
         if rec.cost > 0:
-            self.cost.labels(model, tenant).inc(rec.cost)
+            series.spent().inc(rec.cost)
 
     def fallback(self, model: str, reason: str) -> None:
         self.fallbacks.labels(self.model(model), reason).inc()

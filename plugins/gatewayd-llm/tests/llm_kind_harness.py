@@ -4,7 +4,6 @@ Config and an UpstreamContext, start it, put an Exchange in ``ctx.state`` and ca
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,8 +18,8 @@ from gatewayd.chain import (
     Response,
     RouteInfo,
     TimeoutsConfig,
-    UpstreamContext,
 )
+from gatewayd.testing import upstream_context
 
 # What a client sends the gateway: none of it may reach a provider.
 CLIENT_HEADERS = {
@@ -33,7 +32,7 @@ CLIENT_HEADERS = {
 
 async def make_kind(cls: type[HttpProvider], **config: Any) -> HttpProvider:
     cfg = cls.Config.model_validate({"kind": cls.kind, **config})
-    ctx = UpstreamContext(None, logging.getLogger("test.llm.kind"), lambda key, f: f())  # type: ignore[arg-type]
+    ctx = upstream_context("prov")
     kind = cls("prov", cfg, ctx)
     await kind.start()
     return kind

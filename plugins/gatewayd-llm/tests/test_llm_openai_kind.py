@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 from collections.abc import AsyncIterator
 from importlib.metadata import entry_points
@@ -28,10 +27,10 @@ from gatewayd.chain import (
     RouteInfo,
     TimeoutsConfig,
     UpstreamConnectError,
-    UpstreamContext,
     UpstreamError,
     UpstreamKind,
 )
+from gatewayd.testing import upstream_context
 
 CLIENT = {"Authorization": "Bearer gwd_client_key_secret", "Cookie": "s=1", "X-Custom": "c"}
 MSGS = [{"role": "user", "content": "hi there"}]
@@ -39,7 +38,7 @@ MSGS = [{"role": "user", "content": "hi there"}]
 
 async def kind_for(url: str, **config: Any) -> OpenAIUpstream:
     cfg = OpenAIUpstream.Config.model_validate({"kind": "openai", "base_url": url, **config})
-    context = UpstreamContext(None, logging.getLogger("test.openai"), lambda k, f: f())  # type: ignore[arg-type]
+    context = upstream_context("prov")
     kind = OpenAIUpstream("prov", cfg, context)
     await kind.start()
     return kind

@@ -187,8 +187,11 @@ async def read_whole(resp: aiohttp.ClientResponse, timeout: float) -> bytes:
     connection reused), or closed when the read did not complete (timeout, cancellation: the
     provider sees the connection go)."""
     try:
-        async with asyncio.timeout(timeout):
+        if resp.content.is_eof():  # all of it has arrived: nothing to wait for
             data = await resp.read()
+        else:
+            async with asyncio.timeout(timeout):
+                data = await resp.read()
     except BaseException:
         resp.close()
         raise

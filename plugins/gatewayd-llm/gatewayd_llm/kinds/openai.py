@@ -25,17 +25,23 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Literal
 
-import aiohttp
 from multidict import CIMultiDict
+from yarl import URL
 
-from gatewayd.chain import Attempt, Response, TimeoutsConfig, UpstreamContext, UpstreamError
-from gatewayd_llm.exchange import Exchange, Operation, StreamFailed
-from gatewayd_llm.kinds.base import (
-    HttpProvider,
-    ProviderConfig,
-    read_whole,
-    stream_chunks,
+from gatewayd.chain import (
+    Attempt,
+    HttpClient,
+    PoolConfig,
+    RequestContext,
+    Response,
+    Target,
+    TimeoutsConfig,
+    UpstreamContext,
+    UpstreamError,
+    UpstreamTimeout,
 )
+from gatewayd_llm.exchange import EXCHANGE, Exchange, Operation, StreamFailed
+from gatewayd_llm.kinds.base import HttpProvider, ProviderConfig
 from gatewayd_llm.wire import DONE, SseDecoder, error_body
 
 PATHS: dict[Operation, str] = {
@@ -44,6 +50,7 @@ PATHS: dict[Operation, str] = {
     "embeddings": "/embeddings",
 }
 MAX_ERROR_BODY = 64 * 1024
+MAX_WHOLE_BODY = 64 * 1024 * 1024  # a whole answer (embeddings of many inputs are large)
 
 
 class OpenAIUpstreamConfig(ProviderConfig):
@@ -58,7 +65,42 @@ class OpenAIUpstream(HttpProvider):
 
     def __init__(self, name: str, config: ProviderConfig, context: UpstreamContext) -> None:
         super().__init__(name, config, context)
-        self.urls = {operation: self.url(path) for operation, path in PATHS.items()}
+        base = URL(config.base_url)
+        self.origin = str(base.origin())
+        prefix = base.raw_path.rstrip("/")
+        self.paths = {operation: prefix + path for operation, path in PATHS.items()}
+        self.models_path = prefix + "/models"
+        self.client: HttpClient | None = None
+
+    async def start(self) -> None:
+        # gatewayd's own HTTP client (the http kind's: pooled, llhttp), not an aiohttp session.
+        pool = PoolConfig(max_connections=self.config.max_connections)
+        self.client = self.context.http_client(pool)
+
+    async def close(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            await client.close()
+
+    async def send(
+        self,
+        target: Target,
+        attempt: Attempt,
+        ctx: RequestContext,
+        path: str,
+        headers: CIMultiDict[str],
+        timeouts: TimeoutsConfig,
+    ) -> Response:
+        client = self.client
+        if client is None:
+            raise UpstreamError(503, "upstream_closed", f"upstream '{self.name}' is not started")
+        exchange = ctx.state.get(EXCHANGE)
+        if isinstance(exchange, Exchange):
+            reply = await self.answer(client, ctx, exchange, attempt, timeouts)
+        else:
+            reply = await self.check(client, ctx, attempt, timeouts)
+        attempt.status = reply.status
+        return reply
 
     def provider_headers(self, exchange: Exchange | None, stream: bool) -> CIMultiDict[str]:
         config = self.config
@@ -90,44 +132,69 @@ class OpenAIUpstream(HttpProvider):
                 del body["stream_options"]  # some servers refuse stream_options at all
         return body
 
-    async def call(
+    async def answer(
         self,
-        session: aiohttp.ClientSession,
+        client: HttpClient,
+        ctx: RequestContext,
         exchange: Exchange,
         attempt: Attempt,
         timeouts: TimeoutsConfig,
     ) -> Response:
         stream = exchange.stream and exchange.operation != "embeddings"
-        resp = await session.post(
-            self.urls[exchange.operation],
-            data=json.dumps(self.request_body(exchange)).encode(),
-            headers=self.provider_headers(exchange, stream),
-            allow_redirects=False,
+        reply = await client.request(
+            ctx,
+            attempt,
+            "POST",
+            self.origin,
+            self.paths[exchange.operation],
+            self.provider_headers(exchange, stream),
+            json.dumps(self.request_body(exchange)).encode(),
+            timeouts,
         )
-        if resp.status >= 400:
-            return await self.refusal(resp, timeouts)
+        if reply.status >= 400:
+            return await self.refusal(reply)
         if not stream:
-            return self.whole(await read_whole(resp, timeouts.total), exchange, attempt)
-        if resp.content_type != "text/event-stream":
-            resp.close()
+            return self.whole(await self.read(reply, MAX_WHOLE_BODY, attempt), exchange, attempt)
+        if not reply.headers.get("Content-Type", "").startswith("text/event-stream"):
+            await discard(reply)
             attempt.error = "malformed"
             raise UpstreamError(
                 502, "upstream_malformed", f"upstream '{self.name}' did not answer with a stream"
             )
-        body = relay_events(stream_chunks(resp, timeouts.read, exchange), exchange)
-        return Response(resp.status, sse_response_headers(), body)
+        body = relay_events(stream_items(reply), exchange)
+        return Response(reply.status, sse_response_headers(), body)
 
-    async def refusal(self, resp: aiohttp.ClientResponse, timeouts: TimeoutsConfig) -> Response:
-        """The provider's error reply, OpenAI-shaped (its own message, our request id)."""
-        status = resp.status
+    async def read(self, reply: Response, limit: int, attempt: Attempt) -> bytes:
+        """A reply's whole body, at most ``limit`` bytes (else 502: the connection dropped)."""
+        body = reply.body
+        if isinstance(body, bytes | bytearray):
+            return bytes(body)
+        parts: list[bytes] = []
+        size = 0
         try:
-            raw = await read_whole(resp, min(timeouts.read, timeouts.total))
-            payload = json.loads(raw[:MAX_ERROR_BODY]) if raw else None
-        except (ValueError, aiohttp.ClientError, TimeoutError):
+            async for chunk in body:
+                size += len(chunk)
+                if size > limit:
+                    attempt.error = "malformed"
+                    raise UpstreamError(
+                        502, "upstream_malformed", f"upstream '{self.name}' answered too much"
+                    )
+                parts.append(chunk)
+        finally:
+            await discard(reply)
+        return b"".join(parts)
+
+    async def refusal(self, reply: Response) -> Response:
+        """The provider's error reply, OpenAI-shaped (its own message, our request id)."""
+        status = reply.status
+        try:
+            raw = await self.read(reply, MAX_ERROR_BODY, Attempt(""))
+            payload = json.loads(raw) if raw else None
+        except (ValueError, UpstreamError):
             payload = None
         message, code, param = self.provider_error(status, payload)
         headers = CIMultiDict({"Content-Type": "application/json"})
-        retry_after = resp.headers.get("Retry-After")
+        retry_after = reply.headers.get("Retry-After")
         if retry_after is not None and retry_after.strip().isdigit():
             headers["Retry-After"] = retry_after.strip()
         return Response(status, headers, error_body(message, status, code, param))
@@ -147,18 +214,47 @@ class OpenAIUpstream(HttpProvider):
         exchange.mark_first_byte()
         return Response(200, CIMultiDict({"Content-Type": "application/json"}), raw)
 
-    async def probe(
-        self, session: aiohttp.ClientSession, attempt: Attempt, timeouts: TimeoutsConfig
+    async def check(
+        self, client: HttpClient, ctx: RequestContext, attempt: Attempt, timeouts: TimeoutsConfig
     ) -> Response:
         """A health check: the model list (cheap, never billed)."""
-        async with session.get(
-            self.url("/models"),
-            headers=self.provider_headers(None, False),
-            allow_redirects=False,
-            timeout=aiohttp.ClientTimeout(total=timeouts.total),
-        ) as resp:
-            await resp.read()
-            return Response(resp.status, CIMultiDict({"Content-Type": "application/json"}), b"")
+        reply = await client.request(
+            ctx,
+            attempt,
+            "GET",
+            self.origin,
+            self.models_path,
+            self.provider_headers(None, False),
+            None,
+            timeouts,
+        )
+        await discard(reply)
+        return Response(reply.status, CIMultiDict({"Content-Type": "application/json"}), b"")
+
+
+async def discard(reply: Response) -> None:
+    """Close a reply's body that will not be read on (its connection is dropped)."""
+    aclose = getattr(reply.body, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def stream_items(reply: Response) -> AsyncIterator[bytes]:
+    """A streamed reply's bytes as they arrive (gatewayd's client times each read with
+    ``timeouts.read``): a read that timed out is ``stall``, a cut connection ``disconnect``."""
+    body = reply.body
+    if isinstance(body, bytes | bytearray):
+        yield bytes(body)
+        return
+    try:
+        async for chunk in body:
+            yield chunk
+    except UpstreamTimeout:
+        raise StreamFailed("stall", "the provider stopped sending") from None
+    except UpstreamError:
+        raise StreamFailed("disconnect", "the provider's connection was cut") from None
+    finally:
+        await discard(reply)
 
 
 def report(exchange: Exchange, usage: Any) -> None:
