@@ -1,5 +1,7 @@
-"""What the HTTP provider kinds (openai, anthropic, ollama) share: config, one aiohttp session
-per upstream, error mapping, and reading a provider's stream with a deadline per chunk.
+"""What the HTTP provider kinds (openai, anthropic, ollama) share: config, error mapping, and
+for the kinds that use it (anthropic, ollama) one aiohttp session per upstream and reading a
+provider's stream with a deadline per chunk (the openai kind sends through gatewayd's own HTTP
+client instead: ``UpstreamContext.http_client()``).
 
 A kind's ``send`` serves two callers: the ``llm`` plugin (``ctx.state[EXCHANGE]`` holds the
 request, see :mod:`gatewayd_llm.exchange`) and gatewayd's active health checks (no exchange: the
