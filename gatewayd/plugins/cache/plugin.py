@@ -109,12 +109,16 @@ class CacheState:
     def __init__(self, mode: str, primary: str, key: str | None = None) -> None:
         self.mode = mode  # "hit", "miss", "validate", "bypass", "unsafe"
         self.primary = primary
-        self.requested_at = time.time()
+        self.requested_at = 0.0  # when the request went to the origin (set when it does)
         self.key = key
         self.secondary: str | None = None
         self.entry: Entry | None = None
         self.fill: asyncio.Future[None] | None = None
-        self.client_conditionals: CIMultiDict[str] = CIMultiDict()
+        self.client_conditionals: CIMultiDict[str] | None = None  # when revalidating
+
+    def request_time(self) -> float:
+        """When the request went to the origin (RFC 9111 4.2.3's request_time)."""
+        return self.requested_at or time.time()
 
 
 class CachePlugin(Plugin):
@@ -205,6 +209,7 @@ class CachePlugin(Plugin):
         if entry is None and self.config.coalesce:
             entry = await self._wait_or_lead(ctx, st)
         if entry is None:
+            st.requested_at = time.time()
             return None
         now = time.time()
         age = entry.age(now)
@@ -221,9 +226,12 @@ class CachePlugin(Plugin):
         # Revalidate now: ask the backend with the entry's validators.
         st.mode = "validate"
         st.entry = entry
+        st.requested_at = now
+        conditionals: CIMultiDict[str] = CIMultiDict()
+        st.client_conditionals = conditionals
         for name in CONDITIONALS:
             for value in req.headers.popall(name, ()):
-                st.client_conditionals.add(name, value)
+                conditionals.add(name, value)
         if entry.etag:
             req.headers["If-None-Match"] = entry.etag
         if entry.last_modified:
@@ -257,7 +265,9 @@ class CachePlugin(Plugin):
     def _hit(self, ctx: RequestContext, entry: Entry, age: float, how: str) -> Response:
         st: CacheState = ctx.state["cache"]
         # When revalidating, the request carries our validators: judge the client's own.
-        conditionals = st.client_conditionals if st.mode == "validate" else ctx.request.headers
+        conditionals = st.client_conditionals
+        if conditionals is None or st.mode != "validate":
+            conditionals = ctx.request.headers
         st.mode = "hit"
         self.counts[how] += 1
         if not_modified(entry, conditionals):
@@ -303,7 +313,7 @@ class CachePlugin(Plugin):
         condition = _failure(ctx, response)
         if st.mode == "validate" and entry is not None:
             if response.status == 304:
-                fresh = refresh(entry, response.headers, self.policy, st.requested_at)
+                fresh = refresh(entry, response.headers, self.policy, st.request_time())
                 await self._store(st, fresh)
                 self._replace(ctx, response, fresh, "HIT")
                 return
@@ -359,7 +369,7 @@ class CachePlugin(Plugin):
             b"",
             self.policy,
             has_auth,
-            request_time=st.requested_at,
+            request_time=st.request_time(),
         )
         if probe is None:
             return
@@ -464,6 +474,7 @@ class CachePlugin(Plugin):
         bg.excluded_targets = set(ctx.excluded_targets)  # the breaker's view of this moment
         state = CacheState("validate", st.primary, st.key)
         state.entry = entry
+        state.requested_at = time.time()
         shared.revalidating.add(key)
         self._spawn(self._revalidate(key, bg, state))
 
@@ -474,7 +485,7 @@ class CachePlugin(Plugin):
             response = await self.context.forward(bg)
             entry = st.entry
             if response.status == 304 and entry is not None:
-                fresh = refresh(entry, response.headers, self.policy, st.requested_at)
+                fresh = refresh(entry, response.headers, self.policy, st.request_time())
                 await self._store(st, fresh)
             elif response.status < 500:
                 body = response.body
