@@ -22,7 +22,12 @@ import yaml
 from gatewayd_llm import tokens
 from gatewayd_llm.exchange import EXCHANGE, Exchange, Operation, StreamFailed
 from gatewayd_llm.kinds.masking import mask, mask_argv
-from gatewayd_llm.kinds.process import ProcessUpstream, ProcessUpstreamConfig, render_chat
+from gatewayd_llm.kinds.process import (
+    ProcessUpstream,
+    ProcessUpstreamConfig,
+    render_chat,
+    sandbox_args,
+)
 from gatewayd_llm.kinds.translate import BadRequest
 from multidict import CIMultiDict
 from pydantic import ValidationError
@@ -696,6 +701,31 @@ async def test_the_sandbox_has_no_network_and_sees_only_what_is_bound(tmp_path: 
     for k in (outside, inside, ls, words):
         await k.close()
     server.close()
+
+
+@pytest.mark.skipif(not HAVE_BWRAP, reason="bubblewrap (bwrap) is not installed")
+async def test_a_sandboxed_command_under_tmp_runs(tmp_path: Path) -> None:
+    """The sandbox's own /tmp is a fresh tmpfs; a command (or a checkout) that lives under the
+    host's /tmp must still be seen: bwrap mounts in order, the tmpfs goes first."""
+    cli = tmp_path / "model_cli.py"
+    shutil.copy(CLI, cli)
+    assert str(cli).startswith("/tmp/") or not str(tmp_path).startswith("/tmp")
+    config = ProcessUpstreamConfig.model_validate(
+        {"kind": "process", "command": [PYTHON, str(cli)], "sandbox": True, "cwd": str(tmp_path)}
+    )
+    args = sandbox_args(PYTHON, config)
+    assert args.index("--tmpfs") < args.index(str(tmp_path))
+    binds = [str(tmp_path), sys.prefix, sys.base_prefix]
+    kind = await make_kind(
+        command=[PYTHON, str(cli), "--model", "{model}", "--max-tokens", "{max_tokens}"],
+        sandbox=True,
+        sandbox_paths=binds,
+    )
+    resp, _ = await send(kind, chat())
+    assert resp.status == 200, resp.body
+    assert isinstance(resp.body, bytes)
+    assert json.loads(resp.body)["choices"][0]["message"]["content"].startswith("model=")
+    await kind.close()
 
 
 @pytest.mark.skipif(not HAVE_BWRAP, reason="bubblewrap (bwrap) is not installed")

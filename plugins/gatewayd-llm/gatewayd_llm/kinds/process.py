@@ -559,7 +559,10 @@ def sandbox_args(executable: str, config: ProcessUpstreamConfig) -> list[str]:
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise FileNotFoundError("bwrap")
-    args = [bwrap, "--ro-bind", "/usr", "/usr"]
+    # The fresh /proc, /dev and /tmp first: bwrap mounts in order, so a bind below /tmp (a
+    # command or cwd under /tmp) must come after the tmpfs or the tmpfs would hide it.
+    args = [bwrap, "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    args += ["--ro-bind", "/usr", "/usr"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):
             args += ["--symlink", os.readlink(top), top]
@@ -575,7 +578,6 @@ def sandbox_args(executable: str, config: ProcessUpstreamConfig) -> list[str]:
     for path in sorted(binds):
         if path != "/usr" and not path.startswith("/usr/") and os.path.exists(path):
             args += ["--ro-bind", path, path]
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     args += ["--unshare-all", "--unshare-net", "--die-with-parent", "--new-session"]
     args += ["--chdir", str(config.cwd or "/tmp"), "--"]
     return args
