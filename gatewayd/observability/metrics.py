@@ -133,7 +133,7 @@ class Metrics:
         self.registry = registry
         self.upstream_errors = Counter(
             "gatewayd_upstream_errors_total",
-            "Upstream failures, by upstream and kind (connect, timeout, disconnect)",
+            "Upstream failures by upstream and kind (connect, timeout, disconnect, reset, framing)",
             ["upstream", "kind"],
             registry=registry,
         )
