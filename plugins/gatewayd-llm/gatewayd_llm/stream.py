@@ -23,7 +23,7 @@ from typing import Any, Literal
 from gatewayd.chain import UpstreamError
 from gatewayd_llm.exchange import StreamFailed
 from gatewayd_llm.tokens import text_tokens
-from gatewayd_llm.wire import DONE, error_object, sse_event
+from gatewayd_llm.wire import DONE, SseDecoder, error_object, sse_event
 
 __all__ = ["Ending", "Peeked", "StreamRelay", "count_tokens", "failure_reason", "peek"]
 
@@ -93,10 +93,11 @@ def text_estimate(item: bytes) -> int:
     """Tokens of the content deltas (chat) and texts (completions) of the SSE events in
     ``item``, from their characters; an event that is not JSON counts nothing."""
     total = 0
-    for event in item.split(b"\n\n"):
-        data = event.strip().removeprefix(b"data:").strip()
-        if not data.startswith(b"{"):
-            continue
+    try:
+        events = list(SseDecoder().feed(item))
+    except ValueError:  # an oversized event: the plugin's relay reports it, not the estimate
+        return 0
+    for data in events:
         try:
             obj = json.loads(data)
         except ValueError:

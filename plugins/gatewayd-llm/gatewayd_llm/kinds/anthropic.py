@@ -31,6 +31,7 @@ from gatewayd_llm.kinds.translate import (
     malformed,
     max_tokens,
     parse_json,
+    probe_models,
     single_choice,
     stop_list,
     stream_reply,
@@ -102,13 +103,9 @@ class AnthropicUpstream(HttpProvider):
     async def probe(
         self, session: aiohttp.ClientSession, attempt: Attempt, timeouts: TimeoutsConfig
     ) -> Response:
-        resp = await session.get(
-            self.url("/v1/models"), headers=self.headers(None), allow_redirects=False
+        return await probe_models(
+            session, self.url("/v1/models"), self.headers(None), self.name, timeouts
         )
-        await read_whole(resp, timeouts.read)
-        if resp.status == 200:
-            return json_reply({"object": "list", "data": []})
-        return error_reply(resp.status, f"upstream '{self.name}' answered {resp.status}")
 
     async def call(
         self,

@@ -164,10 +164,7 @@ class HttpProvider:
         protocols: Sequence[str],
         max_message: int,
     ) -> WebSocketChannel:
-        attempt.error = "refused"
-        raise UpstreamError(
-            502, "websocket_refused", f"upstream '{self.name}' ({self.kind}) has no WebSockets"
-        )
+        raise no_websockets(self.name, self.kind, attempt)
 
     def map_error(self, exc: BaseException, attempt: Attempt) -> BaseException:
         """aiohttp's errors as gatewayd's upstream errors (messages name the upstream, never a
@@ -182,6 +179,14 @@ class HttpProvider:
             attempt.error = "disconnect"
             return UpstreamError(502, "upstream_error", f"upstream '{self.name}' failed")
         return exc
+
+
+def no_websockets(upstream: str, kind: str, attempt: Attempt) -> UpstreamError:
+    """What ``upgrade`` raises in a kind that has no WebSockets (the LLM kinds)."""
+    attempt.error = "refused"
+    return UpstreamError(
+        502, "websocket_refused", f"upstream '{upstream}' ({kind}) has no WebSockets"
+    )
 
 
 async def read_whole(resp: aiohttp.ClientResponse, timeout: float) -> bytes:

@@ -42,7 +42,8 @@ from gatewayd.chain import (
 )
 from gatewayd_llm.exchange import EXCHANGE, Exchange, Operation, StreamFailed
 from gatewayd_llm.kinds.base import HttpProvider, ProviderConfig
-from gatewayd_llm.wire import DONE, SseDecoder, error_body
+from gatewayd_llm.kinds.translate import error_reply
+from gatewayd_llm.wire import DONE, SseDecoder, sse_headers
 
 PATHS: dict[Operation, str] = {
     "chat": "/chat/completions",
@@ -162,7 +163,7 @@ class OpenAIUpstream(HttpProvider):
                 502, "upstream_malformed", f"upstream '{self.name}' did not answer with a stream"
             )
         body = relay_events(stream_items(reply), exchange)
-        return Response(reply.status, sse_response_headers(), body)
+        return Response(reply.status, sse_headers(), body)
 
     async def read(self, reply: Response, limit: int, attempt: Attempt) -> bytes:
         """A reply's whole body, at most ``limit`` bytes (else 502: the connection dropped)."""
@@ -193,11 +194,7 @@ class OpenAIUpstream(HttpProvider):
         except (ValueError, UpstreamError):
             payload = None
         message, code, param = self.provider_error(status, payload)
-        headers = CIMultiDict({"Content-Type": "application/json"})
-        retry_after = reply.headers.get("Retry-After")
-        if retry_after is not None and retry_after.strip().isdigit():
-            headers["Retry-After"] = retry_after.strip()
-        return Response(status, headers, error_body(message, status, code, param))
+        return error_reply(status, message, code, param, reply.headers.get("Retry-After"))
 
     def whole(self, raw: bytes, exchange: Exchange, attempt: Attempt) -> Response:
         try:
@@ -269,10 +266,6 @@ def report(exchange: Exchange, usage: Any) -> None:
         prompt if isinstance(prompt, int) else None,
         completion if isinstance(completion, int) else None,
     )
-
-
-def sse_response_headers() -> CIMultiDict[str]:
-    return CIMultiDict({"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
 
 
 async def relay_events(chunks: AsyncIterator[bytes], exchange: Exchange) -> AsyncIterator[bytes]:

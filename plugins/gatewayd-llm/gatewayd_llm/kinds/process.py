@@ -90,12 +90,12 @@ from gatewayd.chain import (
     UpstreamConfig,
     UpstreamConnectError,
     UpstreamContext,
-    UpstreamError,
     UpstreamTimeout,
     WebSocketChannel,
 )
 from gatewayd_llm import tokens
 from gatewayd_llm.exchange import EXCHANGE, Exchange
+from gatewayd_llm.kinds.base import no_websockets
 from gatewayd_llm.kinds.masking import mask, mask_argv
 from gatewayd_llm.kinds.process_run import Expired, ProcessRun, ProcessStream, RunSettings
 from gatewayd_llm.kinds.translate import (
@@ -548,10 +548,7 @@ class ProcessUpstream:
         protocols: Sequence[str],
         max_message: int,
     ) -> WebSocketChannel:
-        attempt.error = "refused"
-        raise UpstreamError(
-            502, "websocket_refused", f"upstream '{self.name}' ({self.kind}) has no WebSockets"
-        )
+        raise no_websockets(self.name, self.kind, attempt)
 
 
 def sandbox_args(executable: str, config: ProcessUpstreamConfig) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import aiohttp
 from multidict import CIMultiDict
 
-from gatewayd.chain import Attempt, Response, UpstreamError
+from gatewayd.chain import Attempt, Response, TimeoutsConfig, UpstreamError
 from gatewayd_llm.exchange import Exchange, Operation, StreamFailed
 from gatewayd_llm.kinds.base import read_whole, stream_chunks
 from gatewayd_llm.wire import error_body, sse_event, sse_headers
@@ -319,6 +319,21 @@ class ChunkWriter:
 
 
 # -- the provider's reply ------------------------------------------------------------------------
+
+
+async def probe_models(
+    session: aiohttp.ClientSession,
+    url: Any,
+    headers: dict[str, str],
+    upstream: str,
+    timeouts: TimeoutsConfig,
+) -> Response:
+    """A health check: GET the provider's model list (cheap, never billed); 200 is healthy."""
+    resp = await session.get(url, headers=headers, allow_redirects=False)
+    await read_whole(resp, timeouts.read)
+    if resp.status == 200:
+        return json_reply({"object": "list", "data": []})
+    return error_reply(resp.status, f"upstream '{upstream}' answered {resp.status}")
 
 
 async def error_payload(resp: aiohttp.ClientResponse, timeout: float) -> Any:
