@@ -112,3 +112,17 @@ def content_of(events: list[Any]) -> str:
             choice = e["choices"][0]
             text += choice.get("delta", {}).get("content") or choice.get("text") or ""
     return text
+
+
+async def chat_text(client: Any, model: str, stream: bool, max_tokens: int = 2) -> str:
+    """The answer's text through the official SDK, streamed or whole, to ``hi``."""
+    messages = [{"role": "user", "content": "hi"}]
+    if stream:
+        chunks = await client.chat.completions.create(
+            model=model, messages=messages, max_tokens=max_tokens, stream=True
+        )
+        return "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
+    chat = await client.chat.completions.create(
+        model=model, messages=messages, max_tokens=max_tokens
+    )
+    return str(chat.choices[0].message.content or "")

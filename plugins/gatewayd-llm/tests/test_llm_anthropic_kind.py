@@ -29,6 +29,7 @@ from gatewayd_llm.kinds.base import HttpProvider
 from llm_kind_harness import (
     CLIENT_HEADERS,
     body_json,
+    chat_text,
     content_of,
     exchange,
     make_kind,
@@ -916,19 +917,7 @@ async def test_fault_matrix_through_the_gateway(
             for fault in BEFORE_FIRST_BYTE:
                 fake.push(fault)
                 sent += 1
-                messages = [{"role": "user", "content": "hi"}]
-                if stream:
-                    chunks = await client.chat.completions.create(
-                        model="smart", messages=messages, max_tokens=2, stream=True
-                    )
-                    text = "".join(
-                        [c.choices[0].delta.content or "" async for c in chunks if c.choices]
-                    )
-                else:
-                    chat = await client.chat.completions.create(
-                        model="smart", messages=messages, max_tokens=2
-                    )
-                    text = chat.choices[0].message.content or ""
+                text = await chat_text(client, "smart", stream)
                 assert len(fake.seen("/v1/messages")) == sent  # the fault was met
                 if not stream and fault.error_after is not None:
                     assert text == "t0 t1 ", fault  # no error event in a whole answer

@@ -26,6 +26,7 @@ from gatewayd_llm.kinds.ollama import OllamaUpstream, OllamaUpstreamConfig, Stre
 from llm_kind_harness import (
     CLIENT_HEADERS,
     body_json,
+    chat_text,
     content_of,
     exchange,
     make_kind,
@@ -664,19 +665,7 @@ async def test_fault_matrix_through_the_gateway(
             for fault in BEFORE_FIRST_BYTE:
                 fake.push(fault)
                 sent += 1
-                messages = [{"role": "user", "content": "hi"}]
-                if stream:
-                    chunks = await client.chat.completions.create(
-                        model="local", messages=messages, max_tokens=2, stream=True
-                    )
-                    text = "".join(
-                        [c.choices[0].delta.content or "" async for c in chunks if c.choices]
-                    )
-                else:
-                    chat = await client.chat.completions.create(
-                        model="local", messages=messages, max_tokens=2
-                    )
-                    text = chat.choices[0].message.content or ""
+                text = await chat_text(client, "local", stream)
                 assert len(fake.seen("/api/chat")) == sent  # the fault was met
                 if not stream and fault.error_after is not None:
                     assert text == "t0 t1 ", fault  # no error line in a whole answer
