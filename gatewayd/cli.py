@@ -18,14 +18,34 @@ from gatewayd.config.loader import default_path, load_config
 DEFAULT_CONFIG = default_path()
 
 # Other modules add subcommands: each installer gets the subparsers object and sets ``func``.
+# Plugin distributions add theirs through the entry-point group ``gatewayd.commands``: each entry
+# point is such an installer (``llm = gatewayd_llm.cli:install`` gives ``gatewayd llm ...``).
 Installer = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+COMMANDS_GROUP = "gatewayd.commands"
 
 
 def installers() -> list[Installer]:
     from gatewayd.cli_keys import install as install_keys
     from gatewayd.cli_peer import install as install_peer
 
-    return [install_keys, install_peer]
+    return [install_keys, install_peer, *distribution_installers()]
+
+
+def distribution_installers() -> list[Installer]:
+    """The installers of the ``gatewayd.commands`` entry points; one that cannot be loaded is
+    left out with one line on stderr (the rest of the command line works)."""
+    from importlib.metadata import entry_points
+
+    out: list[Installer] = []
+    for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        try:
+            install = ep.load()
+        except Exception as exc:
+            print(f"gatewayd: command {ep.name!r} ({ep.value}) not loaded: {exc}", file=sys.stderr)
+            continue
+        if callable(install):
+            out.append(install)
+    return out
 
 
 def cmd_check(args: argparse.Namespace) -> int:

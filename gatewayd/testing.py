@@ -94,11 +94,18 @@ from gatewayd.chain.upstream import (
     WebSocketChannel,
 )
 from gatewayd.config.errors import ConfigError, Problem
-from gatewayd.config.schema import PluginSpec, StateConfig, TimeoutsConfig, UpstreamConfig
+from gatewayd.config.schema import (
+    HttpUpstreamConfig,
+    PluginSpec,
+    StateConfig,
+    TimeoutsConfig,
+    UpstreamConfig,
+)
 from gatewayd.events.bus import Event, EventBus
 from gatewayd.observability.metrics import Metrics
 from gatewayd.proxy.dispatch import error_reply
-from gatewayd.proxy.http_kind import PooledHttpClient
+from gatewayd.proxy.http_kind import HttpUpstream, PooledHttpClient
+from gatewayd.proxy.runtime_upstreams import RuntimeUpstreams
 from gatewayd.proxy.upstream import ManagedUpstream, UpstreamState
 from gatewayd.stores.keys import KeyStore, KeyStoreSettings
 from gatewayd.stores.keys_sqlite import SQLiteKeyBackend
@@ -162,6 +169,28 @@ class HarnessServices:
         self._keys: KeyStore | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._state_dir = state_dir
+        self.upstreams = RuntimeUpstreams(self._build_upstream, PluginRegistry.discover())
+
+    def _build_upstream(
+        self, name: str, config: UpstreamConfig, registry: PluginRegistry, handover: Handover
+    ) -> ManagedUpstream:
+        """A run-time upstream (``services.upstreams.put``): an HTTP pool or a kind from a
+        plugin distribution (the harness has no relay)."""
+        ktype, kconfig = registry.validate_upstream(config, "")
+        context = UpstreamContext(
+            _satisfies(self),
+            logging.getLogger(f"gatewayd.upstreams.{name}"),
+            lambda key, factory: handover.keep(f"{name}#{key}", factory),
+            lambda pool: PooledHttpClient(name, pool),
+        )
+        impl: Any
+        if isinstance(kconfig, HttpUpstreamConfig):
+            impl = HttpUpstream(name, kconfig, context)
+        elif ktype is not None:
+            impl = ktype.cls(name, kconfig, context)
+        else:
+            raise PluginConfigProblems([Problem("relay", "the test harness has no relay")])
+        return ManagedUpstream(name, impl, kconfig, UpstreamState(name, kconfig, self))
 
     @property
     def state_dir(self) -> Path:
@@ -180,6 +209,7 @@ class HarnessServices:
         return self._keys
 
     async def close(self) -> None:
+        await self.upstreams.close()
         if self._keys is not None:
             await self._keys.close()
             self._keys = None

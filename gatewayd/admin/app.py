@@ -69,4 +69,7 @@ def build_admin_app(
     app.router.add_get("/_ready", ready)
     for install in installers if installers is not None else globals()["installers"]():
         install(app)
+    from gatewayd.admin.plugins import install_mounts
+
+    install_mounts(app)  # last: it matches any /_admin/<segment>
     return app

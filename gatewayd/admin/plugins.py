@@ -2,9 +2,11 @@
 
 - ``GET /_admin/plugins``: the plugin types and the admin routes each contributes
 - ``<METHOD> /_admin/plugins/<plugin name><path>``: a plugin's route; its handler gets the
-  plugin's instances in the serving generation. 404 for an unknown plugin or path, 405 for a
-  known path with another method, 403 for an ``operator`` route called with a ``viewer`` token,
-  500 (logged, no traceback in the body) when the handler raises.
+  plugin's instances in the serving generation. A plugin with an ``admin_path``
+  (``/_admin/llm``) has the same routes there too (see :mod:`gatewayd.chain.admin`). 404 for
+  an unknown plugin or path, 405 for a known path with another method, 403 for an
+  ``operator`` route called with a ``viewer`` token, 500 (logged, no traceback in the body)
+  when the handler raises.
 
 The plugin types are those installed when the admin API is first used plus those of the
 serving generation's instances (a plugin pip-installed later has its routes once a reload uses
@@ -24,7 +26,7 @@ from aiohttp import web
 from gatewayd.admin.app import DAEMON
 from gatewayd.admin.auth import admin_error, admin_route, admin_route_by_role, has_role
 from gatewayd.chain import PluginError, Response
-from gatewayd.chain.admin import AdminRequest, AdminRoute, admin_routes_of
+from gatewayd.chain.admin import AdminRequest, AdminRoute, admin_path_of, admin_routes_of
 from gatewayd.chain.registry import PluginRegistry
 
 log = logging.getLogger("gatewayd.admin")
@@ -38,6 +40,7 @@ class PluginAdmin:
     def __init__(self) -> None:
         self._installed: dict[str, type[Any]] | None = None
         self._routes: dict[type[Any], tuple[AdminRoute, ...] | str] = {}
+        self._refused: set[str] = set()
 
     def types(self, instances: Sequence[Any]) -> dict[str, type[Any]]:
         if self._installed is None:
@@ -63,6 +66,33 @@ class PluginAdmin:
             self._routes[cls] = cached
         return cached
 
+    def mounts(self, instances: Sequence[Any]) -> dict[str, str]:
+        """``admin_path`` -> plugin name, for the plugins that ask for one (a malformed,
+        reserved or doubly claimed path is logged once and left out)."""
+        out: dict[str, str] = {}
+        claimed: dict[str, list[str]] = {}
+        for name, cls in self.types(instances).items():
+            try:
+                path = admin_path_of(cls)
+            except ValueError as exc:
+                self._refuse_mount(cls, str(exc))
+                continue
+            if path is not None:
+                claimed.setdefault(path, []).append(name)
+        for path, names in claimed.items():
+            if len(names) == 1:
+                out[path] = names[0]
+            else:
+                for name in names:
+                    self._refuse_mount(name, f"admin_path {path!r} is claimed by {sorted(names)}")
+        return out
+
+    def _refuse_mount(self, what: Any, why: str) -> None:
+        key = f"{what}:{why}"
+        if key not in self._refused:
+            self._refused.add(key)
+            log.error("plugin admin path refused", extra={"plugin": str(what), "error": why})
+
 
 PLUGIN_ADMIN: web.AppKey[PluginAdmin] = web.AppKey("plugin_admin", PluginAdmin)
 
@@ -77,9 +107,13 @@ def _serving_plugins(request: web.Request) -> Sequence[Any]:
 async def list_plugins(request: web.Request) -> web.Response:
     admin = request.app[PLUGIN_ADMIN]
     out = []
-    for name, cls in sorted(admin.types(_serving_plugins(request)).items()):
+    instances = _serving_plugins(request)
+    mounted = {plugin: path for path, plugin in admin.mounts(instances).items()}
+    for name, cls in sorted(admin.types(instances).items()):
         routes = admin.routes(cls)
         item: dict[str, Any] = {"name": name, "routes": []}
+        if name in mounted:
+            item["admin_path"] = mounted[name]
         if isinstance(routes, str):
             item["error"] = "its admin routes are malformed (see the log)"
         else:
@@ -95,6 +129,16 @@ async def list_plugins(request: web.Request) -> web.Response:
 @admin_route_by_role
 async def plugin_route(request: web.Request) -> web.StreamResponse:
     return await _dispatch(request, request.match_info["plugin"], request.match_info["tail"])
+
+
+@admin_route_by_role
+async def mounted_route(request: web.Request) -> web.StreamResponse:
+    admin = request.app[PLUGIN_ADMIN]
+    prefix = "/_admin/" + request.match_info["segment"]
+    plugin = admin.mounts(_serving_plugins(request)).get(prefix)
+    if plugin is None:
+        return admin_error(404, "not_found", f"no admin endpoint {request.path}")
+    return await _dispatch(request, plugin, request.match_info["tail"])
 
 
 @admin_route_by_role
@@ -206,6 +250,14 @@ async def _call(
             await aclose()
     await out.write_eof()
     return out
+
+
+def install_mounts(app: web.Application) -> None:
+    """The plugins' ``admin_path`` prefixes: added after every other admin route (the first
+    route that matches serves, and this one matches any ``/_admin/<segment>...``)."""
+    if PLUGIN_ADMIN not in app:
+        return
+    app.router.add_route("*", "/_admin/{segment:[a-z][a-z0-9_-]*}{tail:(/.*)?}", mounted_route)
 
 
 def install(app: web.Application) -> None:

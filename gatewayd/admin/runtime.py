@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from gatewayd.chain.upstream import UpstreamDirectory
 from gatewayd.config.schema import GatewayConfig
 from gatewayd.events.bus import EventBus
 from gatewayd.proxy.dispatch import Dispatcher
@@ -30,6 +31,9 @@ class AdminServices(Protocol):
 
     @property
     def relay(self) -> RelayRegistry: ...
+
+    @property
+    def upstreams(self) -> UpstreamDirectory: ...
 
 
 class ServingGeneration(Protocol):

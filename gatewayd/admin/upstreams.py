@@ -18,18 +18,26 @@ async def list_upstreams(request: web.Request) -> web.Response:
     plugin's), with its targets. Plugins that implement ``describe_target(upstream, target)``
     (``circuit_breaker``) add what they know of a target under ``plugins.<name>`` (a list: one
     entry per instance, e.g. per route); one that says ``"available": false`` takes the target
-    out of ``available``."""
+    out of ``available``. Upstreams added at run time (``services.upstreams``) are listed too,
+    with ``"source": "runtime"`` and their ``owner``."""
     daemon = request.app[DAEMON]
     gen = daemon.gateway.current if daemon.gateway is not None else None
     if gen is None:
         return web.json_response({"upstreams": []})
     describers = [p for p in gen.plugins if callable(getattr(p, "describe_target", None))]
-    upstreams = list(gen.upstreams.values())
+    upstreams: list[Any] = list(gen.upstreams.values())
     if gen.dispatcher.leases is not None:
         upstreams += gen.dispatcher.leases.all()
+    runtime = gen.dispatcher.runtime
+    owners = daemon.services.upstreams.runtime() if daemon.services is not None else {}
+    upstreams += [u for name, u in runtime.items() if name not in gen.upstreams]
     out = []
     for upstream in upstreams:
         item = upstream.snapshot()
+        name = upstream.name
+        if name in owners and runtime.get(name) is upstream:
+            item["source"] = "runtime"
+            item["owner"] = owners[name]
         for t in item["targets"]:
             notes: dict[str, list[Any]] = {}
             for plugin in describers:

@@ -22,6 +22,12 @@ which match one path segment and arrive in ``request.params``. The handler retur
 :class:`~gatewayd.chain.PluginError` answers its status with the JSON error body, any other
 exception answers 500 (logged; the body never holds the traceback).
 
+A plugin class may also set ``admin_path`` (``"/_admin/llm"``: ``/_admin/`` and one segment of
+lowercase letters, digits, ``-`` and ``_``) to serve the same routes under that prefix too, for a
+product whose API should not read as a plugin's (the LLM gateway's ``/_admin/llm/providers``).
+A path the admin API itself serves (:data:`RESERVED`) is refused, and so is one that two plugins
+claim (the routes stay reachable under ``/_admin/plugins/<name>``).
+
 A plugin may also define the instance method ``describe_target(upstream, target_id)``: a JSON
 object about that target of that upstream (or ``None``), shown with the target in
 ``GET /_admin/upstreams`` (the ``circuit_breaker`` shows its state there).
@@ -87,6 +93,27 @@ class AdminRoute:
         """The ``{name}`` parameters when ``path`` is this route's, else ``None``."""
         m = self.pattern.fullmatch(path)
         return m.groupdict() if m is not None else None
+
+
+ADMIN_PATH = re.compile(r"/_admin/[a-z][a-z0-9_-]{0,62}")
+# The first segments under /_admin/ that the admin API serves itself (or will).
+RESERVED = frozenset(
+    {"audit", "cache", "config", "dashboard", "events", "keys", "openapi.json", "plugins"}
+    | {"relay", "reload", "routes", "session", "tokens", "upstreams", "usage"}
+)
+
+
+def admin_path_of(cls: type[Any]) -> str | None:
+    """The extra prefix a plugin class asks for (``None`` without ``admin_path``); raises
+    ``ValueError`` naming the problem when it is malformed or reserved."""
+    path = getattr(cls, "admin_path", None)
+    if path is None:
+        return None
+    if not isinstance(path, str) or not ADMIN_PATH.fullmatch(path):
+        raise ValueError(f"admin_path {path!r} must be /_admin/<one lowercase segment>")
+    if path.removeprefix("/_admin/") in RESERVED:
+        raise ValueError(f"admin_path {path!r} is one the admin API serves itself")
+    return path
 
 
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -9,6 +9,7 @@ by attribute, with types::
     keys = context.services.keys               # KeyVerifier
     stores = context.services.stores           # StateStores
     state_dir = context.services.state_dir     # pathlib.Path: the config's ``state.dir``
+    upstreams = context.services.upstreams     # UpstreamDirectory: upstreams added at run time
 
 Members are read-only properties: a plugin uses a service, it never replaces one.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 __all__ = [
     "AsyncLimiter",
@@ -38,6 +39,9 @@ __all__ = [
     "StateStores",
 ]
 
+
+if TYPE_CHECKING:
+    from gatewayd.chain.upstream import UpstreamDirectory
 
 T = TypeVar("T")
 
@@ -289,6 +293,11 @@ class PluginServices(Protocol):
 
     @property
     def stores(self) -> StateStores: ...
+
+    @property
+    def upstreams(self) -> UpstreamDirectory:
+        """Upstreams added and removed at run time (see :class:`UpstreamDirectory`)."""
+        ...
 
     @property
     def state_dir(self) -> Path:

@@ -58,8 +58,10 @@ __all__ = [
     "Target",
     "TimeoutsConfig",
     "UpstreamConfig",
+    "UpstreamConfigInvalid",
     "UpstreamConnectError",
     "UpstreamContext",
+    "UpstreamDirectory",
     "UpstreamError",
     "UpstreamKind",
     "UpstreamTimeout",
@@ -353,3 +355,49 @@ class UpstreamKind(Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+# -- upstreams added at run time -----------------------------------------------------------------
+
+
+class UpstreamConfigInvalid(ValueError):
+    """A run-time upstream's config was refused: ``problems`` holds ``(field, message)`` pairs,
+    each field a dotted path inside the upstream's config (``base_url``, ``timeouts.connect``),
+    validated by the same pydantic models as an ``upstreams.<name>`` entry of the YAML."""
+
+    def __init__(self, problems: Sequence[tuple[str, str]]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(f"{where}: {message}" for where, message in self.problems))
+
+
+class UpstreamDirectory(Protocol):
+    """Upstreams added and removed while the daemon runs, beside the YAML's
+    (``services.upstreams``).
+
+    A plugin distribution that manages backends itself (the LLM gateway's providers) puts them
+    here: the core serves them exactly like a configured upstream of the same kind (balancing,
+    health checks, ejection, retries, timeouts, metrics, ``/_admin/upstreams``), and a request
+    reaches one by name (``ctx.use_upstream(name)``, ``PluginContext.forward``). They are
+    process-wide: a reload keeps them, and they last until removed or the process ends (the
+    distribution stores them and puts them back at start-up). The YAML's names win: a name the
+    serving config defines cannot be put, and a reload that defines a name put here serves the
+    YAML's (the run-time one stays listed, shadowed, until removed).
+
+    - ``configured()``: the names of the serving config's upstreams.
+    - ``runtime()``: the run-time upstreams now, name -> the ``owner`` that put it.
+    - ``put(name, config, owner)``: validate ``config`` as an ``upstreams.<name>`` entry (a
+      mapping with ``kind`` or ``targets``/``relay``); raises :class:`UpstreamConfigInvalid`
+      naming the field, ``ValueError`` when the name is the YAML's or another owner's. Then build
+      it, start it (its health checks start) and serve it: new requests use it at once. An
+      upstream it replaces closes gracefully: requests in flight on it finish on it.
+    - ``remove(name, owner)``: stop serving it (False when there is none of that owner); it closes
+      gracefully too.
+    """
+
+    def configured(self) -> frozenset[str]: ...
+
+    def runtime(self) -> dict[str, str]: ...
+
+    async def put(self, name: str, config: dict[str, Any], owner: str) -> None: ...
+
+    async def remove(self, name: str, owner: str) -> bool: ...

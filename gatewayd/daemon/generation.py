@@ -114,6 +114,7 @@ async def build_generation(
         services.access_log if config.logging.access_log else None,
         lease_upstreams(services, handover),
         websockets=services.extras.get("websockets"),
+        runtime=services.upstreams.serving,
     )
     forwarder.target = dispatcher.forward
     handover.forget_previous()

@@ -122,8 +122,9 @@ class Daemon:
             try:
                 config = self.load()
                 number = self.generation_number + 1
+                registry = PluginRegistry.discover()
                 gen = await build_generation(
-                    number, config, PluginRegistry.discover(), self.services, self.gateway.current
+                    number, config, registry, self.services, self.gateway.current
                 )
                 try:
                     await self.listeners.apply(config.listen, config.server)
@@ -144,6 +145,7 @@ class Daemon:
             configure_logging(config.logging.level, config.logging.format)
             self.services.access_log.fmt = config.logging.format
             self.gateway.swap(gen, relay_endpoint(self.services, config))
+            self.services.upstreams.set_configured(frozenset(config.upstreams), registry)
             self.metrics.reloads.labels("success").inc()
             took = round((time.monotonic() - started) * 1000, 1)
             log.info("config reloaded", extra={"generation": number, "took_ms": took})

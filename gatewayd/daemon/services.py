@@ -10,6 +10,7 @@ from gatewayd.config.schema import GatewayConfig, StateConfig
 from gatewayd.events.bus import EventBus
 from gatewayd.observability.access import AccessLog
 from gatewayd.observability.metrics import Metrics
+from gatewayd.proxy.runtime_upstreams import RuntimeUpstreams
 from gatewayd.relay.registry import RelayRegistry
 from gatewayd.stores.keys import KeyStore
 from gatewayd.stores.state import PluginStores
@@ -24,8 +25,9 @@ class Services:
     :class:`gatewayd.chain.PluginServices`, which this class satisfies), and more.
 
     ``events``: the event bus (publish typed events); ``keys``: the API key store; ``relay``: the
-    relay registry; ``stores``: backends for plugin state (memory or Redis); ``extras``: room for
-    services that later parts of the daemon add.
+    relay registry; ``upstreams``: the upstreams added at run time; ``stores``: backends for
+    plugin state (memory or Redis); ``extras``: room for services that later parts of the daemon
+    add.
     """
 
     state: StateConfig
@@ -34,6 +36,7 @@ class Services:
     keys: KeyStore
     stores: PluginStores
     relay: RelayRegistry
+    upstreams: RuntimeUpstreams
     access_log: AccessLog = field(default_factory=AccessLog)
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -43,6 +46,7 @@ class Services:
 
     async def close(self) -> None:
         self.access_log.flush()
+        await self.upstreams.close()
         await self.relay.close()
         await self.keys.close()
         await self.stores.close()
@@ -52,6 +56,8 @@ class Services:
 async def build_services(config: GatewayConfig, metrics: Metrics) -> Services:
     """Make the process-wide services once, at start-up. (``state`` changes need a restart.)"""
     events = EventBus(config.events.buffer, config.events.queue, metrics.registry)
+    from gatewayd.chain.registry import PluginRegistry
+    from gatewayd.daemon.upstreams import build_upstream
     from gatewayd.proxy.websocket import WebSocketRegistry
     from gatewayd.stores.keys import open_key_store
 
@@ -64,7 +70,14 @@ async def build_services(config: GatewayConfig, metrics: Metrics) -> Services:
         keys=keys,
         stores=PluginStores(config.state),
         relay=RelayRegistry(keys, events=lambda: events),
+        upstreams=RuntimeUpstreams(
+            lambda name, config, registry, handover: build_upstream(
+                name, config, registry, services, handover
+            ),
+            PluginRegistry.discover(),
+        ),
     )
+    services.upstreams.set_configured(frozenset(config.upstreams), services.upstreams.registry)
     services.access_log.fmt = config.logging.format
     services.extras["websockets"] = WebSocketRegistry(metrics.registry)
     return services

@@ -84,9 +84,13 @@ class Dispatcher:
         access_log: AccessLog | None,
         leases: LeaseUpstreams | None = None,
         websockets: WebSocketRegistry | None = None,
+        runtime: Mapping[str, ManagedUpstream] | None = None,
     ) -> None:
         self.table = table
         self.upstreams = upstreams
+        # The upstreams added at run time (process-wide, shared by every generation; the
+        # configured ones win): gatewayd.daemon.runtime_upstreams.
+        self.runtime: Mapping[str, ManagedUpstream] = runtime if runtime is not None else {}
         self.metrics = metrics
         self.access_log = access_log
         # ``relay:`` routes: the upstream of each lease with peers (made on demand, bounded).
@@ -228,7 +232,7 @@ class Dispatcher:
         name = ctx.upstream
         if name is None:
             raise UpstreamError(502, "no_upstream", f"route '{ctx.route.name}' has no upstream")
-        upstream = self.upstreams.get(name)
+        upstream = self.upstreams.get(name) or self.runtime.get(name)
         if upstream is not None:
             return upstream
         if name.startswith("relay:") and self.leases is not None:

@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 from multidict import CIMultiDict
 from pydantic import BaseModel
 
-from gatewayd.chain import BodyTooLarge, Plugin, PluginContext, RequestContext, Response
+from gatewayd.chain import AdminRoute, BodyTooLarge, Plugin, PluginContext, RequestContext, Response
 from gatewayd_llm import tokens
 from gatewayd_llm.config import LlmConfig
 from gatewayd_llm.endpoints import (
@@ -76,6 +76,14 @@ class LlmPlugin(Plugin):
     # on_response sees every reply of the route, so that the refusals of the plugins before it
     # (key_auth's 401, rate_limit's 429...) are OpenAI-shaped too
     sees_all_replies: ClassVar[bool] = True
+    # The operations API (providers, models, usage, the contract): /_admin/llm/...
+    admin_path: ClassVar[str] = "/_admin/llm"
+
+    @classmethod
+    def admin_routes(cls) -> list[AdminRoute]:
+        from gatewayd_llm import catalog_admin, contract, usage_api
+
+        return [*catalog_admin.routes(), *usage_api.routes(), *contract.routes()]
 
     def __init__(self, config: LlmConfig, context: PluginContext) -> None:
         super().__init__(config, context)
