@@ -115,6 +115,7 @@ async def build_generation(
         lease_upstreams(services, handover),
         websockets=services.extras.get("websockets"),
         runtime=services.upstreams.serving,
+        taps=services.taps,
     )
     forwarder.target = dispatcher.forward
     handover.forget_previous()

@@ -10,6 +10,7 @@ from gatewayd.config.schema import GatewayConfig, StateConfig
 from gatewayd.events.bus import EventBus
 from gatewayd.observability.access import AccessLog
 from gatewayd.observability.metrics import Metrics
+from gatewayd.observability.taps import RequestTaps
 from gatewayd.proxy.runtime_upstreams import RuntimeUpstreams
 from gatewayd.relay.registry import RelayRegistry
 from gatewayd.stores.keys import KeyStore
@@ -38,6 +39,7 @@ class Services:
     relay: RelayRegistry
     upstreams: RuntimeUpstreams
     access_log: AccessLog = field(default_factory=AccessLog)
+    taps: RequestTaps = field(default_factory=RequestTaps)
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property

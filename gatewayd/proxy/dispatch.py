@@ -25,6 +25,7 @@ from gatewayd.chain.runner import failure_response, run_done, run_request, run_r
 from gatewayd.config.schema import TimeoutsConfig
 from gatewayd.observability.access import AccessLog
 from gatewayd.observability.metrics import NO_ROUTE, Metrics
+from gatewayd.observability.taps import RequestTaps
 from gatewayd.proxy import websocket
 from gatewayd.proxy.client_ip import ListenerTrust, client_ip
 from gatewayd.proxy.errors import UpstreamError
@@ -85,12 +86,15 @@ class Dispatcher:
         leases: LeaseUpstreams | None = None,
         websockets: WebSocketRegistry | None = None,
         runtime: Mapping[str, ManagedUpstream] | None = None,
+        taps: RequestTaps | None = None,
     ) -> None:
         self.table = table
         self.upstreams = upstreams
         # The upstreams added at run time (process-wide, shared by every generation; the
         # configured ones win): gatewayd.daemon.runtime_upstreams.
         self.runtime: Mapping[str, ManagedUpstream] = runtime if runtime is not None else {}
+        # Who sees each finished request (the dashboard's live tail): the process's taps.
+        self.taps = taps if taps is not None else RequestTaps()
         self.metrics = metrics
         self.access_log = access_log
         # ``relay:`` routes: the upstream of each lease with peers (made on demand, bounded).
@@ -199,6 +203,8 @@ class Dispatcher:
             rm.duration.observe(time.monotonic() - ctx.started)
             if self.access_log is not None:
                 self.access_log.record(ctx, status, ctx.upstream)
+            if self.taps.active:
+                self.taps.emit(ctx, status)
 
     def refuse(
         self,
