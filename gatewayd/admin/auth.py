@@ -1,10 +1,16 @@
-"""Admin bearer tokens, checked against the bcrypt hashes in ``admin.tokens``.
+"""Who is calling the admin API: admin tokens (bcrypt hashes in ``admin.tokens`` or stored
+by ``gatewayd admin token create --store`` in ``<state.dir>/admin_tokens.json``) and JWTs from
+an identity provider (``admin.jwt``), each with a role, ``viewer`` (read-only) or ``operator``.
 
 ``Authorization: Bearer <token>``: no or malformed header -> 401 (with ``WWW-Authenticate``); a
-token that matches no configured hash -> 403; no ``admin.tokens`` configured -> 403 (the admin
-API is off). bcrypt runs off the event loop, two at a time; a token that matched is remembered
-(keyed by a keyed digest, together with the hash it matched) so later calls cost no bcrypt,
-and a reload that removes or changes the hash revokes it at once.
+token that matches no hash -> 403; an expired JWT -> 401; a JWT with a bad signature, issuer or
+audience, or a role claim that is not ``viewer``/``operator`` -> 403; no way to authenticate
+configured -> 403 (the admin API is off). bcrypt runs off the event loop, two at a time; a token
+that matched is remembered (keyed by a keyed digest, together with the hash it matched) so later
+calls cost no bcrypt, and a reload or a revocation that removes or changes the hash revokes it at
+once. Tokens are never logged.
+
+Other admin code (the dashboard's login) calls :func:`identify`.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import bcrypt
 from aiohttp import web
@@ -26,24 +33,64 @@ from gatewayd.admin.app import DAEMON
 
 log = logging.getLogger("gatewayd.admin")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-MAX_TOKEN = 512
+Role = Literal["viewer", "operator"]
+How = Literal["config", "stored", "jwt"]
+ROLES: frozenset[str] = frozenset({"viewer", "operator"})
+MAX_TOKEN = 8192  # JWTs from an IdP can be a few KiB
 NEGATIVE_TTL = 5.0
 CACHE_SIZE = 1024
 READ_METHODS = frozenset({"GET", "HEAD"})
 
 
+@dataclass(frozen=True, slots=True)
+class AdminIdentity:
+    """An authenticated admin caller: the token's (or the JWT subject's) id, its role and
+    where it was found: ``config`` (admin.tokens), ``stored`` (admin_tokens.json), ``jwt``."""
+
+    id: str
+    role: Role
+    how: How
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a token was not accepted: the status and the error body's code and message."""
+
+    status: int
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class HashedToken:
+    """One admin token a bcrypt hash stands for (from the config or the token file)."""
+
+    id: str
+    role: Role
+    hash: str
+    how: How
+
+
 def admin_error(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    request_id: str | None = None,
 ) -> web.Response:
-    body = {"error": {"code": code, "message": message, "request_id": uuid.uuid4().hex}}
+    body = {"error": {"code": code, "message": message, "request_id": request_id or _new_id()}}
     return web.json_response(body, status=status, headers=headers)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
 
 
 def _check(token: str, hashed: str) -> bool:
     try:
         return bcrypt.checkpw(token.encode(), hashed.encode())
     except ValueError:
-        log.warning("an admin.tokens hash is not a valid bcrypt hash")
+        log.warning("an admin token hash is not a valid bcrypt hash")
         return False
 
 
@@ -52,26 +99,26 @@ class AdminAuth:
 
     def __init__(self) -> None:
         self._pepper = secrets.token_bytes(32)
-        self._ok: OrderedDict[bytes, tuple[str, str]] = OrderedDict()  # digest -> (id, hash)
+        self._ok: OrderedDict[bytes, HashedToken] = OrderedDict()
         self._failed: OrderedDict[bytes, float] = OrderedDict()
         self._bcrypt = asyncio.Semaphore(2)
 
-    async def identify(self, token: str, tokens: list[Any]) -> str | None:
-        """The id of the configured token that ``token`` is, or None."""
+    async def match(self, token: str, tokens: Sequence[HashedToken]) -> HashedToken | None:
+        """The admin token of ``tokens`` that ``token`` is, or None."""
         digest = hashlib.blake2b(token.encode(), key=self._pepper, digest_size=20).digest()
         hit = self._ok.get(digest)
-        if hit is not None and any(t.id == hit[0] and t.hash == hit[1] for t in tokens):
-            return hit[0]
+        if hit is not None and hit in tokens:
+            return hit
         now = time.monotonic()
         if self._failed.get(digest, 0.0) > now:
             return None
         async with self._bcrypt:
             for t in tokens:
                 if await asyncio.to_thread(_check, token, t.hash):
-                    self._ok[digest] = (t.id, t.hash)
+                    self._ok[digest] = t
                     while len(self._ok) > CACHE_SIZE:
                         self._ok.popitem(last=False)
-                    return str(t.id)
+                    return t
         self._failed[digest] = now + NEGATIVE_TTL
         while len(self._failed) > CACHE_SIZE:
             self._failed.popitem(last=False)
@@ -82,49 +129,94 @@ ADMIN_AUTH: web.AppKey[AdminAuth] = web.AppKey("admin_auth", AdminAuth)
 
 
 def install(app: web.Application) -> None:
-    app[ADMIN_AUTH] = AdminAuth()
+    if ADMIN_AUTH not in app:
+        app[ADMIN_AUTH] = AdminAuth()
+
+
+def _app_of(request_or_app: web.Request | web.Application) -> web.Application:
+    if isinstance(request_or_app, web.Request):
+        return request_or_app.app
+    return request_or_app
+
+
+def hashed_tokens(app: web.Application) -> list[HashedToken]:
+    """The admin tokens that count now: the config's, then the token file's."""
+    config = app[DAEMON].config
+    if config is None:
+        return []
+    return [HashedToken(t.id, t.role, t.hash, "config") for t in config.admin.tokens]
+
+
+async def authenticate(
+    request_or_app: web.Request | web.Application, token: str
+) -> AdminIdentity | Refusal:
+    """The admin identity ``token`` stands for, or why it is refused."""
+    app = _app_of(request_or_app)
+    tokens = hashed_tokens(app)
+    if not tokens:
+        return Refusal(403, "forbidden", "the admin API is disabled (no admin.tokens)")
+    if not token or len(token) > MAX_TOKEN:
+        return Refusal(403, "forbidden", "this admin token is not accepted")
+    auth = app.get(ADMIN_AUTH) or AdminAuth()
+    hit = await auth.match(token, tokens)
+    if hit is None:
+        return Refusal(403, "forbidden", "this admin token is not accepted")
+    return AdminIdentity(hit.id, hit.role, hit.how)
+
+
+async def identify(
+    request_or_app: web.Request | web.Application, token: str
+) -> AdminIdentity | None:
+    """Who ``token`` (an admin token or an IdP's JWT, without ``Bearer``) is, or None when it
+    is not accepted. For admin code that authenticates by other means than the
+    ``Authorization`` header (the dashboard's login form)."""
+    found = await authenticate(request_or_app, token)
+    return found if isinstance(found, AdminIdentity) else None
 
 
 def has_role(request: web.Request, role: str) -> bool:
-    """Whether the admin token of this (guarded) request may call a ``role`` endpoint:
-    an ``operator`` token may call everything, a ``viewer`` token the ``viewer`` ones."""
+    """Whether the admin caller of this (guarded) request may call a ``role`` endpoint:
+    an ``operator`` may call everything, a ``viewer`` the ``viewer`` ones."""
     return role == "viewer" or request.get("admin_role") == "operator"
 
 
 def admin_route(handler: Handler) -> Handler:
-    """Wrap an admin handler: only callers with a configured admin token get through, and
-    only ``operator`` tokens for anything but GET/HEAD (``viewer`` tokens read). The token's
-    id is in ``request["admin_token"]``, its role in ``request["admin_role"]``."""
+    """Wrap an admin handler: only authenticated admin callers get through, and only
+    ``operator`` ones for anything but GET/HEAD (``viewer`` ones read). The caller's id is in
+    ``request["admin_token"]``, its role in ``request["admin_role"]``, the whole
+    :class:`AdminIdentity` in ``request["admin_identity"]``."""
     return _guard(handler, writes_need_operator=True)
 
 
 def admin_route_by_role(handler: Handler) -> Handler:
     """Like :func:`admin_route`, for handlers that check the role themselves (plugins'
-    routes, which declare theirs): any configured admin token gets through."""
+    routes, which declare theirs): any authenticated admin caller gets through."""
     return _guard(handler, writes_need_operator=False)
 
 
 def _guard(handler: Handler, writes_need_operator: bool) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
-        daemon = request.app[DAEMON]
-        tokens = list(daemon.config.admin.tokens) if daemon.config is not None else []
         challenge = {"WWW-Authenticate": 'Bearer realm="gatewayd-admin"'}
+        request_id = request.headers.get("X-Request-ID", "")[:128] or _new_id()
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN:
-            return admin_error(401, "unauthorized", "an admin bearer token is required", challenge)
-        if not tokens:
-            return admin_error(403, "forbidden", "the admin API is disabled (no admin.tokens)")
-        auth = request.app.get(ADMIN_AUTH) or AdminAuth()
-        token_id = await auth.identify(token, tokens)
-        if token_id is None:
-            return admin_error(403, "forbidden", "this admin token is not accepted")
-        request["admin_token"] = token_id
-        request["admin_role"] = next((t.role for t in tokens if t.id == token_id), "viewer")
+            return admin_error(
+                401, "unauthorized", "an admin bearer token is required", challenge, request_id
+            )
+        found = await authenticate(request, token)
+        if isinstance(found, Refusal):
+            headers = challenge if found.status == 401 else None
+            return admin_error(found.status, found.code, found.message, headers, request_id)
+        request["admin_identity"] = found
+        request["admin_token"] = found.id
+        request["admin_role"] = found.role
         writes = writes_need_operator and request.method not in READ_METHODS
         if writes and not has_role(request, "operator"):
-            return admin_error(403, "forbidden", "this endpoint needs an operator admin token")
+            return admin_error(
+                403, "forbidden", "this endpoint needs an operator admin token", None, request_id
+            )
         return await handler(request)
 
     guarded.__name__ = getattr(handler, "__name__", "admin_handler")
