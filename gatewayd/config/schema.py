@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from gatewayd.config.audit import AuditConfig
 from gatewayd.config.units import Duration, Rate, Ratio, Size
 
 
@@ -429,6 +430,7 @@ class GatewayConfig(Model):
     routes: list[RouteConfig] = []
     relay: RelayConfig = RelayConfig()
     events: EventsConfig = EventsConfig()
+    audit: AuditConfig = AuditConfig()
 
     @property
     def pid_file(self) -> Path:
