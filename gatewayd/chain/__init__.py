@@ -22,6 +22,7 @@ from gatewayd.chain.api import (
     RouteInfo,
     error_body,
 )
+from gatewayd.chain.panels import Panel, PanelView, panels_of
 from gatewayd.chain.services import (
     AsyncLimiter,
     BudgetReservation,
@@ -91,6 +92,8 @@ __all__ = [
     "LimitDecision",
     "Limiter",
     "MetricsFactory",
+    "Panel",
+    "PanelView",
     "PassiveConfig",
     "Plugin",
     "PluginConfig",
@@ -122,4 +125,5 @@ __all__ = [
     "UpstreamUnavailable",
     "WebSocketChannel",
     "error_body",
+    "panels_of",
 ]
