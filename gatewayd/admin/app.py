@@ -45,6 +45,7 @@ RouteInstaller = Callable[[web.Application], None]
 def installers() -> list[RouteInstaller]:
     from gatewayd.admin import api as identity_api
     from gatewayd.admin import events as events_api
+    from gatewayd.admin import openapi as openapi_api
     from gatewayd.admin import plugins as plugins_api
     from gatewayd.admin import relay as relay_api
     from gatewayd.admin import upstreams as upstreams_api
@@ -55,6 +56,7 @@ def installers() -> list[RouteInstaller]:
         relay_api.install,
         upstreams_api.install,
         plugins_api.install,
+        openapi_api.install,
     ]
 
 
