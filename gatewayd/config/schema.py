@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from gatewayd.config.audit import AuditConfig
+from gatewayd.config.metrics import MetricsConfig
 from gatewayd.config.units import Duration, Rate, Ratio, Size
 
 
@@ -431,6 +432,7 @@ class GatewayConfig(Model):
     relay: RelayConfig = RelayConfig()
     events: EventsConfig = EventsConfig()
     audit: AuditConfig = AuditConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @property
     def pid_file(self) -> Path:
