@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from gatewayd.config.audit import AuditConfig
+from gatewayd.config.idp import AdminJwtConfig
 from gatewayd.config.metrics import MetricsConfig
 from gatewayd.config.units import Duration, Rate, Ratio, Size
 
@@ -77,11 +78,21 @@ class AdminToken(Model):
 class AdminConfig(Model):
     listen: str = "127.0.0.1:9901"
     tokens: list[AdminToken] = []
+    jwt: AdminJwtConfig | None = None  # JWTs from an IdP (gatewayd.config.idp)
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
         parse_address(v)
+        return v
+
+    @field_validator("tokens")
+    @classmethod
+    def _unique_ids(cls, v: list[AdminToken]) -> list[AdminToken]:
+        ids = [t.id for t in v]
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        if twice:
+            raise ValueError(f"the same token id twice: {', '.join(twice)}")
         return v
 
 
