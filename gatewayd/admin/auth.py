@@ -24,7 +24,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import bcrypt
 from aiohttp import web
@@ -123,6 +123,14 @@ class AdminAuth:
         while len(self._failed) > CACHE_SIZE:
             self._failed.popitem(last=False)
         return None
+
+    async def identify(self, token: str, tokens: Sequence[Any]) -> str | None:
+        """The id of the configured token (an ``admin.tokens`` entry) that ``token`` is, or
+        None. Prefer the module's :func:`identify`: it knows stored tokens and JWTs too."""
+        found = await self.match(
+            token, [HashedToken(t.id, t.role, t.hash, "config") for t in tokens]
+        )
+        return None if found is None else found.id
 
 
 ADMIN_AUTH: web.AppKey[AdminAuth] = web.AppKey("admin_auth", AdminAuth)

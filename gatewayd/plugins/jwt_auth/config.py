@@ -2,32 +2,12 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from pydantic import Field, model_validator
 
 from gatewayd.chain import Duration, PluginConfig, Size
+from gatewayd.chain.jwks import ASYMMETRIC_ALGS, HMAC_ALGS, check_algorithms, check_url
 
-HMAC_ALGS = frozenset({"HS256", "HS384", "HS512"})
-ASYMMETRIC_ALGS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
-)
-LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
-
-
-def check_url(url: str, allow_insecure_http: bool, what: str) -> None:
-    """https, or http to a loopback address, or any http with ``allow_insecure_http``."""
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return
-    if parts.scheme == "http" and parts.hostname:
-        if parts.hostname in LOOPBACK or allow_insecure_http:
-            return
-        raise ValueError(
-            f"{what} must use https (http is only allowed to 127.0.0.1/::1/localhost, "
-            "or with allow_insecure_http: true)"
-        )
-    raise ValueError(f"{what} is not an http(s) URL: {url!r}")
+__all__ = ["ASYMMETRIC_ALGS", "HMAC_ALGS", "check_url"]
 
 
 class ClaimsMap(PluginConfig):
@@ -81,12 +61,7 @@ class JwtAuthConfig(PluginConfig):
         algs = set(self.algorithms)
         if not algs and self.introspection is None:
             raise ValueError("'algorithms' must list at least one algorithm")
-        bad = algs - HMAC_ALGS - ASYMMETRIC_ALGS
-        if bad:
-            raise ValueError(
-                f"algorithm(s) not allowed: {', '.join(sorted(bad))} (allowed: "
-                f"{', '.join(sorted(HMAC_ALGS | ASYMMETRIC_ALGS))}; never 'none')"
-            )
+        check_algorithms(self.algorithms)
         if algs & HMAC_ALGS and not self.secret:
             raise ValueError("HS* algorithms need 'secret'")
         if self.secret and not algs & HMAC_ALGS:
