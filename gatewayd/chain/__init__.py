@@ -60,6 +60,8 @@ from gatewayd.chain.upstream import (
     UpstreamUnavailable,
     WebSocketChannel,
 )
+from gatewayd.config.errors import ConfigError  # a distribution's commands read the config
+from gatewayd.config.loader import load_config  # as the daemon does (gatewayd.commands)
 from gatewayd.config.units import Duration, Rate, RateValue, Ratio, Size
 
 __all__ = [
@@ -76,6 +78,7 @@ __all__ = [
     "BodyTooLarge",
     "BudgetReservation",
     "ClientWebSocketChannel",
+    "ConfigError",
     "CounterFamily",
     "CounterSeries",
     "Duration",
@@ -125,5 +128,6 @@ __all__ = [
     "UpstreamUnavailable",
     "WebSocketChannel",
     "error_body",
+    "load_config",
     "panels_of",
 ]
