@@ -12,10 +12,11 @@ from typing import Any, ClassVar, Literal
 
 import aiohttp
 from pydantic import Field
+from yarl import URL
 
 from gatewayd.chain import Attempt, Response, TimeoutsConfig
 from gatewayd_llm.exchange import Exchange, StreamFailed
-from gatewayd_llm.kinds.base import HttpProvider, ProviderConfig, read_whole
+from gatewayd_llm.kinds.base import HttpProvider, Probe, ProviderConfig, read_whole
 from gatewayd_llm.kinds.translate import (
     SHAPE_ERRORS,
     BadRequest,
@@ -77,35 +78,45 @@ class AnthropicUpstreamConfig(ProviderConfig):
     beta: list[str] = []  # anthropic-beta feature flags, sent with every request
 
 
+def request_headers(
+    config: AnthropicUpstreamConfig, exchange: Exchange | None, secret: str | None
+) -> dict[str, str]:
+    """Ours only (never the client's): the credential, the API version, the request id."""
+    stream = exchange is not None and exchange.stream
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "text/event-stream" if stream else "application/json",
+        "User-Agent": "gatewayd-llm",
+        "anthropic-version": config.anthropic_version,
+    }
+    if exchange is not None and exchange.request_id:
+        headers["X-Request-ID"] = exchange.request_id
+    if secret:
+        headers["x-api-key"] = secret
+    if config.beta:
+        headers["anthropic-beta"] = ",".join(config.beta)
+    return headers
+
+
 class AnthropicUpstream(HttpProvider):
     kind: ClassVar[str] = "anthropic"
     Config: ClassVar[type[ProviderConfig]] = AnthropicUpstreamConfig
     config: AnthropicUpstreamConfig
 
-    def headers(self, exchange: Exchange | None) -> dict[str, str]:
-        """Ours only (never the client's): the credential, the API version, the request id."""
-        stream = exchange is not None and exchange.stream
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream" if stream else "application/json",
-            "User-Agent": "gatewayd-llm",
-            "anthropic-version": self.config.anthropic_version,
-        }
-        if exchange is not None and exchange.request_id:
-            headers["X-Request-ID"] = exchange.request_id
-        secret = self.secret()
-        if secret:
-            headers["x-api-key"] = secret
-        if self.config.beta:
-            headers["anthropic-beta"] = ",".join(self.config.beta)
-        return headers
+    @classmethod
+    def cheap_probe(cls, config: ProviderConfig, secret: str | None) -> Probe:
+        """``GET /v1/models`` (Anthropic's model list)."""
+        assert isinstance(config, AnthropicUpstreamConfig)
+        return Probe(URL(config.base_url + "/v1/models"), request_headers(config, None, secret))
+
+    def headers(self, exchange: Exchange | None, secret: str | None) -> dict[str, str]:
+        return request_headers(self.config, exchange, secret)
 
     async def probe(
         self, session: aiohttp.ClientSession, attempt: Attempt, timeouts: TimeoutsConfig
     ) -> Response:
-        return await probe_models(
-            session, self.url("/v1/models"), self.headers(None), self.name, timeouts
-        )
+        probe = self.cheap_probe(self.config, self.secret())
+        return await probe_models(session, probe.url, probe.headers, self.name, timeouts)
 
     async def call(
         self,
@@ -120,12 +131,8 @@ class AnthropicUpstream(HttpProvider):
             payload = self.messages_request(exchange)
         except BadRequest as exc:
             return error_reply(400, exc.message, None, exc.param)
-        resp = await session.post(
-            self.url("/v1/messages"),
-            data=json.dumps(payload, separators=(",", ":")).encode(),
-            headers=self.headers(exchange),
-            allow_redirects=False,
-        )
+        data = json.dumps(payload, separators=(",", ":")).encode()
+        resp = await self.post(session, self.url("/v1/messages"), data, exchange)
         try:
             if resp.status != 200:
                 return await self.error(resp, timeouts)

@@ -6,17 +6,26 @@ client instead: ``UpstreamContext.http_client()``).
 A kind's ``send`` serves two callers: the ``llm`` plugin (``ctx.state[EXCHANGE]`` holds the
 request, see :mod:`gatewayd_llm.exchange`) and gatewayd's active health checks (no exchange: the
 kind answers a cheap probe, such as the provider's model list, never a billed completion).
+Each kind says once what that probe is (:meth:`HttpProvider.cheap_probe`: URL and headers);
+its health check and the admin API's connectivity test (:mod:`gatewayd_llm.connectivity`) both
+send it.
+
+The provider's secret is ``api_key`` (fixed) or ``credential`` (a name in the process's
+:class:`~gatewayd_llm.credentials.Credentials`, read at send time: a rotation applies to the
+next request). With a credential, a 401 from the provider is retried once, before anything
+reaches the client, with the credential's alternate secret while a rotation's grace lasts.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import aiohttp
 from multidict import CIMultiDict
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from yarl import URL
 
 from gatewayd.chain import (
@@ -32,6 +41,7 @@ from gatewayd.chain import (
     UpstreamTimeout,
     WebSocketChannel,
 )
+from gatewayd_llm.credentials import Credentials, credentials
 from gatewayd_llm.exchange import EXCHANGE, Exchange, StreamFailed
 
 READ_CHUNK = 64 * 1024
@@ -39,10 +49,13 @@ READ_CHUNK = 64 * 1024
 
 class ProviderConfig(UpstreamConfig):
     """Common keys of the HTTP provider kinds. ``api_key`` is a secret: never logged, never in
-    an error, a metric or an event (``${ENV}`` references are expanded by gatewayd's loader)."""
+    an error, a metric or an event (``${ENV}`` references are expanded by gatewayd's loader).
+    ``credential`` instead names a secret of the process's ``Credentials`` (the admin API's
+    providers: sealed at rest, rotated live)."""
 
     base_url: str
     api_key: SecretStr | None = None
+    credential: str | None = Field(None, min_length=1)
     # Connections to the provider at once (each stream holds one for its whole length): the
     # official OpenAI SDK allows 1,000 too.
     max_connections: int = Field(1000, ge=1)
@@ -54,6 +67,20 @@ class ProviderConfig(UpstreamConfig):
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"invalid base_url {v!r} (expected http(s)://host[:port][/path])")
         return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> ProviderConfig:
+        if self.api_key is not None and self.credential is not None:
+            raise ValueError("credential: give either api_key or credential, not both")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """A kind's cheap request (its model list): GET ``url`` with ``headers``; never billed."""
+
+    url: URL
+    headers: dict[str, str]
 
 
 class HttpProvider:
@@ -71,6 +98,14 @@ class HttpProvider:
         # One target, the provider; kept across reloads so health and ejection carry over.
         self._targets: list[Target] = context.keep("targets", lambda: [Target(config.base_url)])
         self.session: aiohttp.ClientSession | None = None
+        self.credentials: Credentials | None = (
+            credentials(context.services) if config.credential is not None else None
+        )
+
+    @classmethod
+    def cheap_probe(cls, config: ProviderConfig, secret: str | None) -> Probe:
+        """The kind's health probe for ``config`` sending ``secret``."""
+        raise NotImplementedError
 
     def targets(self) -> Sequence[Target]:
         return self._targets
@@ -94,14 +129,49 @@ class HttpProvider:
         return URL(str(self.base) + path)
 
     def secret(self) -> str | None:
+        """The secret to send now: the credential's current one, or ``api_key``."""
+        if self.credentials is not None and self.config.credential is not None:
+            return self.credentials.current(self.config.credential)
         return self.config.api_key.get_secret_value() if self.config.api_key else None
 
+    def retry_secret(self, used: str | None) -> str | None:
+        """The secret to retry a 401 with, once: the credential's alternate while a rotation's
+        grace lasts (None otherwise, and always for ``api_key``)."""
+        if self.credentials is None or self.config.credential is None:
+            return None
+        return self.credentials.alternate(self.config.credential, used)
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret this upstream may send (what :meth:`scrub` removes)."""
+        if self.credentials is not None and self.config.credential is not None:
+            return self.credentials.secrets(self.config.credential)
+        return (self.config.api_key.get_secret_value(),) if self.config.api_key else ()
+
     def scrub(self, text: str) -> str:
-        """``text`` without this upstream's credential in it (a provider may quote it)."""
+        """``text`` without this upstream's secrets in it (a provider may quote them)."""
+        return scrub(text, self.secrets())
+
+    def headers(self, exchange: Exchange | None, secret: str | None) -> dict[str, str]:
+        """The headers of a request to the provider sending ``secret`` (the aiohttp kinds)."""
+        raise NotImplementedError
+
+    async def post(
+        self, session: aiohttp.ClientSession, url: URL, data: bytes, exchange: Exchange
+    ) -> aiohttp.ClientResponse:
+        """POST ``data`` to the provider with the current secret; a 401 is retried once with
+        the credential's alternate (a rotation's grace), before anything was read of it."""
         secret = self.secret()
-        if secret and secret in text:
-            text = text.replace(secret, "***")
-        return text
+        resp = await session.post(
+            url, data=data, headers=self.headers(exchange, secret), allow_redirects=False
+        )
+        if resp.status == 401:
+            other = self.retry_secret(secret)
+            if other is not None:
+                resp.close()
+                resp = await session.post(
+                    url, data=data, headers=self.headers(exchange, other), allow_redirects=False
+                )
+        return resp
 
     def provider_error(self, status: int, payload: Any) -> tuple[str, str | None, str | None]:
         """(message, code, param) of a provider's error reply, safe to show to the client: the
@@ -179,6 +249,14 @@ class HttpProvider:
             attempt.error = "disconnect"
             return UpstreamError(502, "upstream_error", f"upstream '{self.name}' failed")
         return exc
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with each of ``secrets`` replaced by ``***``."""
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, "***")
+    return text
 
 
 def no_websockets(upstream: str, kind: str, attempt: Attempt) -> UpstreamError:

@@ -15,10 +15,11 @@ from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
 import aiohttp
+from yarl import URL
 
 from gatewayd.chain import Attempt, Response, TimeoutsConfig
 from gatewayd_llm.exchange import Exchange, StreamFailed
-from gatewayd_llm.kinds.base import HttpProvider, ProviderConfig, read_whole
+from gatewayd_llm.kinds.base import HttpProvider, Probe, ProviderConfig, read_whole
 from gatewayd_llm.kinds.translate import (
     SHAPE_ERRORS,
     BadRequest,
@@ -67,27 +68,34 @@ class OllamaUpstreamConfig(ProviderConfig):
     options: dict[str, Any] = {}  # Ollama options sent with every request (e.g. num_ctx)
 
 
+def request_headers(exchange: Exchange | None, secret: str | None) -> dict[str, str]:
+    """Ours only (never the client's): the request id, the credential if one is set."""
+    headers = {"Content-Type": "application/json", "User-Agent": "gatewayd-llm"}
+    if exchange is not None and exchange.request_id:
+        headers["X-Request-ID"] = exchange.request_id
+    if secret:
+        headers["Authorization"] = f"Bearer {secret}"
+    return headers
+
+
 class OllamaUpstream(HttpProvider):
     kind: ClassVar[str] = "ollama"
     Config: ClassVar[type[ProviderConfig]] = OllamaUpstreamConfig
     config: OllamaUpstreamConfig
 
-    def headers(self, exchange: Exchange | None) -> dict[str, str]:
-        """Ours only (never the client's): the request id, the credential if one is set."""
-        headers = {"Content-Type": "application/json", "User-Agent": "gatewayd-llm"}
-        if exchange is not None and exchange.request_id:
-            headers["X-Request-ID"] = exchange.request_id
-        secret = self.secret()
-        if secret:
-            headers["Authorization"] = f"Bearer {secret}"
-        return headers
+    @classmethod
+    def cheap_probe(cls, config: ProviderConfig, secret: str | None) -> Probe:
+        """``GET /api/tags`` (the local models)."""
+        return Probe(URL(config.base_url + "/api/tags"), request_headers(None, secret))
+
+    def headers(self, exchange: Exchange | None, secret: str | None) -> dict[str, str]:
+        return request_headers(exchange, secret)
 
     async def probe(
         self, session: aiohttp.ClientSession, attempt: Attempt, timeouts: TimeoutsConfig
     ) -> Response:
-        return await probe_models(
-            session, self.url("/api/tags"), self.headers(None), self.name, timeouts
-        )
+        probe = self.cheap_probe(self.config, self.secret())
+        return await probe_models(session, probe.url, probe.headers, self.name, timeouts)
 
     async def call(
         self,
@@ -100,12 +108,8 @@ class OllamaUpstream(HttpProvider):
             payload = self.native_request(exchange)
         except BadRequest as exc:
             return error_reply(400, exc.message, None, exc.param)
-        resp = await session.post(
-            self.url(PATHS[exchange.operation]),
-            data=json.dumps(payload, separators=(",", ":")).encode(),
-            headers=self.headers(exchange),
-            allow_redirects=False,
-        )
+        data = json.dumps(payload, separators=(",", ":")).encode()
+        resp = await self.post(session, self.url(PATHS[exchange.operation]), data, exchange)
         try:
             if resp.status != 200:
                 return await self.error(resp, timeouts)

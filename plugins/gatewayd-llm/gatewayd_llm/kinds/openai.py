@@ -41,7 +41,7 @@ from gatewayd.chain import (
     UpstreamTimeout,
 )
 from gatewayd_llm.exchange import EXCHANGE, Exchange, Operation, StreamFailed
-from gatewayd_llm.kinds.base import HttpProvider, ProviderConfig
+from gatewayd_llm.kinds.base import HttpProvider, Probe, ProviderConfig
 from gatewayd_llm.kinds.translate import error_reply
 from gatewayd_llm.wire import DONE, SseDecoder, sse_headers
 
@@ -70,7 +70,6 @@ class OpenAIUpstream(HttpProvider):
         self.origin = str(base.origin())
         prefix = base.raw_path.rstrip("/")
         self.paths = {operation: prefix + path for operation, path in PATHS.items()}
-        self.models_path = prefix + "/models"
         self.client: HttpClient | None = None
 
     async def start(self) -> None:
@@ -103,19 +102,19 @@ class OpenAIUpstream(HttpProvider):
         attempt.status = reply.status
         return reply
 
-    def provider_headers(self, exchange: Exchange | None, stream: bool) -> CIMultiDict[str]:
+    @classmethod
+    def cheap_probe(cls, config: ProviderConfig, secret: str | None) -> Probe:
+        """``GET {base_url}/models`` (the model list)."""
+        assert isinstance(config, OpenAIUpstreamConfig)
+        headers = request_headers(config, None, False, secret)
+        return Probe(URL(config.base_url + "/models"), dict(headers))
+
+    def provider_headers(
+        self, exchange: Exchange | None, stream: bool, secret: str | None
+    ) -> CIMultiDict[str]:
         config = self.config
         assert isinstance(config, OpenAIUpstreamConfig)
-        headers: CIMultiDict[str] = CIMultiDict(config.headers)
-        headers["Content-Type"] = "application/json"
-        headers["Accept"] = "text/event-stream" if stream else "application/json"
-        headers["User-Agent"] = "gatewayd-llm"
-        secret = self.secret()
-        if secret:
-            headers["Authorization"] = f"Bearer {secret}"
-        if exchange is not None and exchange.request_id:
-            headers["X-Request-ID"] = exchange.request_id
-        return headers
+        return request_headers(config, exchange, stream, secret)
 
     def request_body(self, exchange: Exchange) -> dict[str, Any]:
         body = exchange.body
@@ -142,16 +141,21 @@ class OpenAIUpstream(HttpProvider):
         timeouts: TimeoutsConfig,
     ) -> Response:
         stream = exchange.stream and exchange.operation != "embeddings"
+        path = self.paths[exchange.operation]
+        data = json.dumps(self.request_body(exchange)).encode()
+        secret = self.secret()
+        headers = self.provider_headers(exchange, stream, secret)
         reply = await client.request(
-            ctx,
-            attempt,
-            "POST",
-            self.origin,
-            self.paths[exchange.operation],
-            self.provider_headers(exchange, stream),
-            json.dumps(self.request_body(exchange)).encode(),
-            timeouts,
+            ctx, attempt, "POST", self.origin, path, headers, data, timeouts
         )
+        if reply.status == 401:
+            other = self.retry_secret(secret)
+            if other is not None:  # a rotation's grace: once with the other secret
+                await discard(reply)
+                headers = self.provider_headers(exchange, stream, other)
+                reply = await client.request(
+                    ctx, attempt, "POST", self.origin, path, headers, data, timeouts
+                )
         if reply.status >= 400:
             return await self.refusal(reply)
         if not stream:
@@ -215,18 +219,34 @@ class OpenAIUpstream(HttpProvider):
         self, client: HttpClient, ctx: RequestContext, attempt: Attempt, timeouts: TimeoutsConfig
     ) -> Response:
         """A health check: the model list (cheap, never billed)."""
+        probe = self.cheap_probe(self.config, self.secret())
         reply = await client.request(
             ctx,
             attempt,
             "GET",
             self.origin,
-            self.models_path,
-            self.provider_headers(None, False),
+            probe.url.raw_path_qs,
+            CIMultiDict(probe.headers),
             None,
             timeouts,
         )
         await discard(reply)
         return Response(reply.status, CIMultiDict({"Content-Type": "application/json"}), b"")
+
+
+def request_headers(
+    config: OpenAIUpstreamConfig, exchange: Exchange | None, stream: bool, secret: str | None
+) -> CIMultiDict[str]:
+    """Ours only (never the client's): ``headers:``, the credential, the request id."""
+    headers: CIMultiDict[str] = CIMultiDict(config.headers)
+    headers["Content-Type"] = "application/json"
+    headers["Accept"] = "text/event-stream" if stream else "application/json"
+    headers["User-Agent"] = "gatewayd-llm"
+    if secret:
+        headers["Authorization"] = f"Bearer {secret}"
+    if exchange is not None and exchange.request_id:
+        headers["X-Request-ID"] = exchange.request_id
+    return headers
 
 
 async def discard(reply: Response) -> None:
