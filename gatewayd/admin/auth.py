@@ -23,13 +23,17 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import bcrypt
 from aiohttp import web
 
 from gatewayd.admin.app import DAEMON
+from gatewayd.admin.idp import AdminJwtVerifier, JwtRefused, looks_like_jwt
+from gatewayd.admin.tokens import TokenFile, token_path
+from gatewayd.config.idp import AdminJwtConfig
+from gatewayd.config.schema import GatewayConfig
 
 log = logging.getLogger("gatewayd.admin")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -40,6 +44,7 @@ MAX_TOKEN = 8192  # JWTs from an IdP can be a few KiB
 NEGATIVE_TTL = 5.0
 CACHE_SIZE = 1024
 READ_METHODS = frozenset({"GET", "HEAD"})
+DISABLED = "the admin API is disabled (no admin.tokens, stored admin tokens or admin.jwt)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +72,8 @@ class HashedToken:
 
     id: str
     role: Role
-    hash: str
-    how: How
+    hash: str = field(repr=False)
+    how: How = "config"
 
 
 def admin_error(
@@ -102,6 +107,10 @@ class AdminAuth:
         self._ok: OrderedDict[bytes, HashedToken] = OrderedDict()
         self._failed: OrderedDict[bytes, float] = OrderedDict()
         self._bcrypt = asyncio.Semaphore(2)
+        self._file: TokenFile | None = None
+        self._verifier: AdminJwtVerifier | None = None
+        self._shadowed: set[str] = set()
+        self._closing: set[asyncio.Future[None]] = set()
 
     async def match(self, token: str, tokens: Sequence[HashedToken]) -> HashedToken | None:
         """The admin token of ``tokens`` that ``token`` is, or None."""
@@ -124,6 +133,45 @@ class AdminAuth:
             self._failed.popitem(last=False)
         return None
 
+    def hashed_tokens(self, config: GatewayConfig) -> list[HashedToken]:
+        """The admin tokens that count now: the config's, then the token file's (re-read when
+        it changed). A stored id that the config has too is left out, with a warning."""
+        out = [HashedToken(t.id, t.role, t.hash, "config") for t in config.admin.tokens]
+        path = token_path(config.state.dir)
+        if self._file is None or self._file.path != path:
+            self._file = TokenFile(path)
+        ids = {t.id for t in out}
+        for t in self._file.tokens():
+            if t.id in ids:
+                if t.id not in self._shadowed:
+                    self._shadowed.add(t.id)
+                    log.warning(
+                        "a stored admin token has the id of a configured one; only the "
+                        "configured one counts",
+                        extra={"token_id": t.id, "file": str(path)},
+                    )
+                continue
+            out.append(HashedToken(t.id, t.role, t.hash, "stored"))
+        return out
+
+    def verifier(self, config: AdminJwtConfig) -> AdminJwtVerifier:
+        """The JWT verifier of this ``admin.jwt`` (a new one when a reload changed it)."""
+        old = self._verifier
+        if old is None or old.config != config:
+            self._verifier = AdminJwtVerifier(config)
+            if old is not None:
+                closing = asyncio.ensure_future(old.close())
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
+        assert self._verifier is not None
+        return self._verifier
+
+    async def close(self) -> None:
+        if self._verifier is not None:
+            await self._verifier.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
     async def identify(self, token: str, tokens: Sequence[Any]) -> str | None:
         """The id of the configured token (an ``admin.tokens`` entry) that ``token`` is, or
         None. Prefer the module's :func:`identify`: it knows stored tokens and JWTs too."""
@@ -137,8 +185,14 @@ ADMIN_AUTH: web.AppKey[AdminAuth] = web.AppKey("admin_auth", AdminAuth)
 
 
 def install(app: web.Application) -> None:
-    if ADMIN_AUTH not in app:
-        app[ADMIN_AUTH] = AdminAuth()
+    if ADMIN_AUTH in app:
+        return
+    app[ADMIN_AUTH] = AdminAuth()
+
+    async def close(app: web.Application) -> None:
+        await app[ADMIN_AUTH].close()
+
+    app.on_cleanup.append(close)
 
 
 def _app_of(request_or_app: web.Request | web.Application) -> web.Application:
@@ -147,25 +201,31 @@ def _app_of(request_or_app: web.Request | web.Application) -> web.Application:
     return request_or_app
 
 
-def hashed_tokens(app: web.Application) -> list[HashedToken]:
-    """The admin tokens that count now: the config's, then the token file's."""
-    config = app[DAEMON].config
-    if config is None:
-        return []
-    return [HashedToken(t.id, t.role, t.hash, "config") for t in config.admin.tokens]
-
-
 async def authenticate(
     request_or_app: web.Request | web.Application, token: str
 ) -> AdminIdentity | Refusal:
     """The admin identity ``token`` stands for, or why it is refused."""
     app = _app_of(request_or_app)
-    tokens = hashed_tokens(app)
-    if not tokens:
-        return Refusal(403, "forbidden", "the admin API is disabled (no admin.tokens)")
+    config = app[DAEMON].config
+    if config is None:
+        return Refusal(503, "not_ready", "no config loaded")
     if not token or len(token) > MAX_TOKEN:
         return Refusal(403, "forbidden", "this admin token is not accepted")
     auth = app.get(ADMIN_AUTH) or AdminAuth()
+    jwt_config = config.admin.jwt
+    if jwt_config is not None and looks_like_jwt(token):
+        try:
+            subject, role = await auth.verifier(jwt_config).verify(token)
+        except JwtRefused as exc:
+            return Refusal(exc.status, exc.code, exc.message)
+        return AdminIdentity(subject, "operator" if role == "operator" else "viewer", "jwt")
+    tokens = auth.hashed_tokens(config)
+    if not tokens and jwt_config is None:
+        return Refusal(
+            403,
+            "forbidden",
+            "the admin API is disabled (no admin.tokens, stored tokens or admin.jwt)",
+        )
     hit = await auth.match(token, tokens)
     if hit is None:
         return Refusal(403, "forbidden", "this admin token is not accepted")
