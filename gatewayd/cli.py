@@ -26,10 +26,11 @@ COMMANDS_GROUP = "gatewayd.commands"
 
 def installers() -> list[Installer]:
     from gatewayd.cli_admin import install as install_admin
+    from gatewayd.cli_audit import install as install_audit
     from gatewayd.cli_keys import install as install_keys
     from gatewayd.cli_peer import install as install_peer
 
-    return [install_keys, install_peer, install_admin, *distribution_installers()]
+    return [install_keys, install_peer, install_admin, install_audit, *distribution_installers()]
 
 
 def distribution_installers() -> list[Installer]:
