@@ -14,14 +14,18 @@
     breaker: {failures: 5, open_for: 30s}
     default_max_tokens: 1024       # what a request without max_tokens reserves
     max_body: 4MiB
+    catalog: true                  # also serve the models added through /_admin/llm/models
+    secrets_key_file: /etc/gatewayd/llm.key   # seals the secrets given to /_admin/llm
+    rotation_grace: 5m             # the old secret stays usable this long after a rotation
 ```
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from gatewayd.chain import Duration, PluginConfig, Size
 from gatewayd_llm.limits import LimitSpec
@@ -64,7 +68,10 @@ class BreakerConfig(PluginConfig):
 
 
 class LlmConfig(PluginConfig):
-    models: dict[str, list[DeploymentConfig]] = Field(min_length=1)
+    # The catalog (gatewayd_llm.catalog_sync): the models added through /_admin/llm are served
+    # too (a YAML model wins a name clash); with it, ``models`` may be empty.
+    catalog: bool = True
+    models: dict[str, list[DeploymentConfig]] = Field({}, validate_default=True)
     fallbacks: dict[str, list[str]] = {}
     prices: dict[str, PriceConfig] = {}
     limits: list[LimitSpec] = []
@@ -76,6 +83,19 @@ class LlmConfig(PluginConfig):
     max_body: Size = 4 * 1024 * 1024
     max_attempts: int = Field(6, ge=1)  # deployments tried per request, fallbacks included
     usage: bool = True  # write usage records to <state.dir>/llm/usage.sqlite3
+    # The master key of the provider secrets given to the admin API (gatewayd_llm.sealing):
+    # the same file for every llm plugin of the process (else systemd's $CREDENTIALS_DIRECTORY).
+    secrets_key_file: Path | None = None
+    rotation_grace: Duration = Field(300.0, ge=0)  # default grace of rotate-credentials
+
+    @field_validator("models")
+    @classmethod
+    def _some_models(
+        cls, v: dict[str, list[DeploymentConfig]], info: ValidationInfo
+    ) -> dict[str, list[DeploymentConfig]]:
+        if not v and not info.data.get("catalog", True):
+            raise ValueError("at least one model is needed (or catalog: true)")
+        return v
 
     @model_validator(mode="after")
     def _references(self) -> LlmConfig:

@@ -39,6 +39,7 @@ from pydantic import BaseModel
 
 from gatewayd.chain import AdminRoute, BodyTooLarge, Plugin, PluginContext, RequestContext, Response
 from gatewayd_llm import tokens
+from gatewayd_llm.catalog_sync import CatalogSync, catalog_sync, merged
 from gatewayd_llm.config import LlmConfig
 from gatewayd_llm.endpoints import (
     POST_ENDPOINTS,
@@ -87,8 +88,17 @@ class LlmPlugin(Plugin):
 
     def __init__(self, config: LlmConfig, context: PluginContext) -> None:
         super().__init__(config, context)
-        self.config: LlmConfig = config
+        self.config: LlmConfig = config  # the YAML's models and the catalog's (use_catalog)
+        self.yaml_config = config
         services = context.services
+        # The models and providers of /_admin/llm (process-wide); every llm plugin names the
+        # same secrets key file, else this refuses the config.
+        self.catalog: CatalogSync | None = None
+        if config.catalog:
+            self.catalog = catalog_sync(services)
+            self.catalog.claim(config.secrets_key_file)
+        self.catalog_seen = 0  # the catalog's generation self.config has
+        self.started = False
         self.router = Router(config, context.keep("router", RouterState))
         self.metrics = LlmMetrics(services.metrics, models=config.models, keep=context.keep)
         self.limits: Limits | None = None
@@ -107,18 +117,46 @@ class LlmPlugin(Plugin):
             for d in deployments:
                 if d.config.limits:
                     self.deployment_limits[d.name] = self.own_limits(d)
+        # The catalog's deployments' own limits, by deployment and limits (made when first used)
+        self.catalog_limits: dict[tuple[str, str], Limits] = {}
         self.usage: UsageStore | None = None
         if config.usage:
             path = Path(services.state_dir) / "llm" / "usage.sqlite3"
             self.usage = context.keep(f"usage:{path}", lambda: UsageStore(path))
         self.tasks: set[asyncio.Task[Any]] = set()
         self.models_reply = json.dumps(model_list(config)).encode()
+        if self.catalog is not None and self.catalog.generation:
+            self.use_catalog(self.catalog)
 
-    def own_limits(self, d: Deployment) -> Limits:
+    def use_catalog(self, catalog: CatalogSync) -> None:
+        """Serve the YAML's models and the catalog's now (its generation moved)."""
+        self.catalog_seen = catalog.generation
+        config = merged(self.yaml_config, catalog.models)
+        router = Router(config, self.router.state, self.router.rng, self.router.clock)
+        limits: dict[str, Limits] = {}
+        for model, deployments in router.models.items():
+            for d in deployments:
+                if not d.config.limits:
+                    continue
+                if model in self.yaml_config.models:
+                    limits[d.name] = self.deployment_limits[d.name]
+                    continue
+                key = (f"{d.config.upstream}/{d.config.model}", repr(d.config.limits))
+                found = self.catalog_limits.get(key)
+                if found is None:
+                    found = self.catalog_limits[key] = self.own_limits(d, keep=False)
+                limits[d.name] = found
+        self.config, self.router, self.deployment_limits = config, router, limits
+        self.metrics.models = frozenset(config.models)
+        self.models_reply = json.dumps(model_list(config)).encode()
+
+    def own_limits(self, d: Deployment, keep: bool = True) -> Limits:
         context, config = self.context, self.config
         name = f"{d.config.upstream}/{d.config.model}"
 
-        def keep(key: str, factory: Any) -> Any:
+        def keep_in(key: str, factory: Any) -> Any:
+            if not keep:  # a catalog deployment: self.catalog_limits keeps it
+                return factory()
             return context.keep(f"deployment:{name}:{key}", factory)
 
         return Limits(
@@ -127,7 +165,7 @@ class LlmPlugin(Plugin):
             config.limits_store,
             prefix=f"llm:{context.route or 'global'}:{name}",
             on_store_error=config.on_limits_error,
-            keep=keep,
+            keep=keep_in,
             logger=log,
         )
 
@@ -135,17 +173,31 @@ class LlmPlugin(Plugin):
         if self.usage is not None:
             self.usage.path.parent.mkdir(parents=True, exist_ok=True)
             await self.usage.start()
+        if self.catalog is not None:
+            await self.catalog.start(self.context.services, self.config.rotation_grace)
+            self.started = True
+            if self.catalog.generation != self.catalog_seen:
+                self.use_catalog(self.catalog)
 
     async def close(self) -> None:
         if self.tasks:
             await asyncio.wait(set(self.tasks), timeout=5)
-        for limits in [self.limits, *self.deployment_limits.values()]:
+        everything = {
+            id(x): x for x in [*self.deployment_limits.values(), *self.catalog_limits.values()]
+        }
+        for limits in [self.limits, *everything.values()]:
             if limits is not None:
                 await limits.close()
+        if self.catalog is not None and self.started:
+            self.started = False
+            await self.catalog.stop()
 
     # -- the phases -------------------------------------------------------------------------
 
     async def on_request(self, ctx: RequestContext) -> Response | None:
+        catalog = self.catalog
+        if catalog is not None and catalog.generation != self.catalog_seen:
+            self.use_catalog(catalog)
         method = ctx.request.method
         found = endpoint_of(ctx.request.path)
         if found is None:

@@ -50,7 +50,7 @@ async def test_the_issues_example_loads_and_lists_its_models(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("change", "path"),
     [
-        ({"models": {}}, "models"),
+        ({"models": {}, "catalog": False}, "models"),
         ({"models": {"m": []}}, ""),
         ({"models": {"m": [{"model": "x"}]}}, "models.m[0].upstream"),
         ({"models": {"m": [{"upstream": "u", "model": "x", "weight": 0}]}}, "models.m[0].weight"),
