@@ -22,11 +22,16 @@ from typing import Any
 
 from gatewayd_llm.exchange import UsageSource
 
-__all__ = ["UsageRecord", "UsageStore", "UsageStoreClosed"]
+__all__ = ["COLUMNS", "UsageRecord", "UsageStore", "UsageStoreClosed", "record_of", "store_path"]
 
 log = logging.getLogger("gatewayd_llm.usage")
 
 SCHEMA_VERSION = 1
+
+
+def store_path(state_dir: Path) -> Path:
+    """Where the usage records of a gateway with this ``state.dir`` are."""
+    return Path(state_dir) / "llm" / "usage.sqlite3"
 
 
 @dataclass(slots=True)
@@ -84,6 +89,7 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     ("fallbacks", "INTEGER NOT NULL"),
 )
 _NAMES = ", ".join(name for name, _ in _COLUMNS)
+COLUMNS: tuple[str, ...] = tuple(name for name, _ in _COLUMNS)  # a record's fields, in order
 _INSERT = f"INSERT INTO usage ({_NAMES}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS usage (id INTEGER PRIMARY KEY AUTOINCREMENT, "
@@ -91,6 +97,8 @@ _SCHEMA = (
     + ")",
     "CREATE INDEX IF NOT EXISTS usage_time ON usage (time)",
     "CREATE INDEX IF NOT EXISTS usage_request_id ON usage (request_id)",
+    # a tenant's usage over a time range (the llm_usage plugin, ?tenant= of the admin API)
+    "CREATE INDEX IF NOT EXISTS usage_tenant_time ON usage (tenant, time)",
 )
 
 
@@ -118,7 +126,8 @@ def _row(rec: UsageRecord) -> tuple[Any, ...]:
     )
 
 
-def _record(row: sqlite3.Row) -> UsageRecord:
+def record_of(row: sqlite3.Row) -> UsageRecord:
+    """The record of a row that holds :data:`COLUMNS` (a connection with ``sqlite3.Row``)."""
     return UsageRecord(
         request_id=row["request_id"],
         time=row["time"],
@@ -354,7 +363,7 @@ class UsageStore:
 
     def _select(self, sql: str, args: list[Any]) -> list[UsageRecord]:
         assert self._db is not None
-        return [_record(row) for row in self._db.execute(sql, args)]
+        return [record_of(row) for row in self._db.execute(sql, args)]
 
     def _close_db(self) -> None:
         if self._db is not None:
