@@ -44,6 +44,7 @@ RouteInstaller = Callable[[web.Application], None]
 
 def installers() -> list[RouteInstaller]:
     from gatewayd.admin import api as identity_api
+    from gatewayd.admin import audit as audit_api
     from gatewayd.admin import events as events_api
     from gatewayd.admin import openapi as openapi_api
     from gatewayd.admin import plugins as plugins_api
@@ -57,6 +58,7 @@ def installers() -> list[RouteInstaller]:
         upstreams_api.install,
         plugins_api.install,
         openapi_api.install,
+        audit_api.install,
     ]
 
 
