@@ -20,6 +20,7 @@ from gatewayd.chain.registry import PluginRegistry
 from gatewayd.config.errors import ConfigError
 from gatewayd.config.loader import load_config
 from gatewayd.config.schema import GatewayConfig, parse_address
+from gatewayd.daemon.audit import DaemonAudit, config_hash
 from gatewayd.daemon.gateway import Gateway, relay_endpoint
 from gatewayd.daemon.generation import build_generation
 from gatewayd.daemon.listeners import Listeners
@@ -40,6 +41,7 @@ class Daemon:
         self.metrics = Metrics()
         self.notifier = SystemdNotifier()
         self.services: Services | None = None
+        self.audit: DaemonAudit | None = None
         self.gateway: Gateway | None = None
         self.listeners: Listeners | None = None
         self.admin_runner: web.AppRunner | None = None
@@ -64,6 +66,10 @@ class Daemon:
         self.pidfile = PidFile(config.pid_file)
         self.pidfile.acquire()
         self.services = await build_services(config, self.metrics)
+        self.audit = await DaemonAudit.start(config, self.services, self.metrics)
+        self.audit.record(
+            "daemon.start", {"pid": os.getpid(), "config_hash": config_hash(self.config_path)}
+        )
         self.generation_number = 1
         gen = await build_generation(1, config, PluginRegistry.discover(), self.services, None)
         self.gateway = Gateway(gen, self.metrics, relay_endpoint(self.services, config))
@@ -96,6 +102,8 @@ class Daemon:
         if self.admin_runner is not None:
             await self.admin_runner.cleanup()
         app = build_admin_app(self)
+        if self.audit is not None:
+            self.audit.attach(app)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         host, port = parse_address(address)
@@ -119,6 +127,7 @@ class Daemon:
             assert self.services is not None
             self.notifier.reloading()
             started = time.monotonic()
+            digest = config_hash(self.config_path)
             try:
                 config = self.load()
                 number = self.generation_number + 1
@@ -138,6 +147,8 @@ class Daemon:
                 message = exc.describe() if isinstance(exc, ConfigError) else str(exc)
                 log.error("reload refused: old config keeps serving", extra={"error": message})
                 self.publish("config.rejected", {"error": message})
+                if self.audit is not None:
+                    self.audit.record("config.rejected", {"config_hash": digest, "error": message})
                 self.notifier.ready()
                 return False
             self.generation_number = number
@@ -150,6 +161,9 @@ class Daemon:
             took = round((time.monotonic() - started) * 1000, 1)
             log.info("config reloaded", extra={"generation": number, "took_ms": took})
             self.publish("config.reloaded", {"generation": number, "routes": len(config.routes)})
+            if self.audit is not None:
+                what = {"generation": number, "config_hash": digest}
+                self.audit.record("config.reloaded", what)
             self.notifier.ready()
             self.notifier.status(f"serving generation {number} ({len(config.routes)} routes)")
             return True
@@ -194,6 +208,9 @@ class Daemon:
             await self.services.close()
         if self.admin_runner is not None:
             await self.admin_runner.cleanup()
+        if self.audit is not None:
+            self.audit.record("daemon.stop", {"pid": os.getpid()})
+            await self.audit.close()  # last: the stop is signed
         for task in list(self._tasks):
             task.cancel()
         self.notifier.close()
