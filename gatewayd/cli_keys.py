@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import sys
 import time
@@ -17,7 +18,9 @@ from typing import Any
 
 from gatewayd.config.errors import ConfigError
 from gatewayd.config.loader import default_path, load_config
+from gatewayd.config.schema import GatewayConfig
 from gatewayd.config.units import parse_duration
+from gatewayd.observability.audit import Entry, append_now
 from gatewayd.stores.keys import KeyRecord, KeyStore, KeyStoreError, open_key_store
 
 
@@ -32,12 +35,30 @@ def _when(ts: float | None) -> str:
     return "-" if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
+def _audit(config: GatewayConfig, type_: str, what: dict[str, Any]) -> int:
+    """Record a key change in the audit log (signed at once); 1 when it cannot be written
+    and ``audit.fail_closed`` is set (the change is made: the store comes first)."""
+    settings = config.audit
+    if not settings.enabled:
+        return 0
+    what = {**what, "user": getpass.getuser()}
+    try:
+        append_now(
+            settings, settings.directory(config.state.dir), [Entry(type_, "cli", None, what)]
+        )
+    except (OSError, ValueError) as exc:
+        print(f"gatewayd keys: the audit record was not written: {exc}", file=sys.stderr)
+        return 1 if settings.fail_closed else 0
+    return 0
+
+
 def _run(args: argparse.Namespace, action: Callable[[KeyStore], Awaitable[int]]) -> int:
     try:
         config = load_config(args.config, None)
     except ConfigError as exc:
         print(exc.describe(), file=sys.stderr)
         return 1
+    args.audit = lambda type_, what: _audit(config, type_, what)
 
     async def main() -> int:
         store = await open_key_store(config.state)
@@ -80,7 +101,7 @@ def cmd_create(args: argparse.Namespace) -> int:
             print(key)
             print("(the key is shown once; store it now)", file=sys.stderr)
             _show(record, False)
-        return 0
+        return int(args.audit("key.create", {"key_id": record.key_id, "tenant": record.tenant}))
 
     return _run(args, action)
 
@@ -105,7 +126,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     async def action(store: KeyStore) -> int:
         record = await store.revoke(args.key_id)
         print(f"revoked {record.key_id}")
-        return 0
+        return int(args.audit("key.revoke", {"key_id": record.key_id, "tenant": record.tenant}))
 
     return _run(args, action)
 
@@ -121,7 +142,8 @@ def cmd_rotate(args: argparse.Namespace) -> int:
                 f"(new key for {record.key_id}; the old one stays valid for {args.grace:g}s)",
                 file=sys.stderr,
             )
-        return 0
+        what = {"key_id": record.key_id, "tenant": record.tenant, "grace": args.grace}
+        return int(args.audit("key.rotate", what))
 
     return _run(args, action)
 
