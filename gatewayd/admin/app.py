@@ -45,6 +45,7 @@ RouteInstaller = Callable[[web.Application], None]
 def installers() -> list[RouteInstaller]:
     from gatewayd.admin import api as identity_api
     from gatewayd.admin import audit as audit_api
+    from gatewayd.admin import dashboard
     from gatewayd.admin import events as events_api
     from gatewayd.admin import openapi as openapi_api
     from gatewayd.admin import plugins as plugins_api
@@ -59,6 +60,7 @@ def installers() -> list[RouteInstaller]:
         plugins_api.install,
         openapi_api.install,
         audit_api.install,
+        dashboard.install,
     ]
 
 
