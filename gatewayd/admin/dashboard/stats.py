@@ -1,0 +1,260 @@
+"""What the dashboard's pages show, read from the running daemon (plain dicts for templates and
+for the overview's JSON). Nothing here holds a secret: key records carry none, upstream and
+relay snapshots hold ids, states and counts, and the config is shown as its hash."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from gatewayd.admin.runtime import AdminRuntime
+from gatewayd.events.bus import Event, EventBus, EventFilter
+from gatewayd.observability.live import WINDOWS, LiveStats
+from gatewayd.observability.taps import RequestTaps
+
+log = logging.getLogger("gatewayd.admin")
+RECENT_REVOCATIONS = 10
+RECENT_EVENTS = 50
+AUDIT_RECORDS = 20
+
+
+@runtime_checkable
+class AuditReader(Protocol):
+    """What the dashboard reads of the audit log (``services.audit``), once it exists."""
+
+    def recent(self, limit: int) -> Sequence[Mapping[str, Any]]: ...
+
+    def checkpoint_age(self) -> float | None: ...
+
+
+@dataclass(slots=True)
+class LastReload:
+    at: float  # time.time()
+    ok: bool
+    generation: int | None
+    error: str | None
+
+
+@dataclass(slots=True)
+class DashboardState:
+    """Process-wide state of the dashboard (kept in ``services.extras`` so that an admin app
+    rebuilt for a new ``admin.listen`` carries on with the same figures)."""
+
+    live: LiveStats
+    last_reload: LastReload | None = None
+    _watch: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def start(self, bus: EventBus | None) -> None:
+        self.live.start()
+        if bus is not None and self._watch is None:
+            self._watch = asyncio.get_running_loop().create_task(self._reloads(bus))
+
+    async def close(self) -> None:
+        await self.live.close()
+        task, self._watch = self._watch, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _reloads(self, bus: EventBus) -> None:
+        """Follow ``config.reloaded`` / ``config.rejected`` (from the bus's buffer on)."""
+        wanted = EventFilter.of(["config.reloaded", "config.rejected"])
+        async with bus.subscribe(wanted, last_event_id=0, queue=16) as sub:
+            async for item in sub:
+                if isinstance(item, Event):
+                    ok = item.type == "config.reloaded"
+                    gen = item.payload.get("generation")
+                    error = item.payload.get("error")
+                    self.last_reload = LastReload(
+                        at=item.time,
+                        ok=ok,
+                        generation=gen if isinstance(gen, int) else None,
+                        error=str(error) if error is not None and not ok else None,
+                    )
+
+
+def services_attr(daemon: AdminRuntime, name: str) -> Any:
+    """A process service the admin protocols do not name yet (``metrics``, ``taps``,
+    ``audit``): the daemon's ``Services`` has them; ``None`` without services."""
+    services = daemon.services
+    if services is None:
+        return None
+    found = getattr(services, name, None)
+    if found is None:
+        extras = getattr(services, "extras", None)
+        if isinstance(extras, dict):
+            found = extras.get(name)
+    return found
+
+
+def registry_of(daemon: AdminRuntime) -> CollectorRegistry:
+    metrics = services_attr(daemon, "metrics")
+    registry = getattr(metrics, "registry", None)
+    return registry if isinstance(registry, CollectorRegistry) else REGISTRY
+
+
+def taps_of(daemon: AdminRuntime) -> RequestTaps | None:
+    taps = services_attr(daemon, "taps")
+    return taps if isinstance(taps, RequestTaps) else None
+
+
+def dashboard_state(daemon: AdminRuntime) -> DashboardState:
+    extras = services_attr(daemon, "extras")
+    state = extras.get("dashboard") if isinstance(extras, dict) else None
+    if not isinstance(state, DashboardState):
+        state = DashboardState(LiveStats(registry_of(daemon)))
+        if isinstance(extras, dict):
+            extras["dashboard"] = state
+    return state
+
+
+def config_hash(daemon: AdminRuntime) -> str | None:
+    """SHA-256 of the serving config as validated (its canonical JSON), not of the file on
+    disk, which may have been edited since."""
+    config = daemon.config
+    if config is None:
+        return None
+    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()
+
+
+def overview(daemon: AdminRuntime, state: DashboardState) -> dict[str, Any]:
+    started = getattr(daemon, "started_at", None)
+    last = state.last_reload
+    windows = {}
+    for seconds in WINDOWS:
+        windows[f"{int(seconds // 60)}m"] = [
+            {
+                "route": r.route,
+                "span": round(r.span, 1),
+                "requests": int(r.requests),
+                "rps": round(r.rps, 3),
+                "rate_4xx": round(r.rate_4xx, 3),
+                "rate_5xx": round(r.rate_5xx, 3),
+                "p50_ms": _ms(r.p50),
+                "p95_ms": _ms(r.p95),
+                "p99_ms": _ms(r.p99),
+            }
+            for r in state.live.window(seconds)
+        ]
+    return {
+        "generation": daemon.generation_number,
+        "config_hash": config_hash(daemon),
+        "config_path": str(daemon.config_path),
+        "ready": daemon.ready,
+        "uptime": round(time.time() - started, 1) if isinstance(started, float) else None,
+        "last_reload": None
+        if last is None
+        else {"at": last.at, "ok": last.ok, "generation": last.generation, "error": last.error},
+        "windows": windows,
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+def upstreams(daemon: AdminRuntime) -> list[dict[str, Any]]:
+    """Every upstream of the serving generation, as ``GET /_admin/upstreams`` lists them
+    (configured, relay leases, run-time ones), with what plugins say of each target."""
+    gen = daemon.gateway.current if daemon.gateway is not None else None
+    if gen is None:
+        return []
+    describers = [p for p in gen.plugins if callable(getattr(p, "describe_target", None))]
+    items: list[Any] = list(gen.upstreams.values())
+    if gen.dispatcher.leases is not None:
+        items += gen.dispatcher.leases.all()
+    runtime = gen.dispatcher.runtime
+    owners = daemon.services.upstreams.runtime() if daemon.services is not None else {}
+    items += [u for name, u in runtime.items() if name not in gen.upstreams]
+    out = []
+    for upstream in items:
+        snap = upstream.snapshot()
+        name: str = upstream.name
+        snap["source"] = "configured"
+        if name in owners and runtime.get(name) is upstream:
+            snap["source"] = f"runtime ({owners[name]})"
+        for t in snap["targets"]:
+            breakers = []
+            for plugin in describers:
+                note = plugin.describe_target(name, t["id"])
+                if isinstance(note, dict):
+                    if note.get("available") is False:
+                        t["available"] = False
+                    if "state" in note:
+                        breakers.append(f"{note.get('route', '?')}: {note['state']}")
+            t["breakers"] = breakers
+            check = t.get("health_check") or {}
+            t["last_check"] = check.get("last_check")
+            t["last_error"] = check.get("last_error")
+            t["health_failures"] = check.get("consecutive_failures")
+        out.append(snap)
+    return out
+
+
+def relay(daemon: AdminRuntime) -> dict[str, Any] | None:
+    registry = daemon.services.relay if daemon.services is not None else None
+    if registry is None:
+        return None
+    stats: dict[str, Any] = registry.stats()
+    return stats
+
+
+async def keys(daemon: AdminRuntime) -> dict[str, Any] | None:
+    store = daemon.services.keys if daemon.services is not None else None
+    if store is None:
+        return None
+    records = await store.list()
+    now = time.time()
+    counts = {"total": len(records), "active": 0, "revoked": 0, "expired": 0}
+    tenants: dict[str, int] = {}
+    for r in records:
+        status = "revoked" if r.revoked_at is not None else "active" if r.active(now) else "expired"
+        counts[status] += 1
+        tenants[r.tenant] = tenants.get(r.tenant, 0) + 1
+    revoked = sorted(
+        (r for r in records if r.revoked_at is not None),
+        key=lambda r: r.revoked_at or 0.0,
+        reverse=True,
+    )[:RECENT_REVOCATIONS]
+    return {
+        "counts": counts,
+        "tenants": sorted(tenants.items(), key=lambda kv: (-kv[1], kv[0])),
+        "revocations": [
+            {"key_id": r.key_id, "tenant": r.tenant, "revoked_at": r.revoked_at} for r in revoked
+        ],
+    }
+
+
+def audit(daemon: AdminRuntime) -> dict[str, Any] | None:
+    """The audit log's last records and checkpoint age, or None while there is no audit log."""
+    reader = services_attr(daemon, "audit")
+    if not isinstance(reader, AuditReader):
+        return None
+    return {
+        "records": list(reader.recent(AUDIT_RECORDS)),
+        "checkpoint_age": reader.checkpoint_age(),
+    }
+
+
+def recent_events(bus: EventBus | None, limit: int = RECENT_EVENTS) -> list[dict[str, Any]]:
+    """The last ``limit`` events the bus still buffers, newest first."""
+    if bus is None:
+        return []
+    out: list[dict[str, Any]] = []
+    sub = bus.subscribe(last_event_id=max(bus.last_id - limit, 0), queue=limit + 1)
+    try:
+        while (item := sub.get_nowait()) is not None:
+            if isinstance(item, Event):
+                out.append(item.as_dict())
+    finally:
+        sub.close()
+    return out[::-1][:limit]

@@ -1,0 +1,243 @@
+"""The dashboard's pages and actions through the real daemon, with a plain HTTP client (no
+JavaScript): each page renders, login, logout, CSRF and roles."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import aiohttp
+
+from .login import (
+    OPERATOR,
+    VIEWER,
+    backend_app,
+    client,
+    csrf_of,
+    dashboard_config,
+    log_in,
+)
+
+HTML = {"Accept": "text/html"}
+PAGES = {
+    "/dashboard/": "Overview",
+    "/dashboard/upstreams": "Upstreams",
+    "/dashboard/relay": "Relay",
+    "/dashboard/keys": "Keys and tenants",
+    "/dashboard/audit": "Audit log",
+    "/dashboard/tail": "Live request tail",
+    "/dashboard/events": "Event stream",
+    "/dashboard/plugins": "Plugins",
+}
+
+
+async def test_every_page_renders_without_javascript(
+    gateway: Any, backend: Any, config: Any
+) -> None:
+    server = await backend(backend_app())
+    gw = await gateway(dashboard_config(config, server))
+    async with client() as s:
+        await log_in(s, gw.admin_url)
+        for path, heading in PAGES.items():
+            async with s.get(gw.admin_url + path, headers=HTML) as r:
+                assert r.status == 200, (path, await r.text())
+                html = await r.text()
+                assert f"<h1>{heading}</h1>" in html, path
+                csp = r.headers["Content-Security-Policy"]
+                assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+                assert r.headers["X-Frame-Options"] == "DENY"
+                assert r.headers["Cache-Control"] == "no-store"
+                # the only script is the static file: no inline script, no inline handler
+                assert re.findall(r"<script[^>]*>", html) == [
+                    '<script src="/dashboard/static/dashboard.js" defer>'
+                ]
+                assert not re.search(r"\son[a-z]+=", html)
+        async with s.get(gw.admin_url + "/dashboard/upstreams", headers=HTML) as r:
+            html = await r.text()
+        assert f'data-target="http://127.0.0.1:{server.port}"' in html
+        assert "health checks on" in html
+        async with s.get(gw.admin_url + "/dashboard/static/dashboard.js") as r:
+            assert r.status == 200
+            assert "EventSource" in await r.text()
+
+
+async def test_without_a_session_pages_send_to_login_and_the_rest_get_401(
+    gateway: Any, backend: Any, config: Any
+) -> None:
+    server = await backend(backend_app())
+    gw = await gateway(dashboard_config(config, server))
+    async with client() as s:
+        async with s.get(gw.admin_url + "/dashboard", headers=HTML) as r:
+            assert r.status == 200 and "<h1>Log in</h1>" in await r.text()
+            assert str(r.url).endswith("/dashboard/login")
+        for path in ("/dashboard/overview.json", "/dashboard/tail/stream"):
+            async with s.get(gw.admin_url + path) as r:
+                assert r.status == 401
+                assert (await r.json())["error"]["code"] == "unauthorized"
+        # a bearer token is not a session: the dashboard wants its cookie
+        bearer = {"Authorization": f"Bearer {OPERATOR}"}
+        async with s.get(gw.admin_url + "/dashboard/overview.json", headers=bearer) as r:
+            assert r.status == 401
+
+
+async def test_login_refuses_a_wrong_token_and_a_missing_csrf_token(
+    gateway: Any, backend: Any, config: Any
+) -> None:
+    server = await backend(backend_app())
+    gw = await gateway(dashboard_config(config, server))
+    url = gw.admin_url + "/dashboard/login"
+    async with client() as s:
+        async with s.get(url) as r:
+            token = csrf_of(await r.text())
+            cookie = r.headers["Set-Cookie"]
+            assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        form = {"token": "not-a-token", "csrf": token}
+        async with s.post(url, data=form, allow_redirects=False) as r:
+            assert r.status == 403
+            html = await r.text()
+            assert "not accepted" in html and "not-a-token" not in html
+        form = {"token": OPERATOR, "csrf": "x" * 64}
+        async with s.post(url, data=form, allow_redirects=False) as r:
+            assert r.status == 403 and (await r.json())["error"]["code"] == "csrf"
+    async with client() as fresh:  # a token from another browser's login cookie
+        form = {"token": OPERATOR, "csrf": token}
+        async with fresh.post(url, data=form, allow_redirects=False) as r:
+            assert r.status == 403
+
+
+async def test_session_cookie_csrf_and_logout(gateway: Any, backend: Any, config: Any) -> None:
+    server = await backend(backend_app())
+    gw = await gateway(dashboard_config(config, server))
+    async with client() as s:
+        async with s.get(gw.admin_url + "/dashboard/login") as r:
+            login_csrf = csrf_of(await r.text())
+        form = {"token": OPERATOR, "csrf": login_csrf}
+        async with s.post(gw.admin_url + "/dashboard/login", data=form, allow_redirects=False) as r:
+            cookies = r.headers.getall("Set-Cookie")
+        session = next(c for c in cookies if c.startswith("gatewayd_session="))
+        assert (
+            "HttpOnly" in session and "SameSite=Strict" in session and "Path=/dashboard/" in session
+        )
+        assert len(session.split(";")[0].split("=", 1)[1]) >= 40  # a random id, not the token
+        assert OPERATOR not in " ".join(cookies)
+        async with s.get(gw.admin_url + "/dashboard/", headers=HTML) as r:
+            csrf = csrf_of(await r.text())
+        logout = gw.admin_url + "/dashboard/logout"
+        async with s.post(logout, allow_redirects=False) as r:
+            assert r.status == 403 and (await r.json())["error"]["code"] == "csrf"
+        async with s.post(logout, data={"csrf": "wrong" + csrf[5:]}, allow_redirects=False) as r:
+            assert r.status == 403
+        async with s.get(gw.admin_url + "/dashboard/overview.json") as r:
+            assert r.status == 200  # refused POSTs changed nothing
+        async with s.post(logout, data={"csrf": csrf}, allow_redirects=False) as r:
+            assert r.status == 303 and r.headers["Location"] == "/dashboard/login"
+        async with s.get(gw.admin_url + "/dashboard/overview.json") as r:
+            assert r.status == 401
+
+
+async def test_viewers_do_not_see_or_get_reload_and_operators_do(
+    gateway: Any, backend: Any, config: Any
+) -> None:
+    server = await backend(backend_app())
+    gw = await gateway(dashboard_config(config, server))
+    async with client() as viewer:
+        csrf = await log_in(viewer, gw.admin_url, VIEWER)
+        async with viewer.get(gw.admin_url + "/dashboard/", headers=HTML) as r:
+            html = await r.text()
+        assert "watcher (viewer)" in html and 'action="/dashboard/reload"' not in html
+        reload = gw.admin_url + "/dashboard/reload"
+        async with viewer.post(reload, data={"csrf": csrf}, allow_redirects=False) as r:
+            assert r.status == 403 and (await r.json())["error"]["code"] == "forbidden"
+    assert await gw.generation() == 1
+    async with client() as operator:
+        csrf = await log_in(operator, gw.admin_url, OPERATOR)
+        async with operator.get(gw.admin_url + "/dashboard/", headers=HTML) as r:
+            assert 'action="/dashboard/reload"' in await r.text()
+        async with operator.post(reload, data={"csrf": csrf}, allow_redirects=False) as r:
+            assert r.status == 303 and r.headers["Location"] == "/dashboard/?reload=ok"
+        assert await gw.generation() == 2
+        for _ in range(50):  # the page learns of the reload from the event bus
+            async with operator.get(gw.admin_url + "/dashboard/overview.json") as r:
+                view = await r.json()
+            if view["last_reload"] is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert view["generation"] == 2
+        assert view["last_reload"]["ok"] is True and view["last_reload"]["generation"] == 2
+
+
+async def test_a_refused_reload_shows_its_error(gateway: Any, backend: Any, config: Any) -> None:
+    server = await backend(backend_app())
+    cfg = dashboard_config(config, server)
+    gw = await gateway(cfg)
+    async with client() as s:
+        csrf = await log_in(s, gw.admin_url)
+        gw.write_config(
+            {**cfg, "routes": [{"name": "x", "match": {"path": "/"}, "upstream": "nope"}]}
+        )
+        reload = gw.admin_url + "/dashboard/reload"
+        async with s.post(reload, data={"csrf": csrf}, allow_redirects=False) as r:
+            assert r.headers["Location"] == "/dashboard/?reload=refused"
+        for _ in range(50):
+            async with s.get(gw.admin_url + "/dashboard/?reload=refused", headers=HTML) as r:
+                html = await r.text()
+            if 'id="last-reload-error"' in html:
+                break
+            await asyncio.sleep(0.1)
+        assert "Reload refused" in html
+        assert re.search(r'id="last-reload-error">[^<]*nope', html), html
+
+
+async def test_a_reload_that_removes_the_token_ends_its_sessions(
+    gateway: Any, backend: Any, config: Any
+) -> None:
+    server = await backend(backend_app())
+    cfg = dashboard_config(config, server)
+    gw = await gateway(cfg)
+    async with client() as s:
+        await log_in(s, gw.admin_url, VIEWER)
+        async with s.get(gw.admin_url + "/dashboard/overview.json") as r:
+            assert r.status == 200
+        cfg["admin"]["tokens"] = cfg["admin"]["tokens"][:1]  # only "ops" is left
+        gw.write_config(cfg)
+        await gw.reload()
+        async with s.get(gw.admin_url + "/dashboard/overview.json") as r:
+            assert r.status == 401
+
+
+async def test_overview_figures_are_those_of_metrics(
+    gateway: Any, backend: Any, config: Any
+) -> None:
+    server = await backend(backend_app())
+    gw = await gateway(dashboard_config(config, server))
+    async with aiohttp.ClientSession() as s:
+        for path, n in (("/api/ok", 30), ("/api/missing", 12), ("/api/broken", 5)):
+            for _ in range(n):
+                async with s.get(gw.url + path) as r:
+                    await r.read()
+    await asyncio.sleep(2.5)  # the sampler reads the metrics once a second
+    total = sum(
+        [
+            await gw.metric("gatewayd_requests_total", route="api", status=str(c))
+            for c in (200, 404, 500)
+        ]
+    )
+    assert total == 47
+    async with client() as s:
+        await log_in(s, gw.admin_url)
+        async with s.get(gw.admin_url + "/dashboard/overview.json") as r:
+            view = await r.json()
+    for window in ("1m", "5m"):
+        (row,) = [x for x in view["windows"][window] if x["route"] == "api"]
+        assert row["requests"] == total
+        assert row["rate_4xx"] * row["span"] == pytest_approx(12)
+        assert row["rate_5xx"] * row["span"] == pytest_approx(5)
+        assert row["rps"] * row["span"] == pytest_approx(47)
+        assert row["p50_ms"] is not None and row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
+
+
+def pytest_approx(value: float) -> Any:
+    import pytest
+
+    return pytest.approx(value, rel=0.01)
