@@ -44,6 +44,12 @@ class AccessLog:
         ms = int((now - second) * 1000)
         duration = (time.monotonic() - ctx.started) * 1000
         target = ctx.target
+        # Who called (tenant and key id, never a credential): from JWT claims too, so escaped.
+        principal = ctx.principal
+        if principal is None:
+            tenant = key_id = None
+        else:
+            tenant, key_id = principal.tenant, principal.key_id
         if self.fmt == "json":
             # Built by hand (each string escaped by the C encoder): a third of json.dumps' cost.
             # Request ids, client addresses, methods (HTTP tokens) and route names cannot hold
@@ -55,6 +61,8 @@ class AccessLog:
                 f'"route":"{ctx.route.name}",'
                 f'"upstream":{"null" if upstream is None else _escape(upstream)},'
                 f'"target":{"null" if target is None else _escape(target)},'
+                f'"tenant":{"null" if tenant is None else _escape(tenant)},'
+                f'"key_id":{"null" if key_id is None else _escape(key_id)},'
                 f'"status":{status},"bytes_in":{ctx.bytes_in},"bytes_out":{ctx.bytes_out},'
                 f'"duration_ms":{duration:.3f}}}'
             )
@@ -63,7 +71,10 @@ class AccessLog:
                 f"{self._prefix}.{ms:03d}Z INFO gatewayd.access: access "
                 f"request_id={ctx.request_id} client={req.client_ip} method={req.method} "
                 f"path={_escape(req.path)} route={ctx.route.name} upstream={upstream} "
-                f"target={target} status={status} bytes_in={ctx.bytes_in} "
+                f"target={target} "
+                f"tenant={'-' if tenant is None else _escape(tenant)} "
+                f"key_id={'-' if key_id is None else _escape(key_id)} "
+                f"status={status} bytes_in={ctx.bytes_in} "
                 f"bytes_out={ctx.bytes_out} duration_ms={duration:.3f}"
             )
         self._buffer.append(line)

@@ -10,10 +10,15 @@ from typing import Any, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from gatewayd.observability.tenants import TenantCounts
 
 M = TypeVar("M", Counter, Gauge, Histogram)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# Body sizes in bytes: 0 (no body), then powers of 4 from 256 B to 256 MiB.
+SIZE_BUCKETS = (0, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 268435456)
 NO_ROUTE = "_none"
 
 
@@ -21,22 +26,23 @@ class Histo:
     """A histogram kept as plain integers: the event loop is the only writer, so it needs none
     of prometheus_client's locks. Exposed at scrape time by :class:`HotPathCollector`."""
 
-    __slots__ = ("buckets", "count", "sum")
+    __slots__ = ("bounds", "buckets", "count", "sum")
 
-    def __init__(self) -> None:
-        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        self.buckets = [0] * (len(bounds) + 1)
         self.count = 0
         self.sum = 0.0
 
-    def observe(self, seconds: float) -> None:
-        self.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+    def observe(self, value: float) -> None:
+        self.buckets[bisect_left(self.bounds, value)] += 1
         self.count += 1
-        self.sum += seconds
+        self.sum += value
 
     def cumulative(self) -> list[tuple[str, float]]:
         out: list[tuple[str, float]] = []
         total = 0
-        for bound, n in zip((*LATENCY_BUCKETS, float("inf")), self.buckets, strict=True):
+        for bound, n in zip((*self.bounds, float("inf")), self.buckets, strict=True):
             total += n
             out.append(("+Inf" if bound == float("inf") else repr(float(bound)), total))
         return out
@@ -56,14 +62,18 @@ class InFlight:
 
 
 class RouteMetrics:
-    """One route's request count by status, duration histogram and in-flight gauge."""
+    """One route's request count by status, duration and body size histograms, in-flight
+    gauge and open SSE streams (replies of type ``text/event-stream`` being written)."""
 
-    __slots__ = ("by_status", "duration", "inflight")
+    __slots__ = ("by_status", "duration", "inflight", "request_size", "response_size", "sse")
 
     def __init__(self) -> None:
         self.by_status: dict[int, int] = {}
         self.duration = Histo()
         self.inflight = InFlight()
+        self.sse = InFlight()
+        self.request_size = Histo(SIZE_BUCKETS)
+        self.response_size = Histo(SIZE_BUCKETS)
 
     def count(self, status: int) -> None:
         self.by_status[status] = self.by_status.get(status, 0) + 1
@@ -93,11 +103,29 @@ class HotPathCollector:
         inflight = GaugeMetricFamily(
             "gatewayd_requests_in_flight", "Requests being served, by route", labels=["route"]
         )
+        sse = GaugeMetricFamily(
+            "gatewayd_sse_streams_open",
+            "Proxied server-sent event streams (text/event-stream replies) open, by route",
+            labels=["route"],
+        )
+        request_size = HistogramMetricFamily(
+            "gatewayd_request_size_bytes",
+            "Request body bytes read from the client, by route",
+            labels=["route"],
+        )
+        response_size = HistogramMetricFamily(
+            "gatewayd_response_size_bytes",
+            "Response body bytes sent to the client, by route",
+            labels=["route"],
+        )
         for name, rm in routes.items():
             for status, n in sorted(rm.by_status.items()):
                 requests.add_metric([name, str(status)], n)
             duration.add_metric([name], rm.duration.cumulative(), rm.duration.sum)
             inflight.add_metric([name], rm.inflight.value)
+            sse.add_metric([name], rm.sse.value)
+            request_size.add_metric([name], rm.request_size.cumulative(), rm.request_size.sum)
+            response_size.add_metric([name], rm.response_size.cumulative(), rm.response_size.sum)
         upstream = HistogramMetricFamily(
             "gatewayd_upstream_duration_seconds",
             "Time to upstream response headers, by upstream",
@@ -105,7 +133,8 @@ class HotPathCollector:
         )
         for name, h in self.metrics._upstreams.items():
             upstream.add_metric([name], h.cumulative(), h.sum)
-        yield from (requests, duration, inflight, upstream)
+        yield from (requests, duration, inflight, sse, request_size, response_size, upstream)
+        yield from self.metrics.tenants.collect()
         for family in self.metrics._outcomes.values():
             yield family.collect()
 
@@ -168,8 +197,17 @@ class Metrics:
         self._extras: dict[str, tuple[Counter | Gauge | Histogram, str, tuple[str, ...]]] = {}
         self._bounds: dict[str, tuple[float, ...]] = {}  # the buckets of plugins' histograms
         self._outcomes: dict[str, Outcomes] = {}
+        # requests and limit hits per tenant (``metrics.tenants`` in the config sets its top)
+        self.tenants = TenantCounts()
+        self._collectors: list[Collector] = []  # other parts' scrape-time collectors
         self._hot = HotPathCollector(self)
         registry.register(self._hot)
+
+    def add_collector(self, collector: Collector) -> None:
+        """Register a scrape-time collector of another part of the process (the relay's, the
+        listeners' certificates); :meth:`close` unregisters it with the rest."""
+        self.registry.register(collector)
+        self._collectors.append(collector)
 
     def counter(self, name: str, doc: str, labels: Sequence[str]) -> Counter:
         """The process's counter called ``name``, made on first use (for plugins: a reload
@@ -236,6 +274,9 @@ class Metrics:
         return h
 
     def close(self) -> None:
+        for collector in self._collectors:
+            self.registry.unregister(collector)
+        self._collectors.clear()
         collectors = [getattr(self, name) for name in list(vars(self))]
         for obj in [*collectors, *(made for made, _, _ in self._extras.values())]:
             if isinstance(obj, Counter | Gauge | Histogram | HotPathCollector):

@@ -201,6 +201,11 @@ class Dispatcher:
             rm.inflight.dec()
             rm.count(status)
             rm.duration.observe(time.monotonic() - ctx.started)
+            rm.request_size.observe(ctx.bytes_in)
+            rm.response_size.observe(ctx.bytes_out)
+            principal = ctx.principal
+            if principal is not None and principal.tenant is not None:
+                self.metrics.tenants.count(principal.tenant, status == 429)
             if self.access_log is not None:
                 self.access_log.record(ctx, status, ctx.upstream)
             if self.taps.active:
@@ -349,6 +354,10 @@ class Dispatcher:
         resp = web.StreamResponse(status=reply.status, reason=reply.reason, headers=headers)
         if close:
             resp.force_close()
+        # An event stream is counted open while it is written (gatewayd_sse_streams_open).
+        sse = headers.get("Content-Type", "").startswith("text/event-stream")
+        if sse:
+            self.metrics.route(ctx.route.name).sse.inc()
         try:
             await resp.prepare(raw)
             async for chunk in body:
@@ -365,6 +374,8 @@ class Dispatcher:
             if raw.transport is not None:
                 raw.transport.close()
         finally:
+            if sse:
+                self.metrics.route(ctx.route.name).sse.dec()
             aclose = getattr(body, "aclose", None)
             if aclose is not None:
                 await aclose()

@@ -105,6 +105,8 @@ class PeerConnection:
         self.close_reason = ""
         self.streams_total = 0
         self.unknown_stream_frames = 0
+        self.bytes_in = 0  # WebSocket message bytes, both ways (gatewayd_relay_bytes_total)
+        self.bytes_out = 0
         self.delivery = Delivery()  # this connection's; the identity keeps its own
         self._events: deque[PendingEvent] = deque()
         self._unacked: deque[PendingEvent] = deque()
@@ -153,6 +155,7 @@ class PeerConnection:
             await self.ws.send_bytes(data)
         except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
             raise Disconnected("connection lost") from exc
+        self.bytes_out += len(data)
 
     async def send_quiet(self, data: bytes) -> None:
         with contextlib.suppress(StreamReset):
@@ -261,6 +264,7 @@ class PeerConnection:
                     await self.close(Close.PROTOCOL, "binary frames only")
                     break
                 self.last_seen = time.monotonic()
+                self.bytes_in += len(msg.data)
                 try:
                     await self.handle(p.decode(msg.data, self.config.max_frame))
                 except ProtocolError as exc:

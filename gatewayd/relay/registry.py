@@ -9,6 +9,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -62,6 +63,27 @@ class EventTooLarge(Exception):
         self.limit = limit
 
 
+@dataclass(slots=True)
+class RelayTotals:
+    """Counts summed over connections (see :attr:`RelayRegistry.gone`)."""
+
+    streams: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    events_sent: int = 0
+    events_acked: int = 0
+    events_failed: int = 0
+
+    def add(self, conn: PeerConnection) -> None:
+        self.streams += conn.streams_total
+        self.bytes_in += conn.bytes_in
+        self.bytes_out += conn.bytes_out
+        delivery = conn.delivery
+        self.events_sent += delivery.events_sent
+        self.events_acked += delivery.events_acked
+        self.events_failed += delivery.events_failed
+
+
 class RelayRegistry:
     def __init__(self, keys: Any = None, events: Callable[[], Any] | None = None) -> None:
         self.keys = keys
@@ -74,6 +96,9 @@ class RelayRegistry:
         self.connect_rate = ConnectRate()
         self.closing = False
         self.counters = {"refused": 0, "connects": 0, "disconnects": 0}
+        # What the connections that are gone did (and deliveries that found no peer): with the
+        # live connections' counts, the relay's counters (gatewayd.relay.metrics).
+        self.gone = RelayTotals()
         if keys is not None and hasattr(keys, "on_revoke"):
             keys.on_revoke(self.revoked)
 
@@ -142,6 +167,7 @@ class RelayRegistry:
                 while len(self.idle) > MAX_IDLE_LEASES:
                     self.idle.popitem(last=False)
         self.counters["disconnects"] += 1
+        self.gone.add(conn)
         self._announce(conn, "disconnected", reason=conn.close_reason)
 
     def _announce(self, conn: PeerConnection, what: str, **detail: Any) -> None:
@@ -197,6 +223,7 @@ class RelayRegistry:
         if peers is None or not conns:
             record = self._lease(lease)
             record.no_peer.failed("no_peer")
+            self.gone.events_failed += 1
             self._failure_logged(lease, None, [event_id], "no_peer")
             return None
         peers.seq = seq
