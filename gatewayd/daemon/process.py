@@ -27,6 +27,7 @@ from gatewayd.daemon.listeners import Listeners
 from gatewayd.daemon.notify import SystemdNotifier
 from gatewayd.daemon.pidfile import PidFile
 from gatewayd.daemon.services import Services, build_services
+from gatewayd.observability.certificates import CertificateExpiry
 from gatewayd.observability.logging import configure_logging
 from gatewayd.observability.metrics import Metrics
 
@@ -70,6 +71,7 @@ class Daemon:
         self.audit.record(
             "daemon.start", {"pid": os.getpid(), "config_hash": config_hash(self.config_path)}
         )
+        self.metrics.add_collector(CertificateExpiry(lambda: self.config))
         self.generation_number = 1
         gen = await build_generation(1, config, PluginRegistry.discover(), self.services, None)
         self.gateway = Gateway(gen, self.metrics, relay_endpoint(self.services, config))

@@ -61,6 +61,7 @@ async def build_services(config: GatewayConfig, metrics: Metrics) -> Services:
     from gatewayd.chain.registry import PluginRegistry
     from gatewayd.daemon.upstreams import build_upstream
     from gatewayd.proxy.websocket import WebSocketRegistry
+    from gatewayd.relay.metrics import RelayCollector
     from gatewayd.stores.keys import open_key_store
 
     keys = await open_key_store(config.state, events=lambda: events)
@@ -82,6 +83,8 @@ async def build_services(config: GatewayConfig, metrics: Metrics) -> Services:
     services.upstreams.set_configured(frozenset(config.upstreams), services.upstreams.registry)
     services.access_log.fmt = config.logging.format
     services.extras["websockets"] = WebSocketRegistry(metrics.registry)
+    metrics.tenants.top = config.metrics.top_tenants
+    metrics.add_collector(RelayCollector(services.relay))
     return services
 
 
