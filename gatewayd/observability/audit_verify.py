@@ -149,6 +149,10 @@ def _classify(recs: list[Rec], i: int, prev_seq: int, prev_hash: str) -> Failure
     nxt = recs[i + 1] if i + 1 < len(recs) else None
     if nxt is not None and nxt.prev == prev_hash and nxt.seq == prev_seq + 1:
         return Failure(INSERTED, f"{_where(b)}: seq {b.seq} was inserted (it is not in the chain)")
+    before_a = recs[i - 2] if i > 1 else None
+    healed = before_a is not None and b.prev == before_a.hash and b.seq == before_a.seq + 1
+    if a is not None and healed:
+        return Failure(INSERTED, f"{_where(a)}: seq {a.seq} was inserted (it is not in the chain)")
     if b.seq <= prev_seq:
         if seqs.count(b.seq) > 1:
             return Failure(INSERTED, f"{_where(b)}: a second record with seq {b.seq}")
