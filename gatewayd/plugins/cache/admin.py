@@ -1,4 +1,5 @@
-"""The cache's admin route: ``POST /_admin/plugins/cache/purge`` (operator).
+"""The cache's admin route: ``POST /_admin/plugins/cache/purge`` (operator), and its
+dashboard panel (per route: the store, its entries and size, hits and misses).
 
 Body: ``{"key": "/path?query"}`` (every variant of that request target) or ``{"prefix":
 "/v1/"}``, optionally ``"route": name`` to purge one route's cache only. Answers
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from gatewayd.chain import AdminRequest, PluginError, Response
+from gatewayd.chain import AdminRequest, PanelView, PluginError, Response
 
 
 async def purge(request: AdminRequest, instances: Sequence[Any]) -> Response:
@@ -33,3 +34,27 @@ async def purge(request: AdminRequest, instances: Sequence[Any]) -> Response:
         seen.add(id(plugin.store))
         purged += await plugin.purge(key=key, prefix=prefix)
     return Response.json({"purged": purged, "caches": len(seen)})
+
+
+async def panel(instances: Sequence[Any]) -> PanelView:
+    """The dashboard's "Cache" panel: one row per route with a cache."""
+    rows = []
+    for plugin in instances:
+        store = plugin.store
+        memory = not store.is_async
+        c = plugin.counts
+        rows.append(
+            (
+                plugin.context.route or "(global)",
+                "memory" if memory else "redis",
+                len(store) if memory else None,
+                store.bytes if memory else None,
+                c["HIT"],
+                c["STALE"],
+                c["MISS"],
+                c["BYPASS"],
+            )
+        )
+    columns = ("route", "store", "entries", "bytes", "hits", "stale", "misses", "bypass")
+    note = "" if rows else "no route of the serving config has a cache"
+    return PanelView(columns, sorted(rows, key=lambda r: str(r[0])), note)

@@ -16,6 +16,7 @@ from pydantic import Field
 from gatewayd.chain import (
     AdminRoute,
     Duration,
+    Panel,
     Plugin,
     PluginConfig,
     PluginContext,
@@ -170,6 +171,10 @@ class CachePlugin(Plugin):
                 summary='drop entries: {"key": "/path?q"} or {"prefix": "/v1/"}, optional "route"',
             )
         ]
+
+    @classmethod
+    def dashboard_panels(cls) -> list[Panel]:
+        return [Panel("Cache", admin.panel)]
 
     async def purge(self, key: str | None = None, prefix: str | None = None) -> int:
         result = self.store.purge(key=key, prefix=prefix)
