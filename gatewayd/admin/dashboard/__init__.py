@@ -86,7 +86,6 @@ def install(app: web.Application) -> None:
         app_key=views.JINJA,
         loader=jinja2.PackageLoader("gatewayd.admin", "templates"),
         autoescape=True,
-        undefined=jinja2.StrictUndefined,
         default_helpers=False,
         filters={"ago": ago, "duration": duration, "stamp": stamp, "number": number},
     )

@@ -71,7 +71,13 @@ def page(view: View) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
             sent = form.get("csrf")
             if not isinstance(sent, str) or not sessions.same(sent, session.csrf):
                 return admin_error(403, "csrf", "the form's CSRF token is missing or wrong")
-        return await view(request, session)
+        try:
+            return await view(request, session)
+        except web.HTTPException:
+            raise
+        except Exception:
+            log.exception("dashboard page failed", extra={"path": request.path})
+            return admin_error(500, "dashboard_error", "this dashboard page failed (see the log)")
 
     handler.__name__ = view.__name__
     return handler

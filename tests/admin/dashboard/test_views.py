@@ -241,3 +241,31 @@ def pytest_approx(value: float) -> Any:
     import pytest
 
     return pytest.approx(value, rel=0.01)
+
+
+async def test_plugins_page_shows_the_cache_panel(gateway: Any, backend: Any, config: Any) -> None:
+    server = await backend(backend_app())
+    cfg = dashboard_config(config, server)
+    cfg["routes"][0]["plugins"] = [{"cache": {"default_ttl": "60s"}}]
+    gw = await gateway(cfg)
+    async with aiohttp.ClientSession() as s:
+        for _ in range(3):  # a miss, then two hits
+            async with s.get(gw.url + "/api/ok") as r:
+                assert await r.text() == "ok"
+    async with client() as s:
+        await log_in(s, gw.admin_url)
+        async with s.get(gw.admin_url + "/dashboard/plugins", headers=HTML) as r:
+            html = await r.text()
+    assert '<section class="panel" data-plugin="cache">' in html
+    cells = re.findall(r"<td>([^<]*)</td>", html.split('data-plugin="cache"')[1])
+    # route, store, entries, bytes, hits, stale, misses, bypass
+    assert cells[:3] == ["api", "memory", "1"]
+    assert cells[4:7] == ["2", "0", "1"]
+    async with aiohttp.ClientSession() as s, s.get(gw.admin_url + "/metrics") as r:
+        lines = (await r.text()).splitlines()
+    (hits,) = [
+        line
+        for line in lines
+        if line.startswith("gatewayd_cache_total{") and 'route="api"' in line and '"HIT"' in line
+    ]
+    assert float(hits.split()[-1]) == 2  # the panel's figures are the metrics'
