@@ -67,9 +67,7 @@ class TenantUsagePlugin(Plugin):
             return ctx.error_response(403, "forbidden", "a credential reads its own tenant's usage")
         params["tenant"] = tenant
         try:
-            query = UsageQuery.from_params(params)
-            if query.limit > self.config.max_rows:
-                raise BadParameter("limit", f"must be at most {self.config.max_rows} here")
+            query = UsageQuery.from_params(params, max_rows=self.config.max_rows)
         except BadParameter as exc:
             return ctx.error_response(400, "bad_parameter", str(exc))
         try:

@@ -115,9 +115,12 @@ class UsageQuery:
     limit: int = DEFAULT_ROWS
 
     @classmethod
-    def from_params(cls, params: Mapping[str, str], now: float | None = None) -> UsageQuery:
+    def from_params(
+        cls, params: Mapping[str, str], now: float | None = None, max_rows: int = MAX_ROWS
+    ) -> UsageQuery:
         """From query parameters (``group_by``, ``from``, ``to``, ``tenant``, ``kind``,
-        ``limit``); raises :class:`BadParameter` naming the first bad one."""
+        ``limit``: at most ``max_rows``, default 1,000 or ``max_rows`` if less); raises
+        :class:`BadParameter` naming the first bad one."""
         for name in params:
             if name not in PARAMETERS:
                 raise BadParameter(
@@ -138,14 +141,14 @@ class UsageQuery:
         kind = params.get("kind") or None
         if kind is not None and kind not in KINDS:
             raise BadParameter("kind", f"{kind!r} is not one of {', '.join(KINDS)}")
-        limit = DEFAULT_ROWS
+        limit = min(DEFAULT_ROWS, max_rows)
         if params.get("limit"):
             try:
                 limit = int(params["limit"])
             except ValueError:
                 limit = 0
-            if not 1 <= limit <= MAX_ROWS:
-                raise BadParameter("limit", f"must be a whole number from 1 to {MAX_ROWS}")
+            if not 1 <= limit <= max_rows:
+                raise BadParameter("limit", f"must be a whole number from 1 to {max_rows}")
         tenant = params.get("tenant") or None
         return cls(start, end, tuple(group_by), tenant, kind, limit)
 
