@@ -283,20 +283,11 @@ class ProcessUpstream:
     # -- what runs -------------------------------------------------------------------------------
 
     def environment(self) -> dict[str, str]:
-        env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8"}
-        for name in ("HOME", "LANG", *self.config.pass_env):
-            if name in os.environ:
-                env[name] = os.environ[name]
-        env.update((k, v.get_secret_value()) for k, v in self.config.env.items())
-        return env
+        return environment(self.config)
 
     def executable(self, env: dict[str, str]) -> str | None:
         """The command's executable, resolved (None: missing or not executable)."""
-        command = self.config.command[0]
-        if "/" in command:
-            path = os.path.join(self.config.cwd or os.getcwd(), command)
-            return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
-        return shutil.which(command, path=env.get("PATH"))
+        return executable(self.config, env)
 
     def argv(self, executable: str, values: dict[str, str]) -> list[str]:
         """The whole argv: [prlimit ...] [bwrap ...] executable args..."""
@@ -581,3 +572,22 @@ def sandbox_args(executable: str, config: ProcessUpstreamConfig) -> list[str]:
 
 
 __all__ = ["ProcessUpstream", "ProcessUpstreamConfig", "render_chat", "sandbox_args"]
+
+
+def environment(config: ProcessUpstreamConfig) -> dict[str, str]:
+    """The environment a command of ``config`` runs with."""
+    env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8"}
+    for name in ("HOME", "LANG", *config.pass_env):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    env.update((k, v.get_secret_value()) for k, v in config.env.items())
+    return env
+
+
+def executable(config: ProcessUpstreamConfig, env: dict[str, str]) -> str | None:
+    """The command's executable, resolved (None: missing or not executable)."""
+    command = config.command[0]
+    if "/" in command:
+        path = os.path.join(config.cwd or os.getcwd(), command)
+        return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+    return shutil.which(command, path=env.get("PATH"))
