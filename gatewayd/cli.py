@@ -29,8 +29,10 @@ def installers() -> list[Installer]:
     from gatewayd.cli_audit import install as install_audit
     from gatewayd.cli_keys import install as install_keys
     from gatewayd.cli_peer import install as install_peer
+    from gatewayd.cli_schema import install as install_schema
 
-    return [install_keys, install_peer, install_admin, install_audit, *distribution_installers()]
+    installers = [install_keys, install_peer, install_admin, install_audit, install_schema]
+    return [*installers, *distribution_installers()]
 
 
 def distribution_installers() -> list[Installer]:
