@@ -309,7 +309,8 @@ class AuditLog:
         if cp is not None:
             self.last_checkpoint = cp
         if self._writer.state.unsigned <= 0:
-            self._oldest_unsigned = None
+            # Records queued while the checkpoint was written are not covered by it.
+            self._oldest_unsigned = None if self._queue.empty() else time.monotonic()
 
     async def close(self) -> None:
         """Write what is queued, sign it, stop."""
