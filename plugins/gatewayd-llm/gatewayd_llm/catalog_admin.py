@@ -46,6 +46,9 @@ KINDS: dict[str, type[ProviderConfig]] = {
 }
 SECRET = "api_key"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+# Headers that carry a credential: refused in ``headers`` (stored as given), the secret goes in
+# ``api_key`` (sealed).
+SECRET_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "proxy-authorization"})
 # Keys of a provider's body that are not its kind's config.
 OWN_KEYS = frozenset({"id", "kind", "models", "source"})
 
@@ -191,6 +194,11 @@ def provider_input(pid: str, body: dict[str, Any]) -> ProviderInput:
     if "credential" in body:
         raise bad("credential: set by the catalog (give api_key)")
     config = {k: v for k, v in body.items() if k not in OWN_KEYS and k != SECRET}
+    headers = config.get("headers")
+    if isinstance(headers, dict):
+        for name in headers:
+            if isinstance(name, str) and name.lower() in SECRET_HEADERS:
+                raise bad(f"headers.{name}: a credential goes in api_key (sealed at rest)")
     secret = body.get(SECRET) if SECRET in body else None
     if SECRET in body and body[SECRET] is None:
         secret = ""

@@ -235,7 +235,7 @@ def upstream_config(rec: ProviderRecord, with_secret: bool) -> dict[str, Any]:
 
 def parse_models(catalog: Catalog) -> dict[str, ServedModel]:
     out: dict[str, ServedModel] = {}
-    for name, rec in catalog.models.items():
+    for name, rec in sorted(catalog.models.items()):  # by name: /v1/models lists them so
         try:
             out[name] = served_model(rec)
         except ValueError as exc:

@@ -86,6 +86,7 @@ async def test_errors_name_the_field(harness: PluginHarness) -> None:
         (provider(pid="bad id"), "id: "),
         (provider(models={"m": {"weight": 0}}), "models.m.weight: "),
         (provider(surprise=1), "surprise: "),
+        (provider(headers={"Authorization": SECRET}), "headers.Authorization: "),
     ]
     for body, want in cases:
         status, message = await call(harness, "POST", "/providers", body)
@@ -218,3 +219,32 @@ def test_a_key_file_readable_by_others_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         PluginHarness(LlmPlugin, {**YAML, "secrets_key_file": str(key)}, state_dir=tmp_path)
     assert "chmod 600" in err.value.problems[0].message
+
+
+async def test_a_yaml_model_wins_a_name_clash_and_dangling_fallbacks_are_left_out(
+    harness: PluginHarness, tmp_path: Path
+) -> None:
+    await call(harness, "POST", "/providers", provider(models=["later", "solo"]))
+    await call(
+        harness, "POST", "/models",
+        {"name": "chain", "deployments": [{"upstream": "p1", "model": "c"}], "fallbacks": ["solo"]},
+    )  # fmt: skip
+    reply = await harness.request("GET", "/v1/models")
+    assert [m["id"] for m in json.loads(reply.body)["data"]] == [  # type: ignore[arg-type]
+        "yaml-model", "chain", "later", "solo",
+    ]  # fmt: skip
+    assert harness.plugin.config.chain("chain") == ["chain", "solo"]
+    # solo goes: chain is still served, without its fallback.
+    assert (await call(harness, "DELETE", "/models/{name}", name="solo"))[0] == 204
+    await harness.request("GET", "/v1/models")
+    assert harness.plugin.config.chain("chain") == ["chain"]
+    # The YAML now defines "later" too: the YAML's deployments serve it.
+    key = str(tmp_path / "llm.key")
+    yaml = {"models": {**YAML["models"], "later": [{"upstream": "yaml-up", "model": "y"}]}}
+    reloaded = harness.reload({**yaml, "secrets_key_file": key})
+    await reloaded.start()
+    reply = await reloaded.request("GET", "/v1/models/later")
+    assert json.loads(reply.body)["owned_by"] == "yaml-up"  # type: ignore[arg-type]
+    status, body = await call(reloaded, "GET", "/models/{name}", name="later")
+    assert (status, body["source"]) == (200, "config")
+    await reloaded.close()
