@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import aiohttp
+import openai
 import pydantic
 import pytest
+from conftest import FakeFactory, GatewayFactory
 from fake_native_servers import FakeAnthropic, FakeOllama
 from fake_openai_server import FakeOpenAI, Fault
 from gatewayd_llm.credentials import SHARED_NAME, Credentials
@@ -19,7 +24,9 @@ from gatewayd_llm.kinds.anthropic import AnthropicUpstream
 from gatewayd_llm.kinds.base import HttpProvider
 from gatewayd_llm.kinds.ollama import OllamaUpstream
 from gatewayd_llm.kinds.openai import OpenAIUpstream, OpenAIUpstreamConfig
-from llm_kind_harness import body_json, exchange, read_events, send
+from gatewayd_llm.sealing import generate_key_file
+from llm_kind_harness import body_json, chat_text, exchange, read_events, send
+from llm_testkit import ADMIN_TOKEN
 
 from gatewayd.testing import HarnessServices, upstream_context
 
@@ -250,3 +257,57 @@ async def test_a_missing_credential_sends_none(setup: Setup) -> None:
         assert "Authorization" not in fake.requests[0].headers
     finally:
         await fake.close()
+
+
+# -- through the gateway -----------------------------------------------------------------------
+
+
+async def test_grace_through_the_gateway_with_the_openai_sdk(
+    tmp_path: Path,
+    make_fake_openai: FakeFactory,
+    llm_config: Callable[..., dict[str, Any]],
+    llm_gateway: GatewayFactory,
+) -> None:
+    """The daemon, a provider made through the admin API, the official SDK: rotated with a
+    grace while the provider still has only the old key, the SDK's request is answered (the
+    fake saw the new key refused, then the old one); once the grace is over, 502
+    upstream_auth_failed, and neither key in the answer or the daemon's log."""
+    key_file = tmp_path / "llm.key"
+    generate_key_file(key_file)
+    fake = await make_fake_openai(api_key=OLD)
+    llm = {"models": {}, "secrets_key_file": str(key_file)}
+    gw = await llm_gateway(llm_config({}, llm))
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    provider = {
+        "id": "prov-e2e",
+        "kind": "openai",
+        "base_url": fake.url,
+        "api_key": OLD,
+        "models": {"gpt-live": {"model": "gpt-4o-mini"}},
+    }
+    client = gw.client()
+    async with aiohttp.ClientSession(headers=auth) as admin:
+        async with admin.post(gw.admin_url + "/_admin/llm/providers", json=provider) as r:
+            assert r.status == 201, await r.text()
+        assert await chat_text(client, "gpt-live", stream=False)
+        rotate = gw.admin_url + "/_admin/llm/providers/prov-e2e/rotate-credentials"
+        async with admin.post(rotate, json={"api_key": NEW, "grace": "2s"}) as r:
+            assert r.status == 200, await r.text()
+        rotated = time.monotonic()
+        fake.requests.clear()
+        assert await chat_text(client, "gpt-live", stream=True)
+        assert [r.headers["Authorization"] for r in fake.requests] == [
+            f"Bearer {NEW}",
+            f"Bearer {OLD}",
+        ]
+        await asyncio.sleep(max(0.0, rotated + 2.2 - time.monotonic()))
+        fake.requests.clear()
+        with pytest.raises(openai.APIStatusError) as err:
+            await chat_text(client, "gpt-live", stream=False)
+    await client.close()
+    assert err.value.status_code == 502
+    assert err.value.code == "upstream_auth_failed"
+    assert [r.headers["Authorization"] for r in fake.requests] == [f"Bearer {NEW}"]
+    text = err.value.response.text + gw.logs()
+    for secret in (OLD, NEW):
+        assert secret not in text and secret[:12] not in text
