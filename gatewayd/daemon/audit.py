@@ -92,7 +92,9 @@ class DaemonAudit:
         }
         self.log.record(kind, key_id, p.get("client_ip"), what)
 
-    async def close(self) -> None:
+    async def close(self, stop: dict[str, Any] | None = None) -> None:
+        """Record what is pending (leases, counted failures), then ``daemon.stop`` with
+        ``stop``; sign and stop the log."""
         if self._sub is not None:
             while (item := self._sub.get_nowait()) is not None:
                 if isinstance(item, Event):
@@ -107,4 +109,6 @@ class DaemonAudit:
                 self._services.taps.discard(self.failures.on_request)
             await self.failures.close()
         if self.log is not None:
+            if stop is not None:
+                self.log.record("daemon.stop", None, None, stop)
             await self.log.close()

@@ -211,8 +211,7 @@ class Daemon:
         if self.admin_runner is not None:
             await self.admin_runner.cleanup()
         if self.audit is not None:
-            self.audit.record("daemon.stop", {"pid": os.getpid()})
-            await self.audit.close()  # last: the stop is signed
+            await self.audit.close({"pid": os.getpid()})  # last: its daemon.stop is signed
         for task in list(self._tasks):
             task.cancel()
         self.notifier.close()
