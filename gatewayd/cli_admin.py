@@ -10,6 +10,7 @@ stored one (a configured one is removed from the config file, then reloaded).
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
 import time
@@ -29,6 +30,7 @@ from gatewayd.admin.tokens import (
 from gatewayd.config.errors import ConfigError
 from gatewayd.config.loader import default_path, load_config
 from gatewayd.config.schema import GatewayConfig
+from gatewayd.observability.audit import Entry, append_now
 
 
 def _config(args: argparse.Namespace) -> GatewayConfig | None:
@@ -37,6 +39,23 @@ def _config(args: argparse.Namespace) -> GatewayConfig | None:
     except ConfigError as exc:
         print(exc.describe(), file=sys.stderr)
         return None
+
+
+def _audit(config: GatewayConfig, type_: str, what: dict[str, Any]) -> int:
+    """Record a stored token's creation or revocation in the audit log (signed at once): 1
+    when it cannot be written and ``audit.fail_closed`` is set (the change is made)."""
+    settings = config.audit
+    if not settings.enabled:
+        return 0
+    what = {**what, "user": getpass.getuser()}
+    try:
+        append_now(
+            settings, settings.directory(config.state.dir), [Entry(type_, "cli", None, what)]
+        )
+    except (OSError, ValueError) as exc:
+        print(f"gatewayd admin: the audit record was not written: {exc}", file=sys.stderr)
+        return 1 if settings.fail_closed else 0
+    return 0
 
 
 def _when(ts: float) -> str:
@@ -84,11 +103,15 @@ def cmd_create(args: argparse.Namespace) -> int:
             print(f"gatewayd admin: {exc}", file=sys.stderr)
             return 1
     line = f'- {{id: {args.id}, role: {args.role}, hash: "{hashed}"}}'
+    audited = 0
+    if args.store:
+        assert config is not None
+        audited = _audit(config, "admin_token.create", {"token_id": args.id, "role": args.role})
     if args.json:
         out: dict[str, Any] = {"id": args.id, "role": args.role, "token": token}
         out.update({"stored": str(path)} if args.store else {"hash": hashed, "config": line})
         print(json.dumps(out))
-        return 0
+        return audited
     print(token)
     print("(the token is shown once; keep it now)", file=sys.stderr)
     if args.store:
@@ -96,7 +119,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     else:
         print("paste under admin.tokens in the config, then reload:")
         print(line)
-    return 0
+    return audited
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -145,7 +168,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
             print(f"gatewayd admin: {exc}", file=sys.stderr)
         return 1
     print(f"revoked {gone.id} ({gone.role}); the daemon refuses it on the next call")
-    return 0
+    return _audit(config, "admin_token.revoke", {"token_id": gone.id, "role": gone.role})
 
 
 def install(sub: Any) -> None:

@@ -92,6 +92,16 @@ async def test_stored_tokens_work_at_once_and_revocation_applies_on_the_next_cal
     again = cli("revoke", "ops", "-c", c)
     assert again.returncode == 1 and "no stored admin token with id 'ops'" in again.stderr
     assert token not in gw.logs() and vtoken not in gw.logs()
+    # the stored tokens' creation and revocation are in the audit log, without a secret
+    audit = "".join(p.read_text() for p in sorted((path.parent / "audit").glob("audit-*.jsonl")))
+    records = [json.loads(line) for line in audit.splitlines()]
+    records = [r for r in records if r["type"].startswith("admin_token.")]  # and the daemon's
+    assert [(r["type"], r["what"]["token_id"]) for r in records] == [
+        ("admin_token.create", "ops"),
+        ("admin_token.create", "v"),
+        ("admin_token.revoke", "ops"),
+    ]
+    assert token not in audit and "$2b$" not in audit
 
 
 async def test_the_same_id_twice_is_refused(gateway, config, tmp_path):
