@@ -48,17 +48,22 @@ def fail(message: str) -> int:
 
 
 async def run(cfg: Any, path: Path) -> int:
+    clients: list[Any] = []
+
     def redis() -> Any:
         from redis.asyncio import Redis
 
-        return Redis.from_url(cfg.state.redis_url)
+        clients.append(Redis.from_url(cfg.state.redis_url))
+        return clients[-1]
 
     store = open_store(cfg.state.backend, cfg.state.dir, redis)
-    await store.start()
     try:
+        await store.start()
         result = await rekey(path, store)
     finally:
         await store.close()
+        for client in clients:
+            await client.aclose()
     dropped = ", ".join(result.dropped) or "none"
     print(
         f"{result.resealed} values sealed with key {result.key_id}; "
@@ -83,8 +88,10 @@ def cmd_rekey(args: argparse.Namespace) -> int:
         return asyncio.run(run(cfg, path))
     except (KeyringError, RekeyError) as exc:
         return fail(str(exc))
-    except OSError as exc:
+    except OSError as exc:  # the key file's directory, SQLite's
         return fail(f"{exc.strerror or exc}")
+    except Exception as exc:  # the store (redis unreachable, sqlite3 errors): one line
+        return fail(f"the catalog store failed: {exc}")
 
 
 def install(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from gatewayd_llm.catalog import CatalogConflict, ProviderRecord, SqliteCatalogStore
+from catalog_testkit import catalog_redis_url  # noqa: F401 -- the fixture
+from gatewayd_llm.catalog import (
+    CatalogConflict,
+    ProviderRecord,
+    RedisCatalogStore,
+    SqliteCatalogStore,
+)
 from gatewayd_llm.rekey import RekeyError, rekey
 from gatewayd_llm.sealing import (
     Keyring,
@@ -23,6 +29,8 @@ from gatewayd_llm.sealing import (
     generate_key_file,
     token_key_id,
 )
+from llm_testkit import free_port
+from redis.asyncio import Redis
 
 N = 1000
 
@@ -235,3 +243,43 @@ async def test_command_user_errors_are_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in refused.stderr and "sk-provider" not in refused.stderr
     again = gatewayd("keygen", str(key_file))
     assert again.returncode == 1 and "exists already" in again.stderr
+
+
+async def test_command_on_the_redis_store(
+    tmp_path: Path,
+    catalog_redis_url: str,  # noqa: F811 -- the fixture
+) -> None:
+    key_file = tmp_path / "llm.key"
+    generate_key_file(key_file)
+    config = write_config(tmp_path, key_file)
+    data = yaml.safe_load(config.read_text())
+    data["state"].update(backend="redis", redis_url=catalog_redis_url)
+    config.write_text(yaml.safe_dump(data))
+    client = Redis.from_url(catalog_redis_url)
+    store = RedisCatalogStore(client)
+    try:
+        await store.start()
+        await fill(store, Keyring(key_file), 50)  # type: ignore[arg-type]
+        done = await asyncio.to_thread(gatewayd, "rekey", "-c", str(config))
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("50 values sealed with key ")
+        values = await store.sealed()
+        fresh = Keyring(key_file)
+        assert {token_key_id(t) for _, _, t in values} == {fresh.sealing_key_id}
+        assert opened(fresh, values)["provider:p49"] == secret_of(49)
+    finally:
+        await client.aclose()
+
+
+async def test_command_with_redis_down_is_one_line(tmp_path: Path) -> None:
+    key_file = tmp_path / "llm.key"
+    generate_key_file(key_file)
+    config = write_config(tmp_path, key_file)
+    data = yaml.safe_load(config.read_text())
+    data["state"].update(backend="redis", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    config.write_text(yaml.safe_dump(data))
+    before = key_file.read_bytes()
+    done = await asyncio.to_thread(gatewayd, "rekey", "-c", str(config))
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("gatewayd llm rekey: the catalog store failed: ")
+    assert key_file.read_bytes() == before
