@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 import sqlite3
 import time
 from collections.abc import Generator, Mapping
@@ -88,9 +89,17 @@ def parse_time(parameter: str, value: str) -> float:
     return when.timestamp()
 
 
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 def iso(timestamp: float) -> str:
-    """A POSIX timestamp as an ISO 8601 UTC datetime ending in ``Z``."""
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat().replace("+00:00", "Z")
+    """A POSIX timestamp as an ISO 8601 UTC datetime ending in ``Z``, cut (not rounded) to the
+    microsecond: given back as ``from``, it selects the record it came from."""
+    us = math.floor(timestamp * 1_000_000)
+    while us / 1_000_000 > timestamp:  # the product was rounded up
+        us -= 1
+    when = EPOCH + dt.timedelta(microseconds=us)
+    return when.isoformat().replace("+00:00", "Z")
 
 
 def time_range(start: str | None, end: str | None, now: float) -> tuple[float, float]:

@@ -185,6 +185,11 @@ def test_times() -> None:
     assert parse_time("from", "2026-11-28T00:00:00Z") == DAY0
     assert parse_time("from", "2026-11-28T00:00:00") == DAY0  # no offset: UTC
     assert parse_time("from", "2026-11-28T01:30:00+01:30") == DAY0
+    # an exported time given back as `from` selects its record: cut, never rounded up
+    for i in range(20_000):
+        t = NOW + i * 0.123_456_789_1
+        back = parse_time("from", iso(t))
+        assert t - 2e-6 < back <= t, (t, iso(t))
 
 
 async def test_records_stream_on_a_read_only_connection(store, tmp_path: Path) -> None:
