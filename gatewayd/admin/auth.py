@@ -221,11 +221,7 @@ async def authenticate(
         return AdminIdentity(subject, "operator" if role == "operator" else "viewer", "jwt")
     tokens = auth.hashed_tokens(config)
     if not tokens and jwt_config is None:
-        return Refusal(
-            403,
-            "forbidden",
-            "the admin API is disabled (no admin.tokens, stored tokens or admin.jwt)",
-        )
+        return Refusal(403, "forbidden", DISABLED)
     hit = await auth.match(token, tokens)
     if hit is None:
         return Refusal(403, "forbidden", "this admin token is not accepted")
