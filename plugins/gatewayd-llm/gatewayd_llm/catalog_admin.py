@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from gatewayd.chain import AdminRequest, AdminRoute, Duration, PluginConfig, PluginError, Response
 from gatewayd_llm.catalog import Catalog, ModelRecord, ProviderRecord, Writes, record_id, stamp
-from gatewayd_llm.catalog_sync import CatalogSync, served_model
+from gatewayd_llm.catalog_sync import OWNER, CatalogSync, served_model
 from gatewayd_llm.config import DeploymentConfig, PriceConfig
 from gatewayd_llm.credentials import credentials
 from gatewayd_llm.kinds.anthropic import AnthropicUpstreamConfig
@@ -275,6 +275,9 @@ def guard_provider(instances: Sequence[Any], sync: CatalogSync, pid: str) -> Non
     assert sync.services is not None
     if pid in yaml_providers(instances, sync) or pid in sync.services.upstreams.configured():
         raise read_only("provider", pid)
+    owner = sync.services.upstreams.runtime().get(pid, OWNER)
+    if owner != OWNER:
+        raise PluginError(409, "conflict", f"upstream '{pid}' belongs to '{owner}'")
 
 
 def seal(sync: CatalogSync, pid: str, secret: str) -> str:

@@ -129,6 +129,12 @@ async def test_404_409_and_the_yaml_read_only(harness: PluginHarness) -> None:
     assert (await call(harness, "DELETE", "/models/{name}", name="yaml-model"))[0] == 409
     status, body = await call(harness, "GET", "/models/{name}", name="yaml-model")
     assert status == 200 and body["source"] == "config"
+    # A run-time upstream another distribution put is not the catalog's to take.
+    await harness.services.upstreams.put(
+        "taken", {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}, owner="other"
+    )
+    status, message = await call(harness, "POST", "/providers", provider("taken"))
+    assert (status, message) == (409, "upstream 'taken' belongs to 'other'")
 
 
 async def test_patch_put_and_delete(harness: PluginHarness) -> None:
