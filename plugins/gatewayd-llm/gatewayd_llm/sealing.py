@@ -163,7 +163,8 @@ class Keyring:
         credentials_dir: str | None = None,
     ) -> Keyring:
         """``path`` (``llm.secrets_key_file``; its mode checked) or else the systemd credential
-        ``gatewayd-llm.key`` in ``credentials_dir`` (default: ``$CREDENTIALS_DIRECTORY``)."""
+        ``gatewayd-llm.key`` in ``credentials_dir`` (None: ``$CREDENTIALS_DIRECTORY``; ``""``:
+        none). Raises :class:`KeyringError`."""
         if credentials_dir is None:
             credentials_dir = os.environ.get("CREDENTIALS_DIRECTORY")
         if path is not None:
@@ -184,7 +185,8 @@ class Keyring:
         return [k.id for k in self._keys]
 
     def reload(self) -> None:
-        """Read the key file again (keeps the old keys when it cannot be read now)."""
+        """Read the key file again; when it cannot be used now, :class:`KeyringError` and the
+        keys held so far are kept."""
         self._keys, self._stamp = _read(self.path, self._check_mode)
 
     def _refresh_if_changed(self) -> None:
