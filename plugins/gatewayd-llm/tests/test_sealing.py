@@ -201,3 +201,19 @@ def test_a_store_sealed_with_the_old_key_alone_is_refused_by_the_new_file(
     with pytest.raises(SealError) as err:
         Keyring.load(new_file).open(token, CTX)
     assert str(err.value) == f"sealed with key {old_id}, which is not in {new_file}"
+
+
+def test_a_key_file_made_unusable_after_loading(key_file: Path, tmp_path: Path) -> None:
+    ring = Keyring.load(key_file)
+    token = ring.seal(SECRET, CTX)
+    foreign = tmp_path / "foreign.key"
+    generate_key_file(foreign)
+    stranger = Keyring.load(foreign).seal(SECRET, CTX)
+    add_key(key_file)
+    key_file.chmod(0o644)  # changed and now refused: sealing goes on with the keys held
+    assert token_key_id(ring.seal(SECRET, CTX)) == token_key_id(token)
+    assert ring.open(token, CTX) == SECRET
+    with pytest.raises(SealError) as err:
+        ring.open(stranger, CTX)  # the re-read fails: said, with the file's problem
+    assert str(err.value).startswith(f"sealed with key {token_key_id(stranger)}; key file ")
+    assert "chmod 600" in str(err.value)
