@@ -33,7 +33,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if isinstance(directory, int):
         return directory
     key = Path(args.public_key) if args.public_key else None
-    result = verify(directory, key, args.allow_unsigned_tail)
+    saved = Path(args.checkpoints) if args.checkpoints else None
+    result = verify(directory, key, args.allow_unsigned_tail, saved)
     for warning in result.warnings:
         print(f"gatewayd audit verify: warning: {warning}", file=sys.stderr)
     if result.code == 0:
@@ -108,6 +109,10 @@ def install(sub: Any) -> None:
     p.add_argument(
         "--public-key",
         help="a trusted copy of audit.pub (default: the one beside the log, which proves less)",
+    )
+    p.add_argument(
+        "--checkpoints",
+        help="a copy of checkpoints.jsonl kept elsewhere: the current file must start with it",
     )
     p.add_argument(
         "--allow-unsigned-tail",

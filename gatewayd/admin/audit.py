@@ -32,6 +32,7 @@ READS = frozenset({"GET", "HEAD", "OPTIONS"})
 NEW_KEY_FIELD = re.compile(r"^(api_)?key$|_key$", re.I)
 KEY_PATH = re.compile(r"^/_admin/keys(?:/(?P<id>[^/]+)(?P<action>/revoke|/rotate)?)?$")
 MAX_LIMIT = 200
+MAX_BODY = 64 * 1024  # bigger bodies are recorded by their size
 
 
 def mask(value: Any, name: str = "") -> Any:
@@ -47,8 +48,12 @@ def mask(value: Any, name: str = "") -> Any:
 
 
 def _json(data: bytes | None) -> Any:
+    """A body as masked JSON; a body that is not JSON, or is over :data:`MAX_BODY`, as its
+    size only."""
     if not data:
         return None
+    if len(data) > MAX_BODY:
+        return {"bytes": len(data), "truncated": True}
     try:
         return mask(json.loads(data))
     except (ValueError, UnicodeDecodeError):

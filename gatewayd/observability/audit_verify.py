@@ -234,7 +234,25 @@ def check_against(recs: list[Rec], cps: list[dict[str, object]]) -> None:
             )
 
 
-def verify(directory: Path, public_key: Path | None = None, allow_unsigned: bool = False) -> Result:
+def check_saved(directory: Path, saved: Path) -> None:
+    """A copy of the checkpoint file kept elsewhere must be where the current one starts."""
+    copy = saved.read_bytes().splitlines()
+    path = directory / fmt.CHECKPOINTS
+    current = path.read_bytes().splitlines() if path.exists() else []
+    for n, line in enumerate(copy, 1):
+        if n > len(current) or current[n - 1] != line:
+            raise Failure(
+                CHECKPOINTS_REPLACED,
+                f"checkpoint {n} of the saved copy {saved} is not in {fmt.CHECKPOINTS}",
+            )
+
+
+def verify(
+    directory: Path,
+    public_key: Path | None = None,
+    allow_unsigned: bool = False,
+    saved_checkpoints: Path | None = None,
+) -> Result:
     warnings: list[str] = []
     if public_key is None:
         public_key = directory / fmt.PUBLIC_KEY
@@ -251,6 +269,8 @@ def verify(directory: Path, public_key: Path | None = None, allow_unsigned: bool
     try:
         files = [i for i, _ in fmt.log_files(directory)]
         cps = check_checkpoints(directory, key)
+        if saved_checkpoints is not None:
+            check_saved(directory, saved_checkpoints)
         recs = read_records(directory)
         if not recs and not cps:
             return Result(UNREADABLE, f"{directory}: no audit records", warnings=warnings)

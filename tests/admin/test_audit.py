@@ -183,3 +183,34 @@ async def test_fail_closed_refuses_a_mutation_the_log_cannot_record(
     else:
         assert status == 201 and len(keys) == 1
     assert errors >= 2  # the start record, and this mutation's
+
+
+def test_mask_hides_secrets_and_new_keys_but_not_ids() -> None:
+    from gatewayd.admin.audit import mask
+
+    body = {
+        "key": "gwd_k1_s3cret",
+        "record": {"key_id": "k1", "tenant": "acme"},
+        "provider": {"api_key": "sk-1", "url": "https://u:pw@h/x", "client_secret": "c"},
+        "items": [{"password": "p"}],
+    }
+    assert mask(body) == {
+        "key": "***",
+        "record": {"key_id": "k1", "tenant": "acme"},
+        "provider": {"api_key": "***", "url": "https://u:***@h/x", "client_secret": "***"},
+        "items": [{"password": "***"}],
+    }
+
+
+def test_record_types_and_big_bodies() -> None:
+    from gatewayd.admin.audit import MAX_BODY, _json, record_type
+
+    assert record_type("POST", "/_admin/keys") == "key.create"
+    assert record_type("POST", "/_admin/keys/k1/rotate") == "key.rotate"
+    assert record_type("POST", "/_admin/keys/k1/revoke") == "key.revoke"
+    assert record_type("DELETE", "/_admin/keys/k1") == "key.revoke"
+    assert record_type("POST", "/_admin/reload") == "admin.mutation"
+    assert record_type("PUT", "/_admin/llm/providers/x") == "admin.mutation"
+    assert _json(b"not json") == {"bytes": 8}
+    big = json.dumps({"x": "y" * MAX_BODY}).encode()
+    assert _json(big) == {"bytes": len(big), "truncated": True}
