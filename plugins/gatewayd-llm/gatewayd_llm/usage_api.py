@@ -1,7 +1,7 @@
 """``GET /_admin/llm/usage``: the usage records' totals, grouped (viewer role).
 
-``?group_by=tenant,key,model,day,deployment,provider`` (any of them, in that order of the
-answer's keys as given), ``from``/``to`` (ISO dates or datetimes, UTC, ``to`` exclusive; the
+``?group_by=tenant,key,model,day,deployment,provider`` (any of them; rows are ordered by the
+groups as given), ``from``/``to`` (ISO dates or datetimes, UTC, ``to`` exclusive; the
 last 30 days without them), ``tenant=`` and ``kind=provider|estimated|partial`` to narrow,
 ``limit=`` (groups, default 1,000, at most 10,000). The answer: the query as understood, one row
 per group (requests, prompt/completion/total tokens, cost, and the same per kind of record),

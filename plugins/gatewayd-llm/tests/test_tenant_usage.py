@@ -32,7 +32,7 @@ def config(llm_config: Any, fake: FakeOpenAI) -> dict[str, Any]:
     cfg["routes"] += [
         {
             "name": "usage",
-            "match": {"path": "/usage"},
+            "match": {"path": "/v1/usage"},
             "plugins": [{"key_auth": {}}, {"llm_usage": {"max_rows": 50}}],
         },
         {
@@ -83,7 +83,7 @@ async def test_each_tenant_reads_its_own_usage(
     assert [r.completion_tokens for r in mine["acme"]] == [3, 4, 5]
 
     for key, tenant in KEYS.items():
-        status, headers, body = await get(gw, "/usage?group_by=key,model", gw.keys[key])
+        status, headers, body = await get(gw, "/v1/usage?group_by=key,model", gw.keys[key])
         assert status == 200, body
         assert headers["Cache-Control"] == "no-store"
         assert body["tenant"] == tenant
@@ -91,11 +91,11 @@ async def test_each_tenant_reads_its_own_usage(
         assert body["totals"] == totals(mine[tenant])
         assert "instance" not in body  # the admin API's, not a tenant's business
     # a tenant may name itself, not another
-    status, _, body = await get(gw, "/usage?tenant=acme&group_by=tenant", gw.keys["a2"])
+    status, _, body = await get(gw, "/v1/usage?tenant=acme&group_by=tenant", gw.keys["a2"])
     assert status == 200 and body["rows"] == expected_rows(mine["acme"], ("tenant",))
-    assert_error(*await get(gw, "/usage?tenant=globex", gw.keys["a1"]), 403, "forbidden")
+    assert_error(*await get(gw, "/v1/usage?tenant=globex", gw.keys["a1"]), 403, "forbidden")
     # a tenant grouping by tenant sees itself alone
-    status, _, body = await get(gw, "/usage?group_by=tenant,day", gw.keys["g1"])
+    status, _, body = await get(gw, "/v1/usage?group_by=tenant,day", gw.keys["g1"])
     assert {r["tenant"] for r in body["rows"]} == {"globex"}
 
     # jwt_auth: the tenant claim decides; a token without one is refused
@@ -113,7 +113,7 @@ async def test_refusals_in_the_error_shape(
 ) -> None:
     gw = await llm_gateway(config(llm_config, fake_openai), keys=KEYS)
     # no key: key_auth's 401; an optional key_auth lets it through to llm_usage: 401 too
-    status, headers, body = await get(gw, "/usage", None)
+    status, headers, body = await get(gw, "/v1/usage", None)
     assert_error(status, headers, body, 401, body["error"]["code"])
     assert headers["WWW-Authenticate"].startswith("Bearer")
     status, headers, body = await get(gw, "/open-usage", None)
@@ -131,11 +131,11 @@ async def test_refusals_in_the_error_shape(
         ("limit=51", "limit"),
         ("tenant_id=acme", "tenant_id"),
     ]:
-        status, headers, body = await get(gw, f"/usage?{query}", key)
+        status, headers, body = await get(gw, f"/v1/usage?{query}", key)
         assert_error(status, headers, body, 400, "bad_parameter")
         assert body["error"]["message"].startswith(f"{name}: "), body
-    status, _, body = await get(gw, "/usage?limit=50", key)
+    status, _, body = await get(gw, "/v1/usage?limit=50", key)
     assert status == 200 and body["row_limit"] == 50
-    status, headers, body = await get(gw, "/usage", key, method="POST")
+    status, headers, body = await get(gw, "/v1/usage", key, method="POST")
     assert_error(status, headers, body, 405, "method_not_allowed")
     assert headers["Allow"] == "GET"
