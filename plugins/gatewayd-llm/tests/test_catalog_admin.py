@@ -5,7 +5,10 @@ a fingerprint, merge patches, and the plugin serving what the catalog holds."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import shutil
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +17,10 @@ import pytest
 from gatewayd_llm import catalog_admin
 from gatewayd_llm.plugin import LlmPlugin
 from gatewayd_llm.sealing import fingerprint, generate_key_file
+from llm_testkit import free_port
 
 from gatewayd.chain import AdminRequest, PluginError, Response
-from gatewayd.testing import ConfigError, PluginHarness
+from gatewayd.testing import ConfigError, HarnessServices, PluginHarness
 
 SECRET = "sk-admin-unit-secret-0123456789abcdef"
 YAML = {"models": {"yaml-model": [{"upstream": "yaml-up", "model": "m"}]}}
@@ -254,3 +258,31 @@ async def test_a_yaml_model_wins_a_name_clash_and_dangling_fallbacks_are_left_ou
     status, body = await call(reloaded, "GET", "/models/{name}", name="later")
     assert (status, body["source"]) == (200, "config")
     await reloaded.close()
+
+
+async def test_redis_down_at_start_up_does_not_stop_the_plugin(tmp_path: Path) -> None:
+    port = free_port()
+    services = HarnessServices(backend="redis", redis_url=f"redis://127.0.0.1:{port}/0")
+    async with PluginHarness(LlmPlugin, YAML, services=services) as h:
+        reply = await h.request("GET", "/v1/models")  # the YAML's models are served meanwhile
+        assert reply.status == 200
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        proc = subprocess.Popen(  # noqa: ASYNC220 -- returns at once
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            for _ in range(100):
+                try:
+                    status, _body = await call(h, "POST", "/providers", provider())
+                    break
+                except Exception:  # redis.ConnectionError: not up yet
+                    await asyncio.sleep(0.05)
+            assert status == 201
+            assert h.services.upstreams.runtime() == {"p1": "llm"}
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    await services.close()
