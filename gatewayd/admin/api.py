@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +28,7 @@ from gatewayd.stores.keys import KeyNotFound, KeyStoreError
 
 SECRET_NAME = re.compile(r"secret|password|passwd|token|hash|private|credential", re.I)
 REDACTED = "***"
+JSON = "application/json"
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/]*):[^@/]*@", re.I)
 
 
@@ -65,15 +67,18 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         data = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise web.HTTPBadRequest(
-            text=json.dumps({"error": {"code": "bad_json", "message": "body is not JSON"}}),
-            content_type="application/json",
+            text=_error_text("bad_json", "body is not JSON"), content_type=JSON
         ) from None
     if not isinstance(data, dict):
         raise web.HTTPBadRequest(
-            text=json.dumps({"error": {"code": "bad_json", "message": "expected an object"}}),
-            content_type="application/json",
+            text=_error_text("bad_json", "expected an object"), content_type=JSON
         )
     return data
+
+
+def _error_text(code: str, message: str) -> str:
+    """The JSON error body (with a request id) of a raised ``web.HTTPException``."""
+    return json.dumps({"error": {"code": code, "message": message, "request_id": uuid.uuid4().hex}})
 
 
 def _invalid(exc: ValidationError) -> web.Response:
@@ -87,8 +92,7 @@ def _keys(request: web.Request) -> Any:
     keys = daemon.services.keys if daemon.services is not None else None
     if keys is None:
         raise web.HTTPServiceUnavailable(
-            text=json.dumps({"error": {"code": "unavailable", "message": "no key store"}}),
-            content_type="application/json",
+            text=_error_text("unavailable", "no key store"), content_type=JSON
         )
     return keys
 
