@@ -137,8 +137,26 @@ async def mounted_route(request: web.Request) -> web.StreamResponse:
     prefix = "/_admin/" + request.match_info["segment"]
     plugin = admin.mounts(_serving_plugins(request)).get(prefix)
     if plugin is None:
+        allowed = await _allowed_elsewhere(request)
+        if allowed:  # an admin endpoint with other methods (this route matched any method)
+            return admin_error(
+                405, "method_not_allowed", "method not allowed", {"Allow": ", ".join(allowed)}
+            )
         return admin_error(404, "not_found", f"no admin endpoint {request.path}")
     return await _dispatch(request, plugin, request.match_info["tail"])
+
+
+async def _allowed_elsewhere(request: web.Request) -> list[str]:
+    """The methods the other admin routes serve at this path (aiohttp would have answered
+    405 with them, had this catch-all not matched after them)."""
+    mine = request.match_info.route.resource
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not mine:
+            match, methods = await resource.resolve(request)
+            if match is None:
+                allowed |= methods
+    return sorted(allowed)
 
 
 @admin_route_by_role
