@@ -37,6 +37,7 @@ from gatewayd.chain import (
     Plugin,
     PluginConfig,
     PluginContext,
+    PluginError,
     Ratio,
     RequestContext,
     Response,
@@ -299,6 +300,8 @@ class CircuitBreakerPlugin(Plugin):
 async def list_breakers(request: AdminRequest, instances: Sequence[Any]) -> Response:
     """``GET /_admin/plugins/circuit_breaker/breakers``: every route's breakers."""
     upstream, state = request.query.get("upstream"), request.query.get("state")
+    if state is not None and state not in (CLOSED, HALF_OPEN, OPEN):
+        raise PluginError(400, "bad_request", "state is one of closed, half_open, open")
     now = time.monotonic()
     out = []
     for plugin in instances:
