@@ -51,7 +51,13 @@ class DaemonAudit:
         if not settings.enabled:
             return cls(None, None)
         audit = AuditLog(settings, settings.directory(config.state.dir), metrics.registry)
-        await audit.start()
+        try:
+            await audit.start()
+        except (OSError, ValueError) as exc:
+            if settings.fail_closed:
+                raise OSError(f"audit log: {exc}") from exc
+            # Serve without it: every record fails and is counted (the alert says so).
+            log.error("the audit log cannot be opened", extra={"error": str(exc)})
         failures = None
         if settings.auth_failures:
             failures = AuthFailures(audit, settings.aggregate_after, settings.max_aggregates)

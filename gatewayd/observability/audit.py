@@ -203,6 +203,12 @@ class AuditLog:
             ChainWriter, self.directory, self.config.max_file_size
         )
         self._task = asyncio.create_task(self._run())
+        self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("the audit writer stopped", extra={"error": f"{type(exc).__name__}: {exc}"})
 
     def checkpoint_age(self) -> float:
         if self._oldest_unsigned is None:

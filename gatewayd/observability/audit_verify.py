@@ -170,11 +170,12 @@ def _classify(recs: list[Rec], i: int, prev_seq: int, prev_hash: str) -> Failure
         )
     if any(s in missing for s in seqs):
         return Failure(MOVED, f"{_where(b)}: seq {b.seq} is out of order (expected {prev_seq + 1})")
-    return Failure(
-        DELETED,
-        f"{_where(b)}: records seq {missing.start}-{missing.stop - 1} were deleted"
-        f" before seq {b.seq}",
+    gone = (
+        f"record seq {missing.start} was"
+        if len(missing) == 1
+        else f"records seq {missing.start}-{missing.stop - 1} were"
     )
+    return Failure(DELETED, f"{_where(b)}: {gone} deleted before seq {b.seq}")
 
 
 def check_records(recs: list[Rec], files: list[int]) -> None:

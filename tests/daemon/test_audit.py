@@ -7,6 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+from support import Daemon
+
 from gatewayd.config.schema import StateConfig
 from gatewayd.observability import audit_chain as fmt
 from gatewayd.observability import audit_verify as v
@@ -54,3 +57,25 @@ async def test_audit_enabled_false_writes_nothing(gateway: Any, config: Any) -> 
     gw = await gateway(cfg)
     await gw.stop()
     assert not (Path(cfg["state"]["dir"]) / "audit").exists()
+
+
+@pytest.mark.parametrize("fail_closed", [False, True])
+async def test_an_audit_log_that_cannot_be_opened(
+    gateway: Any, config: Any, tmp_path: Path, fail_closed: bool
+) -> None:
+    """A signing key that is not one: the daemon serves without the log (every record counted
+    as a write error), or, fail-closed, refuses to start with one line."""
+    cfg = config(audit={"fail_closed": fail_closed})
+    audit_dir = Path(cfg["state"]["dir"]) / "audit"
+    audit_dir.mkdir(parents=True)
+    (audit_dir / fmt.PRIVATE_KEY).write_text("not a key\n")
+    if not fail_closed:
+        gw = await gateway(cfg)
+        assert await gw.metric("gatewayd_audit_write_errors_total") >= 1  # daemon.start's
+        assert "the audit log cannot be opened" in gw.logs()
+        return
+    d = Daemon(cfg, tmp_path / "refused")
+    with pytest.raises(RuntimeError, match="exited 1") as refused:
+        await d.start()
+    assert "cannot start: audit log:" in str(refused.value)
+    assert "Traceback" not in d.logs()
