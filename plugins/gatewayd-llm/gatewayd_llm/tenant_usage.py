@@ -24,7 +24,14 @@ from pydantic import Field
 
 from gatewayd.chain import Plugin, PluginConfig, PluginContext, RequestContext, Response
 from gatewayd_llm.usage import store_path
-from gatewayd_llm.usage_query import BadParameter, StoreMissing, UsageQuery, aggregate_async
+from gatewayd_llm.usage_query import (
+    READERS,
+    BadParameter,
+    ReadersBusy,
+    StoreMissing,
+    UsageQuery,
+    UsageReaders,
+)
 
 __all__ = ["TenantUsageConfig", "TenantUsagePlugin"]
 
@@ -42,6 +49,7 @@ class TenantUsagePlugin(Plugin):
         super().__init__(config, context)
         self.config: TenantUsageConfig = config
         self.path = store_path(context.services.state_dir)
+        self.readers: UsageReaders = context.services.stores.shared(READERS, UsageReaders)
 
     async def on_request(self, ctx: RequestContext) -> Response | None:
         req = ctx.request
@@ -71,7 +79,11 @@ class TenantUsagePlugin(Plugin):
         except BadParameter as exc:
             return ctx.error_response(400, "bad_parameter", str(exc))
         try:
-            answer = await aggregate_async(self.path, query)
+            answer = await self.readers.aggregate(self.path, query)
         except StoreMissing:
             return ctx.error_response(503, "usage_unavailable", "no usage is recorded here")
+        except ReadersBusy:
+            return ctx.error_response(
+                503, "usage_busy", "too many usage queries: try again", {"Retry-After": "1"}
+            )
         return Response.json(answer, headers={"Cache-Control": "no-store"})

@@ -21,20 +21,31 @@ from pathlib import Path
 from typing import Any
 
 from gatewayd.chain import AdminRequest, AdminRoute, PluginError, Response
-from gatewayd_llm.usage_query import BadParameter, StoreMissing, UsageQuery, aggregate_async
+from gatewayd_llm.usage_query import (
+    READERS,
+    BadParameter,
+    ReadersBusy,
+    StoreMissing,
+    UsageQuery,
+    UsageReaders,
+)
 
 __all__ = ["routes", "store_of", "usage"]
 
 
-def store_of(instances: Sequence[Any]) -> Path:
-    """The usage store of the serving ``llm`` plugins (one per process: they share it)."""
+def store_of(instances: Sequence[Any]) -> tuple[Path, Any]:
+    """The usage store of the serving ``llm`` plugins (one per process: they share it), and
+    the services of the plugin that has it."""
     for plugin in instances:
         store = getattr(plugin, "usage", None)
         if store is not None:
-            return Path(store.path)
+            return Path(store.path), plugin.context.services
     raise PluginError(
         404, "usage_not_recorded", "no llm route of the serving configuration records usage"
     )
+
+
+BUSY = "too many usage queries are running: try again"
 
 
 def instance(path: Path) -> dict[str, Any]:
@@ -46,11 +57,14 @@ async def usage(request: AdminRequest, instances: Sequence[Any]) -> Response:
         query = UsageQuery.from_params(request.query)
     except BadParameter as exc:
         raise PluginError(400, "bad_parameter", str(exc)) from None
-    path = store_of(instances)
+    path, services = store_of(instances)
+    readers: UsageReaders = services.stores.shared(READERS, UsageReaders)
     try:
-        answer = await aggregate_async(path, query)
+        answer = await readers.aggregate(path, query)
     except StoreMissing as exc:  # the llm plugin makes it at start: someone removed it
         raise PluginError(503, "usage_store_missing", str(exc)) from None
+    except ReadersBusy:
+        raise PluginError(503, "usage_busy", BUSY, {"Retry-After": "1"}) from None
     answer["instance"] = instance(path)
     return Response.json(answer)
 

@@ -4,7 +4,7 @@ llm usage export``).
 
 Every read opens a read-only connection of its own on ``<state.dir>/llm/usage.sqlite3`` (WAL
 mode: the daemon's writer goes on meanwhile) and is synchronous: the daemon's callers run
-:func:`aggregate` in a thread (:func:`aggregate_async`), never on the event loop. A read sees
+:func:`aggregate` in a thread of :class:`UsageReaders`, never on the event loop. A read sees
 the records written so far (the store writes every 0.5 s).
 
 Times are UTC. ``from``/``to`` are ISO 8601 dates (``2026-12-01``: that day's midnight) or
@@ -19,23 +19,28 @@ import datetime as dt
 import math
 import sqlite3
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gatewayd_llm.usage import COLUMNS, UsageRecord, record_of
+
+T = TypeVar("T")
 
 __all__ = [
     "DEFAULT_DAYS",
     "GROUPS",
     "KINDS",
     "MAX_ROWS",
+    "READERS",
     "BadParameter",
+    "ReadersBusy",
     "StoreMissing",
     "UsageQuery",
+    "UsageReaders",
     "aggregate",
-    "aggregate_async",
     "iso",
     "parse_time",
     "records",
@@ -278,9 +283,37 @@ def aggregate(path: Path, query: UsageQuery) -> dict[str, Any]:
         db.close()
 
 
-async def aggregate_async(path: Path, query: UsageQuery) -> dict[str, Any]:
-    """:func:`aggregate` in a thread (the event loop goes on)."""
-    return await asyncio.to_thread(aggregate, path, query)
+class ReadersBusy(RuntimeError):
+    """Too many usage reads wait already (the caller answers 503)."""
+
+
+class UsageReaders:
+    """The threads of the usage reads (``threads`` of them, made on first use), apart from the
+    event loop's default executor: many or long reads (the ``llm_usage`` plugin answers tenants)
+    never hold up what the daemon runs there. At most ``waiting`` reads are running or queued;
+    one more raises :class:`ReadersBusy`. One per process:
+    ``services.stores.shared(READERS, UsageReaders)``."""
+
+    def __init__(self, threads: int = 2, waiting: int = 16) -> None:
+        self.waiting = waiting
+        self.busy = 0  # reads running or queued
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="llm-usage-read")
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self.busy >= self.waiting:
+            raise ReadersBusy(f"{self.busy} usage reads are waiting")
+        self.busy += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        finally:
+            self.busy -= 1
+
+    async def aggregate(self, path: Path, query: UsageQuery) -> dict[str, Any]:
+        """:func:`aggregate` in one of these threads (the event loop goes on)."""
+        return await self.run(aggregate, path, query)
+
+
+READERS = "llm:usage:readers"  # the name of the process's UsageReaders (stores.shared)
 
 
 def records(

@@ -3,8 +3,10 @@ records written, the parameters' errors, the records streamed on a read-only con
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import sqlite3
+import threading
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
@@ -15,10 +17,11 @@ from gatewayd_llm.usage import UsageRecord, UsageStore
 from gatewayd_llm.usage_query import (
     KINDS,
     BadParameter,
+    ReadersBusy,
     StoreMissing,
     UsageQuery,
+    UsageReaders,
     aggregate,
-    aggregate_async,
     iso,
     parse_time,
     records,
@@ -218,14 +221,32 @@ async def test_records_stream_on_a_read_only_connection(store, tmp_path: Path) -
     db.close()
 
 
-async def test_aggregate_async_runs_beside_the_loop(store) -> None:
+async def test_readers_run_reads_on_their_own_threads_and_bound_the_queue(store) -> None:
     path, write = store
     recs = spread(30)
     await write(recs)
-    got = await aggregate_async(
-        path,
-        UsageQuery.from_params(
-            {"group_by": "model", "from": "2026-01-01", "to": "2030-01-01"}, now=NOW
-        ),
-    )
+    readers = UsageReaders(threads=1, waiting=2)
+    q = UsageQuery.from_params({"group_by": "model", "from": "2026-01-01", "to": "2030-01-01"})
+    got = await readers.aggregate(path, q)
     assert got["rows"] == expected_rows(recs, ("model",))
+
+    release = threading.Event()
+    names: list[str] = []
+
+    def blocked() -> str:
+        names.append(threading.current_thread().name)
+        assert release.wait(10)
+        return "done"
+
+    first = asyncio.ensure_future(readers.run(blocked))
+    second = asyncio.ensure_future(readers.run(blocked))
+    await asyncio.sleep(0.05)
+    assert readers.busy == 2 and len(names) == 1  # one thread: the second waits its turn
+    with pytest.raises(ReadersBusy):
+        await readers.aggregate(path, q)
+    # the loop's default executor is free meanwhile
+    assert await asyncio.to_thread(lambda: threading.current_thread().name) not in names
+    release.set()
+    assert await asyncio.gather(first, second) == ["done", "done"]
+    assert readers.busy == 0 and all(n.startswith("llm-usage-read") for n in names)
+    assert (await readers.aggregate(path, q))["rows"] == got["rows"]
