@@ -71,7 +71,7 @@ class TenantUsagePlugin(Plugin):
                 403, "tenant_required", "usage needs a tenant-scoped credential"
             )
         params = dict(parse_qsl(req.query_string, keep_blank_values=True))
-        if params.get("tenant", tenant) != tenant:
+        if (params.get("tenant") or tenant) != tenant:
             return ctx.error_response(403, "forbidden", "a credential reads its own tenant's usage")
         params["tenant"] = tenant
         try:

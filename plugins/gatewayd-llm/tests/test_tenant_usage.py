@@ -94,6 +94,8 @@ async def test_each_tenant_reads_its_own_usage(
     status, _, body = await get(gw, "/v1/usage?tenant=acme&group_by=tenant", gw.keys["a2"])
     assert status == 200 and body["rows"] == expected_rows(mine["acme"], ("tenant",))
     assert_error(*await get(gw, "/v1/usage?tenant=globex", gw.keys["a1"]), 403, "forbidden")
+    status, _, body = await get(gw, "/v1/usage?tenant=", gw.keys["a1"])  # blank: unnamed
+    assert status == 200 and body["totals"] == totals(mine["acme"])
     # a tenant grouping by tenant sees itself alone
     status, _, body = await get(gw, "/v1/usage?group_by=tenant,day", gw.keys["g1"])
     assert {r["tenant"] for r in body["rows"]} == {"globex"}
