@@ -75,6 +75,10 @@ class StoreMissing(FileNotFoundError):
     """There is no usage store at that path (no request recorded yet, or another state.dir)."""
 
 
+EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+LATEST = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)  # and 30 days before it stays a date
+
+
 def parse_time(parameter: str, value: str) -> float:
     """An ISO 8601 date or datetime (UTC unless it has an offset) as a POSIX timestamp."""
     text = value.strip()
@@ -91,10 +95,9 @@ def parse_time(parameter: str, value: str) -> float:
             parameter,
             f"{value!r} is not an ISO 8601 date or datetime (2026-12-01, 2026-12-01T10:00:00Z)",
         ) from None
+    if not EARLIEST <= when <= LATEST:
+        raise BadParameter(parameter, f"{value!r} is not from 1970-01-01 to 9999-01-01")
     return when.timestamp()
-
-
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def iso(timestamp: float) -> str:
@@ -103,7 +106,7 @@ def iso(timestamp: float) -> str:
     us = math.floor(timestamp * 1_000_000)
     while us / 1_000_000 > timestamp:  # the product was rounded up
         us -= 1
-    when = EPOCH + dt.timedelta(microseconds=us)
+    when = EARLIEST + dt.timedelta(microseconds=us)
     return when.isoformat().replace("+00:00", "Z")
 
 

@@ -166,6 +166,8 @@ async def test_range_filters_and_row_limit(store) -> None:
     [
         ({"from": "yesterday"}, "from"),
         ({"to": "2026-13-01"}, "to"),
+        ({"to": "0001-01-01"}, "to"),  # 30 days before it is no date
+        ({"from": "9999-12-31T23:59:59-23:59"}, "from"),
         ({"from": "2026-12-02", "to": "2026-12-01"}, "from"),
         ({"from": "2026-12-01", "to": "2026-12-01"}, "from"),
         ({"group_by": "tenant,colour"}, "group_by"),
