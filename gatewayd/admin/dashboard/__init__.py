@@ -73,7 +73,7 @@ def number(value: float | None) -> str:
 async def start(app: web.Application) -> None:
     daemon = app[DAEMON]
     bus = daemon.services.events if daemon.services is not None else None
-    stats.dashboard_state(daemon).start(bus)
+    await stats.dashboard_state(daemon).start(bus)
 
 
 async def stop(app: web.Application) -> None:

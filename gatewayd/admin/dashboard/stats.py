@@ -7,16 +7,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from gatewayd.admin.runtime import AdminRuntime
 from gatewayd.events.bus import Event, EventBus, EventFilter
+from gatewayd.observability.audit import AuditLog
 from gatewayd.observability.live import WINDOWS, LiveStats
 from gatewayd.observability.taps import RequestTaps
 
@@ -24,15 +26,7 @@ log = logging.getLogger("gatewayd.admin")
 RECENT_REVOCATIONS = 10
 RECENT_EVENTS = 50
 AUDIT_RECORDS = 20
-
-
-@runtime_checkable
-class AuditReader(Protocol):
-    """What the dashboard reads of the audit log (``services.audit``), once it exists."""
-
-    def recent(self, limit: int) -> Sequence[Mapping[str, Any]]: ...
-
-    def checkpoint_age(self) -> float | None: ...
+SUMMARY = 160
 
 
 @dataclass(slots=True)
@@ -49,11 +43,15 @@ class DashboardState:
     rebuilt for a new ``admin.listen`` carries on with the same figures)."""
 
     live: LiveStats
+    config_path: Path
     last_reload: LastReload | None = None
+    config_hash: str | None = None
     _watch: asyncio.Task[None] | None = field(default=None, repr=False)
 
-    def start(self, bus: EventBus | None) -> None:
+    async def start(self, bus: EventBus | None) -> None:
         self.live.start()
+        if self.config_hash is None:
+            self.config_hash = await file_hash(self.config_path)
         if bus is not None and self._watch is None:
             self._watch = asyncio.get_running_loop().create_task(self._reloads(bus))
 
@@ -72,6 +70,8 @@ class DashboardState:
             async for item in sub:
                 if isinstance(item, Event):
                     ok = item.type == "config.reloaded"
+                    if ok:  # the file that was just loaded (as the audit log records it)
+                        self.config_hash = await file_hash(self.config_path)
                     gen = item.payload.get("generation")
                     error = item.payload.get("error")
                     self.last_reload = LastReload(
@@ -83,8 +83,8 @@ class DashboardState:
 
 
 def services_attr(daemon: AdminRuntime, name: str) -> Any:
-    """A process service the admin protocols do not name yet (``metrics``, ``taps``,
-    ``audit``): the daemon's ``Services`` has them; ``None`` without services."""
+    """A process service the admin protocols do not name yet (``metrics``, ``taps``): the
+    daemon's ``Services`` has them; ``None`` without services."""
     services = daemon.services
     if services is None:
         return None
@@ -111,19 +111,20 @@ def dashboard_state(daemon: AdminRuntime) -> DashboardState:
     extras = services_attr(daemon, "extras")
     state = extras.get("dashboard") if isinstance(extras, dict) else None
     if not isinstance(state, DashboardState):
-        state = DashboardState(LiveStats(registry_of(daemon)))
+        state = DashboardState(LiveStats(registry_of(daemon)), daemon.config_path)
         if isinstance(extras, dict):
             extras["dashboard"] = state
     return state
 
 
-def config_hash(daemon: AdminRuntime) -> str | None:
-    """SHA-256 of the serving config as validated (its canonical JSON), not of the file on
-    disk, which may have been edited since."""
-    config = daemon.config
-    if config is None:
+async def file_hash(path: Path) -> str | None:
+    """``sha256:<hex>`` of the config file, as the audit log's ``daemon.start`` and
+    ``config.reloaded`` records name it (read when a generation starts to serve)."""
+    try:
+        data = await asyncio.to_thread(path.read_bytes)
+    except OSError:
         return None
-    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def overview(daemon: AdminRuntime, state: DashboardState) -> dict[str, Any]:
@@ -147,7 +148,7 @@ def overview(daemon: AdminRuntime, state: DashboardState) -> dict[str, Any]:
         ]
     return {
         "generation": daemon.generation_number,
-        "config_hash": config_hash(daemon),
+        "config_hash": state.config_hash,
         "config_path": str(daemon.config_path),
         "ready": daemon.ready,
         "uptime": round(time.time() - started, 1) if isinstance(started, float) else None,
@@ -234,15 +235,26 @@ async def keys(daemon: AdminRuntime) -> dict[str, Any] | None:
     }
 
 
-def audit(daemon: AdminRuntime) -> dict[str, Any] | None:
-    """The audit log's last records and checkpoint age, or None while there is no audit log."""
-    reader = services_attr(daemon, "audit")
-    if not isinstance(reader, AuditReader):
+def audit(log: AuditLog | None) -> dict[str, Any] | None:
+    """The audit log's last records (newest first), its last checkpoint and how long the
+    oldest unsigned record has waited; None while the audit log is off."""
+    if log is None:
         return None
+    records = list(log.recent)[-AUDIT_RECORDS:][::-1]
     return {
-        "records": list(reader.recent(AUDIT_RECORDS)),
-        "checkpoint_age": reader.checkpoint_age(),
+        "records": [r | {"summary": _summary(r.get("what"))} for r in records],
+        "checkpoint": log.last_checkpoint,
+        "unsigned_age": log.checkpoint_age(),
+        "directory": str(log.directory),
     }
+
+
+def _summary(what: Any) -> str:
+    """One line of a record's ``what`` (already masked by the audit log), cut short."""
+    if not isinstance(what, dict):
+        return ""
+    text = json.dumps(what, separators=(", ", ": "), default=str, sort_keys=True)
+    return text if len(text) <= SUMMARY else text[: SUMMARY - 1] + "\u2026"
 
 
 def recent_events(bus: EventBus | None, limit: int = RECENT_EVENTS) -> list[dict[str, Any]]:

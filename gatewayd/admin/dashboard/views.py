@@ -14,6 +14,7 @@ import jinja2
 from aiohttp import web
 
 from gatewayd.admin.app import DAEMON
+from gatewayd.admin.audit import AUDIT
 from gatewayd.admin.auth import admin_error
 from gatewayd.admin.dashboard import events as dashboard_events
 from gatewayd.admin.dashboard import sessions, stats, tail
@@ -66,6 +67,9 @@ def page(view: View) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
             if request.method == "GET" and "text/html" in request.headers.get("Accept", ""):
                 raise web.HTTPSeeOther("/dashboard/login")
             return admin_error(401, "unauthorized", "log in to the dashboard first")
+        # who acts, as the admin API's guard says it (the audit log's actor)
+        request["admin_token"] = session.token_id
+        request["admin_role"] = session.role
         if request.method == "POST":
             form = await request.post()
             sent = form.get("csrf")
@@ -121,6 +125,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     if found is None:
         return await login_form(request, "This admin token is not accepted.", status=403)
     token_id, _role, token_hash = found
+    request["admin_token"] = token_id
     session = store.open(token_id, token_hash)
     log.info("dashboard login", extra={"admin": token_id})
     response = web.HTTPSeeOther("/dashboard/")
@@ -182,7 +187,7 @@ async def keys(request: web.Request, session: Session) -> web.StreamResponse:
 
 @page
 async def audit(request: web.Request, session: Session) -> web.StreamResponse:
-    return render(request, session, "audit", {"audit": stats.audit(request.app[DAEMON])})
+    return render(request, session, "audit", {"audit": stats.audit(request.app.get(AUDIT))})
 
 
 @page

@@ -23,7 +23,7 @@ function refreshOverview() {
     .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
     .then((o) => {
       document.getElementById("generation").textContent = String(o.generation);
-      if (o.config_hash) document.getElementById("config-hash").textContent = o.config_hash.slice(0, 16);
+      if (o.config_hash) document.getElementById("config-hash").textContent = o.config_hash.slice(0, 19);
       for (const [win, rows] of Object.entries(o.windows)) {
         const table = document.getElementById("routes-" + win);
         if (!table) continue;
@@ -51,6 +51,7 @@ function refreshOverview() {
 function follow(url, state, handlers) {
   const source = new EventSource(url);
   const label = document.getElementById(state);
+  label.textContent = "connecting";
   source.onopen = () => { label.textContent = "connected"; };
   source.onerror = () => { label.textContent = "reconnecting"; };
   for (const [name, fn] of Object.entries(handlers)) {

@@ -31,6 +31,7 @@ def backend_app() -> web.Application:
         return web.Response(status=500, text="broken")
 
     app = web.Application()
+    app.router.add_get("/healthz", ok)  # the health check's
     app.router.add_get("/api/ok", ok)
     app.router.add_get("/api/missing", missing)
     app.router.add_get("/api/broken", broken)

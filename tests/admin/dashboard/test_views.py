@@ -165,6 +165,16 @@ async def test_viewers_do_not_see_or_get_reload_and_operators_do(
             await asyncio.sleep(0.1)
         assert view["generation"] == 2
         assert view["last_reload"]["ok"] is True and view["last_reload"]["generation"] == 2
+        bearer = {"Authorization": f"Bearer {OPERATOR}"}
+        for _ in range(50):  # the audit log names who acted from the dashboard
+            async with operator.get(gw.admin_url + "/_admin/audit", headers=bearer) as r:
+                records = (await r.json())["records"]
+            acts = {(x["what"].get("path"), x["actor"]) for x in records if "path" in x["what"]}
+            if ("/dashboard/reload", "ops") in acts:
+                break
+            await asyncio.sleep(0.1)
+        assert {("/dashboard/login", "ops"), ("/dashboard/reload", "ops")} <= acts
+        assert ("/dashboard/reload", "watcher") in acts  # the refused one, too
 
 
 async def test_a_refused_reload_shows_its_error(gateway: Any, backend: Any, config: Any) -> None:
@@ -269,3 +279,65 @@ async def test_plugins_page_shows_the_cache_panel(gateway: Any, backend: Any, co
         if line.startswith("gatewayd_cache_total{") and 'route="api"' in line and '"HIT"' in line
     ]
     assert float(hits.split()[-1]) == 2  # the panel's figures are the metrics'
+
+
+async def test_the_config_hash_is_the_one_the_audit_log_records(
+    gateway: Any, backend: Any, config: Any
+) -> None:
+    import hashlib
+
+    server = await backend(backend_app())
+    cfg = dashboard_config(config, server)
+    gw = await gateway(cfg)
+    bearer = {"Authorization": f"Bearer {OPERATOR}"}
+    async with client() as s:
+        await log_in(s, gw.admin_url)
+        async with s.get(gw.admin_url + "/dashboard/overview.json") as r:
+            shown = (await r.json())["config_hash"]
+        assert shown == "sha256:" + hashlib.sha256(gw.config_path.read_bytes()).hexdigest()
+        async with s.get(gw.admin_url + "/_admin/audit?limit=200", headers=bearer) as r:
+            records = (await r.json())["records"]
+        (start,) = [x for x in records if x["type"] == "daemon.start"]
+        assert start["what"]["config_hash"] == shown
+        cfg["server"]["drain_timeout"] = "5s"  # another file, another hash
+        gw.write_config(cfg)
+        await gw.reload()
+        for _ in range(50):
+            async with s.get(gw.admin_url + "/dashboard/overview.json") as r:
+                now = (await r.json())["config_hash"]
+            if now != shown:
+                break
+            await asyncio.sleep(0.1)
+        assert now == "sha256:" + hashlib.sha256(gw.config_path.read_bytes()).hexdigest() != shown
+
+
+async def test_the_audit_page_lists_the_last_records_or_says_it_is_off(
+    gateway: Any, backend: Any, config: Any
+) -> None:
+    server = await backend(backend_app())
+    gw = await gateway(dashboard_config(config, server))
+    bearer = {"Authorization": f"Bearer {OPERATOR}"}
+    async with (
+        aiohttp.ClientSession(headers=bearer) as s,
+        s.post(gw.admin_url + "/_admin/keys", json={"tenant": "acme"}) as r,
+    ):
+        assert r.status == 201
+        secret = (await r.json())["key"]
+    async with client() as s:
+        await log_in(s, gw.admin_url)
+        for _ in range(50):  # written by the audit writer task
+            async with s.get(gw.admin_url + "/dashboard/audit", headers=HTML) as r:
+                html = await r.text()
+            if "<td>key.create</td>" in html:
+                break
+            await asyncio.sleep(0.1)
+    assert "<td>key.create</td>" in html and "<td>daemon.start</td>" in html
+    assert "<td>ops</td>" in html  # the actor: the admin token's id
+    assert secret not in html and 'id="audit-off"' not in html
+    off_cfg = dashboard_config(config, server, audit={"enabled": False})
+    off_cfg["state"]["dir"] += "-off"  # a daemon of its own
+    off = await gateway(off_cfg)
+    async with client() as s:
+        await log_in(s, off.admin_url)
+        async with s.get(off.admin_url + "/dashboard/audit", headers=HTML) as r:
+            assert '<p id="audit-off">audit log off</p>' in await r.text()
