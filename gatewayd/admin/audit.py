@@ -1,15 +1,18 @@
 """The admin API in the audit log, and ``GET /_admin/audit`` (the dashboard's panel).
 
-Every request to ``/_admin/*`` other than GET/HEAD/OPTIONS (the API's and plugins' routes,
-``/_admin/llm/...`` included) is recorded once answered: who (the admin token's id), from
+Every request to ``/_admin/*`` or ``/dashboard/*`` other than GET/HEAD/OPTIONS (the API's and
+plugins' routes, ``/_admin/llm/...`` included; the dashboard's login and reload) is recorded once
+answered: who (the admin token's id), from
 where, method, path, status, the request's JSON body, ``before`` (the key record, for a key's
-routes; the generation, for a reload) and ``after`` (the JSON reply), secrets masked with the
+routes; the generation, for a reload) and ``after`` (the JSON reply; a body that is not JSON
+is recorded by its size), secrets masked with the
 rules of :func:`gatewayd.admin.api.redact` (and a ``key`` field, which holds a new key).
 Key routes are typed ``key.create|revoke|rotate``, the rest ``admin.mutation``. 401/403
 answers go to the authentication-failure aggregation instead.
 
-With ``audit.fail_closed``, an operator's mutation first writes an ``admin.intent`` record and
-is refused with 503 when it cannot be written (the mutation does not run).
+With ``audit.fail_closed``, a mutation by an accepted bearer token first writes an
+``admin.intent`` record and is refused with 503 when it cannot be written (the mutation does not
+run); any other mutation (a dashboard session's) is refused while the log's last write failed.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from gatewayd.observability.audit_aggregate import DENIAL, FAILURE, AuthFailures
 AUDIT: web.AppKey[AuditLog] = web.AppKey("audit", AuditLog)
 AUTH_FAILURES: web.AppKey[AuthFailures] = web.AppKey("audit_auth_failures", AuthFailures)
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
+AUDITED = ("/_admin/", "/dashboard/")  # the admin API (plugins' routes too) and the dashboard
 NEW_KEY_FIELD = re.compile(r"^(api_)?key$|_key$", re.I)
 KEY_PATH = re.compile(r"^/_admin/keys(?:/(?P<id>[^/]+)(?P<action>/revoke|/rotate)?)?$")
 MAX_LIMIT = 200
@@ -76,7 +80,7 @@ def record_type(method: str, path: str) -> str:
 
 async def _before(request: web.Request) -> Any:
     daemon = request.app[DAEMON]
-    if request.path == "/_admin/reload":
+    if request.path in ("/_admin/reload", "/dashboard/reload"):
         return {"generation": daemon.generation_number}
     m = KEY_PATH.match(request.path)
     keys = daemon.services.keys if daemon.services is not None else None
@@ -99,7 +103,7 @@ async def _operator(request: web.Request) -> str | None:
 @web.middleware
 async def audit_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     audit = request.app.get(AUDIT)
-    if audit is None or not request.path.startswith("/_admin/"):
+    if audit is None or not request.path.startswith(AUDITED):
         response: web.StreamResponse = await handler(request)
         return response
     source = request.remote
@@ -107,15 +111,24 @@ async def audit_middleware(request: web.Request, handler: Any) -> web.StreamResp
         response = await handler(request)
         _auth_failure(request, response.status, source)
         return response
-    body = _json(await request.read()) if request.body_exists else None
+    body: Any = None
+    if request.body_exists and request.content_type == "application/json":
+        body = _json(await request.read())  # cached: the handler reads it again
+    elif request.body_exists:  # a form or upload: left to the handler's parser, untouched
+        body = {"bytes": request.content_length}
     what: dict[str, Any] = {"method": request.method, "path": request.path, "body": body}
     if audit.config.fail_closed:
         actor = await _operator(request)
-        if actor is not None:
-            try:
+        try:
+            if actor is not None:
                 await audit.write("admin.intent", actor, source, what)
-            except AuditUnavailable:
-                return admin_error(503, "audit_unavailable", "the audit log cannot be written")
+            elif not request.path.startswith("/_admin/") and not audit.healthy:
+                # A dashboard session (cookie): no intent record, but no mutation while the
+                # log is failing. (An /_admin/ call without an accepted token is refused by
+                # its handler.)
+                raise AuditUnavailable("the audit log's last write failed")
+        except AuditUnavailable:
+            return admin_error(503, "audit_unavailable", "the audit log cannot be written")
     before = await _before(request)
     try:
         response = await handler(request)

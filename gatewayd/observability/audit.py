@@ -178,6 +178,7 @@ class AuditLog:
         self._last_cp_at = time.monotonic()
         self._records: Any = None
         self._errors: Any = None
+        self._disk_ok = True  # the last write or checkpoint reached the disk
         if registry is not None:
             self._records = Counter(
                 "gatewayd_audit_records_total",
@@ -209,6 +210,11 @@ class AuditLog:
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             log.error("the audit writer stopped", extra={"error": f"{type(exc).__name__}: {exc}"})
+
+    @property
+    def healthy(self) -> bool:
+        """The writer runs and its last write reached the disk."""
+        return self._task is not None and not self._task.done() and self._disk_ok
 
     def checkpoint_age(self) -> float:
         if self._oldest_unsigned is None:
@@ -286,9 +292,11 @@ class AuditLog:
             records = await asyncio.to_thread(self._writer.append, [e for e, _ in batch])
         except OSError as exc:
             log.error("audit records not written", extra={"count": len(batch), "error": str(exc)})
+            self._disk_ok = False
             for _, future in batch:
                 self._failed(future, AuditUnavailable(f"audit log: {exc.strerror or exc}"))
             return
+        self._disk_ok = True
         by_seq = iter(records[len(records) - len(batch) :])
         for rec in records[: len(records) - len(batch)]:  # a restart record
             self._written(rec)
@@ -310,6 +318,7 @@ class AuditLog:
             if self._errors is not None:
                 self._errors.inc()
             log.error("audit checkpoint not written", extra={"error": str(exc)})
+            self._disk_ok = False
             return
         self._last_cp_at = time.monotonic()
         if cp is not None:

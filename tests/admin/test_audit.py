@@ -177,11 +177,15 @@ async def test_fail_closed_refuses_a_mutation_the_log_cannot_record(
         async with s.get(f"{gw.admin_url}/_admin/keys", headers=ops) as r:
             keys = (await r.json())["keys"]
         errors = await gw.metric("gatewayd_audit_write_errors_total")
+        # A dashboard form (a session, no bearer token): refused while the log is failing.
+        async with s.post(f"{gw.admin_url}/dashboard/reload", allow_redirects=False) as r:
+            dashboard = r.status
     if fail_closed:
         assert status == 503 and body["error"]["code"] == "audit_unavailable"
         assert body["error"]["request_id"] and keys == []
+        assert dashboard == 503
     else:
-        assert status == 201 and len(keys) == 1
+        assert dashboard != 503 and status == 201 and len(keys) == 1
     assert errors >= 2  # the start record, and this mutation's
 
 

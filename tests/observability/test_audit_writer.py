@@ -42,7 +42,7 @@ async def test_records_are_written_in_order_chained_and_signed_at_close(tmp_path
     seqs = await asyncio.gather(
         *(log.write("admin.mutation", "ops", "10.0.0.1", {"i": i}) for i in range(50))
     )
-    assert seqs == list(range(1, 51))
+    assert seqs == list(range(1, 51)) and log.healthy
     assert checkpoints(d) == []  # not idle long enough, not N records yet
     await log.close()
     recs = records(d)
@@ -110,6 +110,7 @@ async def test_a_full_disk_fails_the_write_and_is_counted(tmp_path: Path) -> Non
     with pytest.raises(AuditUnavailable):
         await future
     assert registry.get_sample_value("gatewayd_audit_write_errors_total") == 2
+    assert not log.healthy
     await log.close()
 
 
