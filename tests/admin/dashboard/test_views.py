@@ -341,3 +341,81 @@ async def test_the_audit_page_lists_the_last_records_or_says_it_is_off(
         await log_in(s, off.admin_url)
         async with s.get(off.admin_url + "/dashboard/audit", headers=HTML) as r:
             assert '<p id="audit-off">audit log off</p>' in await r.text()
+
+
+async def test_the_upstreams_page_shows_an_open_breaker(
+    gateway: Any, backend: Any, config: Any
+) -> None:
+    server = await backend(backend_app())
+    cfg = dashboard_config(config, server)
+    breaker = {"circuit_breaker": {"consecutive_failures": 2, "open_for": "1m"}}
+    cfg["routes"][0]["plugins"] = [breaker]
+    gw = await gateway(cfg)
+    async with aiohttp.ClientSession() as s:
+        for _ in range(2):
+            async with s.get(gw.url + "/api/broken") as r:
+                assert r.status == 500
+    async with client() as s:
+        await log_in(s, gw.admin_url)
+        async with s.get(gw.admin_url + "/dashboard/upstreams", headers=HTML) as r:
+            html = await r.text()
+    row = html.split(f'data-target="http://127.0.0.1:{server.port}"')[1].split("</tr>")[0]
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", row)
+    # target, available, health, last check, failures, last error, breaker, ejection, in flight
+    assert cells[1] == "no"  # the breaker keeps requests away
+    assert cells[2] == "healthy"
+    assert cells[6] == "api: open"
+
+
+async def test_the_relay_page_shows_leases_peers_and_deliveries(
+    gateway: Any, backend: Any, config: Any
+) -> None:
+    from gatewayd.relay.peer import Peer
+
+    server = await backend(backend_app())
+    cfg = dashboard_config(config, server)
+    cfg["routes"].append({"name": "peers", "match": {"path": "/peer/"}, "relay": "by_path"})
+    cfg["relay"] = {
+        "heartbeat": {"interval": "200ms", "timeout": "1s"},
+        "event_types": ["api.deployed"],
+    }
+    gw = await gateway(cfg)
+    bearer = {"Authorization": f"Bearer {OPERATOR}"}
+    async with aiohttp.ClientSession(headers=bearer) as admin:
+        body = {"tenant": "acme", "scopes": ["relay:app"]}
+        async with admin.post(gw.admin_url + "/_admin/keys", json=body) as r:
+            assert r.status == 201, await r.text()
+            created = await r.json()
+        key, kid = created["key"], created["record"]["key_id"]
+        ws = gw.url.replace("http://", "ws://") + "/_relay/connect"
+        got: list[Any] = []
+        peer = Peer(ws, "app", key, "http://127.0.0.1:9", on_event=got.append, name="worker")
+        async with peer, client() as s:
+            await peer.wait_connected()
+            for i in range(2):
+                event = {"type": "api.deployed", "payload": i}
+                url = gw.admin_url + "/_admin/relay/leases/app/events"
+                async with admin.post(url, json=event) as r:
+                    assert r.status == 202
+            await log_in(s, gw.admin_url)
+            for _ in range(50):  # acked, and a heartbeat seen
+                async with s.get(gw.admin_url + "/dashboard/relay", headers=HTML) as r:
+                    html = await r.text()
+                conn = lease_row(html, "app")
+                if len(got) == 2 and conn[6:9] == ["2", "2", "0"] and conn[4].endswith(" ago"):
+                    break
+                await asyncio.sleep(0.1)
+    assert html.count(f"<td>{kid}/worker</td>") == 2  # its connection, and the peer's totals
+    # peer, connection, client, connected since, heartbeat, in flight, sent, acked, failed, queued
+    assert conn[0] == f"{kid}/worker" and conn[2] == "127.0.0.1" and conn[3].endswith(" UTC")
+    assert conn[4].endswith(" ago")  # heartbeats arrive every 200 ms
+    assert conn[6:9] == ["2", "2", "0"]
+    assert key not in html
+
+
+def lease_row(html: str, lease: str) -> list[str]:
+    """The cells of the first connection of ``lease`` on the relay page."""
+    if f'id="lease-{lease}"' not in html:
+        return []
+    part = html.split(f'id="lease-{lease}"')[1].split("<tbody>")[1].split("</tbody>")[0]
+    return re.findall(r"<td>([^<]*)</td>", part.split("</tr>")[0])
