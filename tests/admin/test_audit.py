@@ -155,6 +155,8 @@ async def test_admin_mutations_reloads_and_auth_failures_are_recorded(
     assert len(singles) + sum(r["what"]["count"] for r in counted) == 20
     assert len(failures) <= 8 and len(singles) <= 6 and counted
     assert {r["source"] for r in failures} == {"127.0.0.1"}
+    admin_401 = [r for r in by_type["auth.failure"] if r["what"].get("route") == "_admin"]
+    assert [(r["actor"], r["what"]["status"]) for r in admin_401] == [(None, 401)]
     assert [r["type"] for r in recs][:1] == ["daemon.start"] and recs[-1]["type"] == "daemon.stop"
     result = v.verify(audit_dir, trusted)
     assert result.code == v.OK, result.message
