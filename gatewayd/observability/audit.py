@@ -67,7 +67,8 @@ class ChainWriter:
         cps = self.directory / fmt.CHECKPOINTS
         size = path.stat().st_size if path.exists() else -1
         cp_size = cps.stat().st_size if cps.exists() else 0
-        if st.size < 0 or size != st.size or cp_size != st.cp_size:
+        rotated = (self.directory / fmt.file_name(st.index + 1)).exists()
+        if st.size < 0 or size != st.size or cp_size != st.cp_size or rotated:
             self.state = fmt.read_state(self.directory)
             if self.state.broken:
                 log.error(

@@ -162,3 +162,17 @@ async def test_a_stopped_log_refuses_records(tmp_path: Path) -> None:
     await log.close()
     with pytest.raises(AuditUnavailable, match="not running"):
         await log.write("admin.mutation")
+
+
+async def test_another_writer_s_rotation_is_noticed(tmp_path: Path) -> None:
+    """The other writer started a new file and signed nothing: the daemon's writer must not
+    go on in the old file from its stale tail."""
+    d = tmp_path / "audit"
+    log = await started(d, checkpoint_idle="1h")
+    await log.write("admin.mutation", "ops")
+    other = ChainWriter(d, 1)  # any batch rotates
+    other.append([Entry("key.create", "cli")])
+    await log.write("admin.mutation", "ops")
+    await log.close()
+    assert [r["seq"] for r in records(d)] == [1, 2, 3]
+    assert v.verify(d, d / fmt.PUBLIC_KEY).code == v.OK
