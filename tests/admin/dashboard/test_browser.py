@@ -15,6 +15,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from gatewayd.relay.peer import Peer
+
 from .login import OPERATOR, VIEWER, backend_app, dashboard_config
 from .test_views import PAGES
 
@@ -56,7 +58,11 @@ async def test_log_in_load_every_page_and_log_out(
     gateway: Any, backend: Any, config: Any, browser: Any
 ) -> None:
     server = await backend(backend_app())
-    gw = await gateway(dashboard_config(config, server))
+    cfg = dashboard_config(config, server)
+    cfg["routes"][0]["plugins"] = [{"cache": {"default_ttl": "60s"}}]  # a plugin panel
+    cfg["routes"].append({"name": "peers", "match": {"path": "/peer/"}, "relay": "by_path"})
+    cfg["relay"] = {"heartbeat": {"interval": "200ms", "timeout": "1s"}}
+    gw = await gateway(cfg)
     await traffic(gw.url, {"/api/ok": 20, "/api/missing": 4})
     bearer = {"Authorization": f"Bearer {OPERATOR}"}
     async with aiohttp.ClientSession(headers=bearer) as s:
@@ -67,6 +73,19 @@ async def test_log_in_load_every_page_and_log_out(
                 key_id = created["record"]["key_id"]
         async with s.delete(gw.admin_url + f"/_admin/keys/{key_id}") as r:
             assert r.status == 200, await r.text()
+        body = {"tenant": "acme", "scopes": ["relay:app"]}
+        async with s.post(gw.admin_url + "/_admin/keys", json=body) as r:
+            relay_key = (await r.json())["key"]
+    ws = gw.url.replace("http://", "ws://") + "/_relay/connect"
+    peer = Peer(ws, "app", relay_key, "http://127.0.0.1:9", on_event=lambda e: None, name="worker")
+    async with peer:
+        await peer.wait_connected()
+        await every_page(gw, browser, bearer, key_id, created)
+
+
+async def every_page(
+    gw: Any, browser: Any, bearer: dict[str, str], key_id: str, created: Any
+) -> None:
     await log_in(browser, gw.admin_url)
     assert browser.find_element(By.ID, "who").text == "ops (operator)"
     assert browser.find_element(By.ID, "reload").is_displayed()
@@ -80,6 +99,11 @@ async def test_log_in_load_every_page_and_log_out(
                 browser,
                 lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-refreshed"),
             )
+        if path == "/dashboard/relay":
+            lease = (By.ID, "lease-app")
+            await wait(browser, ec.text_to_be_present_in_element(lease, "/worker"))
+        if path == "/dashboard/plugins":
+            assert "Cache" in browser.find_element(By.CSS_SELECTOR, '[data-plugin="cache"]').text
         if path == "/dashboard/events":
             await wait(
                 browser, ec.text_to_be_present_in_element((By.ID, "events-state"), "connected")
@@ -93,7 +117,7 @@ async def test_log_in_load_every_page_and_log_out(
             await wait(browser, ec.text_to_be_present_in_element(first, "initech"))
             assert "key.created" in browser.find_element(*first).text
         if path == "/dashboard/keys":
-            assert browser.find_element(By.ID, "keys-total").text == "3"  # before initech's
+            assert browser.find_element(By.ID, "keys-total").text == "4"  # before initech's
             assert browser.find_element(By.ID, "keys-revoked").text == "1"
             assert key_id in browser.find_element(By.ID, "revocations").text
             assert created["key"] not in browser.page_source  # never a secret
