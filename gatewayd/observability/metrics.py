@@ -1,5 +1,7 @@
 """Prometheus metrics. Labels are route and upstream names (never raw paths), status codes and
-results: all bounded by the config, so a flood of odd requests cannot grow the label space."""
+results: all bounded by the config, so a flood of odd requests cannot grow the label space.
+Tenants, which come from credentials, are bounded by count instead (gatewayd.observability.
+tenants: the busiest ``metrics.top_tenants``, the rest as ``other``)."""
 
 from __future__ import annotations
 
