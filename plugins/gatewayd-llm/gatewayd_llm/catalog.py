@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -244,6 +245,10 @@ class SqliteCatalogStore:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # 0600 before SQLite opens it: its -wal and -shm files take the database file's mode.
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+        with contextlib.suppress(OSError):
+            self.path.chmod(0o600)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA busy_timeout=5000")
@@ -254,8 +259,6 @@ class SqliteCatalogStore:
         db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
         db.execute("INSERT OR IGNORE INTO meta (k, v) VALUES ('version', 0)")
         self._db = db
-        with contextlib.suppress(OSError):
-            self.path.chmod(0o600)
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:

@@ -147,7 +147,10 @@ async def test_sqlite_file_is_wal_and_private(tmp_path: Path) -> None:
     await store.start()
     await store.transact(add_provider("p"))  # type: ignore[arg-type]
     path = tmp_path / "llm" / "catalog.sqlite3"
-    assert path.stat().st_mode & 0o077 == 0
+    files = sorted(p.name for p in path.parent.iterdir())
+    assert files == ["catalog.sqlite3", "catalog.sqlite3-shm", "catalog.sqlite3-wal"]
+    for f in path.parent.iterdir():
+        assert f.stat().st_mode & 0o077 == 0, f
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     await store.close()
