@@ -139,6 +139,8 @@ async def test_a_provider_made_through_the_api_serves_at_once_and_survives(
     models = [m.id async for m in client.models.list()]
     assert models == ["yaml-model", "gpt-live"]
     await client.close()
+    # Its metrics carry its name (not "other", the label of names the config does not know).
+    assert await gw.metric("gatewayd_llm_tokens_total", model="gpt-live") > 0
     listed = (await admin.call("GET", "/_admin/llm/providers"))[1]["data"]
     assert [(p["id"], p["source"]) for p in listed] == [("yaml-up", "config"), ("fake", "api")]
 
