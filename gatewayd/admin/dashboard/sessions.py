@@ -5,8 +5,9 @@
 - The store is in memory, bounded (:data:`MAX_SESSIONS`, the least recently used one goes), and
   a session ends after :data:`IDLE` seconds unused or :data:`LIFETIME` seconds in all.
 - A session remembers the id and the bcrypt hash of the admin token it was opened with: a
-  reload that removes or changes that token ends it, and its role is read from the serving
-  config on every request (a token turned ``viewer`` is a viewer at once).
+  reload or a revocation that removes or changes that token ends it, and its role is read
+  again on every request (a token turned ``viewer`` is a viewer at once). A session opened
+  with an IdP's JWT keeps the JWT's role and lasts while ``admin.jwt`` is configured.
 - Every POST carries the session's CSRF token (a form field), compared in constant time. The
   login form, before there is a session, carries a token bound to a random cookie by an HMAC
   under a per-process key (double submit, nothing stored).
@@ -20,10 +21,10 @@ import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiohttp import web
 
+from gatewayd.admin import auth
 from gatewayd.admin.app import DAEMON
 from gatewayd.admin.auth import MAX_TOKEN, AdminAuth
 
@@ -44,6 +45,7 @@ class Session:
     created: float
     used: float
     role: str = "viewer"  # refreshed from the config on every request
+    how: str = "config"  # where the token was found: config, stored, jwt
 
 
 @dataclass(slots=True)
@@ -56,10 +58,18 @@ class SessionStore:
     sessions: OrderedDict[str, Session] = field(default_factory=OrderedDict)
     login_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
 
-    def open(self, token_id: str, token_hash: str, now: float | None = None) -> Session:
+    def open(
+        self,
+        token_id: str,
+        token_hash: str,
+        now: float | None = None,
+        role: str = "viewer",
+        how: str = "config",
+    ) -> Session:
         now = time.monotonic() if now is None else now
         sid = secrets.token_urlsafe(32)
-        session = Session(sid, token_id, token_hash, secrets.token_urlsafe(32), now, now)
+        csrf = secrets.token_urlsafe(32)
+        session = Session(sid, token_id, token_hash, csrf, now, now, role, how)
         self.sessions[sid] = session
         while len(self.sessions) > self.limit:
             self.sessions.popitem(last=False)
@@ -86,7 +96,7 @@ class SessionStore:
 
 
 SESSIONS: web.AppKey[SessionStore] = web.AppKey("dashboard_sessions", SessionStore)
-# The dashboard's own token checker (its bcrypt cache): logins are rare, sessions need none.
+# The dashboard's view of the admin tokens (hashed_tokens: the config's and the token file's).
 LOGIN_AUTH: web.AppKey[AdminAuth] = web.AppKey("dashboard_auth", AdminAuth)
 
 
@@ -95,31 +105,37 @@ def same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
 
 
-def configured_tokens(request: web.Request) -> list[Any]:
-    config = request.app[DAEMON].config
-    return list(config.admin.tokens) if config is not None else []
-
-
-async def identify(request: web.Request, token: str) -> tuple[str, str, str] | None:
-    """``token`` -> (token id, role, the hash it matched), or None: the one place the dashboard
-    turns an admin token into an identity, through :class:`AdminAuth` as the bearer tokens
-    of the admin API are checked (same bcrypt cache and negative cache)."""
+async def identify(request: web.Request, token: str) -> tuple[str, str, str, str] | None:
+    """``token`` -> (id, role, how, the hash it matched), or None: through
+    :func:`gatewayd.admin.auth.identify`, as the admin API's bearer tokens are checked
+    (``admin.tokens``, stored admin tokens, an IdP's JWTs). A JWT has no hash: its session
+    lasts while ``admin.jwt`` stays configured, with the role it had at login."""
     token = token.strip()
     if not token or len(token) > MAX_TOKEN:
         return None
-    tokens = configured_tokens(request)
-    if not tokens:
+    found = await auth.identify(request, token)
+    if found is None:
         return None
-    token_id = await request.app[LOGIN_AUTH].identify(token, tokens)
-    match = next((t for t in tokens if t.id == token_id), None)
+    if found.how == "jwt":
+        return found.id, found.role, found.how, ""
+    match = _token(request, found.id, found.how)
     if match is None:
         return None
-    return str(match.id), str(match.role), str(match.hash)
+    return found.id, found.role, found.how, match.hash
+
+
+def _token(request: web.Request, token_id: str, how: str) -> auth.HashedToken | None:
+    config = request.app[DAEMON].config
+    if config is None:
+        return None
+    tokens = request.app[LOGIN_AUTH].hashed_tokens(config)
+    return next((t for t in tokens if t.id == token_id and t.how == how), None)
 
 
 def current(request: web.Request) -> Session | None:
-    """The request's session, when its cookie names one that is still valid (and its admin
-    token is still configured, unchanged); its role is the token's role now."""
+    """The request's session, when its cookie names one that is still valid and its admin
+    token is still there, unchanged (its role is the token's role now); a JWT's session,
+    while ``admin.jwt`` is configured."""
     sid = request.cookies.get(COOKIE)
     if not sid:
         return None
@@ -127,11 +143,17 @@ def current(request: web.Request) -> Session | None:
     session = store.get(sid)
     if session is None:
         return None
-    token = next((t for t in configured_tokens(request) if t.id == session.token_id), None)
-    if token is None or not same(str(token.hash), session.token_hash):
+    if session.how == "jwt":
+        config = request.app[DAEMON].config
+        if config is None or config.admin.jwt is None:
+            store.close(sid)
+            return None
+        return session
+    token = _token(request, session.token_id, session.how)
+    if token is None or not same(token.hash, session.token_hash):
         store.close(sid)
         return None
-    session.role = str(token.role)
+    session.role = token.role
     return session
 
 

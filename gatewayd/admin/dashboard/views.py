@@ -124,9 +124,9 @@ async def login(request: web.Request) -> web.StreamResponse:
     found = await sessions.identify(request, token) if isinstance(token, str) else None
     if found is None:
         return await login_form(request, "This admin token is not accepted.", status=403)
-    token_id, _role, token_hash = found
+    token_id, role, how, token_hash = found
     request["admin_token"] = token_id
-    session = store.open(token_id, token_hash)
+    session = store.open(token_id, token_hash, role=role, how=how)
     log.info("dashboard login", extra={"admin": token_id})
     response = web.HTTPSeeOther("/dashboard/")
     sessions.set_cookie(response, request, sessions.COOKIE, session.id)

@@ -419,3 +419,24 @@ def lease_row(html: str, lease: str) -> list[str]:
         return []
     part = html.split(f'id="lease-{lease}"')[1].split("<tbody>")[1].split("</tbody>")[0]
     return re.findall(r"<td>([^<]*)</td>", part.split("</tr>")[0])
+
+
+async def test_a_stored_admin_token_logs_in_and_its_revocation_ends_the_session(
+    gateway: Any, backend: Any, config: Any
+) -> None:
+    from pathlib import Path
+
+    from gatewayd.admin.tokens import add_token, hash_token, remove_token, token_path
+
+    server = await backend(backend_app())
+    cfg = dashboard_config(config, server)
+    gw = await gateway(cfg)
+    path = token_path(Path(cfg["state"]["dir"]))
+    add_token(path, "stored-ops", "operator", hash_token("stored-admin-token", rounds=4))
+    async with client() as s:
+        await log_in(s, gw.admin_url, "stored-admin-token")
+        async with s.get(gw.admin_url + "/dashboard/", headers=HTML) as r:
+            assert "stored-ops (operator)" in await r.text()
+        remove_token(path, "stored-ops")  # gatewayd admin token revoke stored-ops
+        async with s.get(gw.admin_url + "/dashboard/overview.json") as r:
+            assert r.status == 401  # on the next request, no reload needed
