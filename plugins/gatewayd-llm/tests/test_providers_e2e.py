@@ -399,7 +399,9 @@ async def test_a_secret_given_to_the_api_is_nowhere_else(
     for path in sorted(gw.state_dir.rglob("*")):
         if path.is_file():
             haystacks[f"state file {path.relative_to(gw.state_dir)}"] = path.read_bytes()
+    # The catalog's store and the audit log (which keeps every admin change's answer) are read.
     assert any("catalog.sqlite3" in name for name in haystacks)
+    assert any("audit" in name for name in haystacks), sorted(haystacks)
     for secret in (first, second):
         forms = {
             "plain": secret.encode(),
