@@ -17,6 +17,7 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from gatewayd.admin.runtime import AdminRuntime
+from gatewayd.admin.upstreams import upstream_views
 from gatewayd.events.bus import Event, EventBus, EventFilter
 from gatewayd.observability.audit import AuditLog
 from gatewayd.observability.live import WINDOWS, LiveStats
@@ -164,40 +165,23 @@ def _ms(seconds: float | None) -> float | None:
 
 
 def upstreams(daemon: AdminRuntime) -> list[dict[str, Any]]:
-    """Every upstream of the serving generation, as ``GET /_admin/upstreams`` lists them
-    (configured, relay leases, run-time ones), with what plugins say of each target."""
-    gen = daemon.gateway.current if daemon.gateway is not None else None
-    if gen is None:
-        return []
-    describers = [p for p in gen.plugins if callable(getattr(p, "describe_target", None))]
-    items: list[Any] = list(gen.upstreams.values())
-    if gen.dispatcher.leases is not None:
-        items += gen.dispatcher.leases.all()
-    runtime = gen.dispatcher.runtime
-    owners = daemon.services.upstreams.runtime() if daemon.services is not None else {}
-    items += [u for name, u in runtime.items() if name not in gen.upstreams]
-    out = []
-    for upstream in items:
-        snap = upstream.snapshot()
-        name: str = upstream.name
-        snap["source"] = "configured"
-        if name in owners and runtime.get(name) is upstream:
-            snap["source"] = f"runtime ({owners[name]})"
+    """Every upstream as ``GET /_admin/upstreams`` lists them (configured, relay leases,
+    run-time ones), with the figures the page shows of each target."""
+    out = upstream_views(daemon)
+    for snap in out:
+        source = snap.get("source")
+        snap["source"] = f"runtime ({snap.get('owner')})" if source == "runtime" else "configured"
         for t in snap["targets"]:
-            breakers = []
-            for plugin in describers:
-                note = plugin.describe_target(name, t["id"])
-                if isinstance(note, dict):
-                    if note.get("available") is False:
-                        t["available"] = False
-                    if "state" in note:
-                        breakers.append(f"{note.get('route', '?')}: {note['state']}")
-            t["breakers"] = breakers
+            notes = [n for ns in t.get("plugins", {}).values() for n in ns]
+            t["breakers"] = [
+                f"{n.get('route', '?')}: {n['state']}"
+                for n in notes
+                if isinstance(n, dict) and "state" in n
+            ]
             check = t.get("health_check") or {}
             t["last_check"] = check.get("last_check")
             t["last_error"] = check.get("last_error")
             t["health_failures"] = check.get("consecutive_failures")
-        out.append(snap)
     return out
 
 
