@@ -275,12 +275,14 @@ def install_mounts(app: web.Application) -> None:
     route that matches serves, and this one matches any ``/_admin/<segment>...``)."""
     if PLUGIN_ADMIN not in app:
         return
-    app.router.add_route("*", "/_admin/{segment:[a-z][a-z0-9_-]*}{tail:(/.*)?}", mounted_route)
+    # [\s\S], not ".": a path may hold a newline (%0A) and still be a plugin's (a 404 of its own)
+    tail = r"{tail:(/[\s\S]*)?}"
+    app.router.add_route("*", "/_admin/{segment:[a-z][a-z0-9_-]*}" + tail, mounted_route)
 
 
 def install(app: web.Application) -> None:
     app[PLUGIN_ADMIN] = PluginAdmin()
     app.router.add_get(PREFIX, list_plugins)
-    app.router.add_route("*", PREFIX + "/{plugin}{tail:.*}", plugin_route)
+    app.router.add_route("*", PREFIX + r"/{plugin}{tail:[\s\S]*}", plugin_route)
     for path in ALIASES:
         app.router.add_route("*", path, alias_route)
