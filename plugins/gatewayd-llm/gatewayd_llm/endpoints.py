@@ -33,7 +33,8 @@ def endpoint_of(path: str) -> tuple[str, str | None] | None:
 
 
 def check_body(endpoint: str, body: dict[str, Any]) -> tuple[str, str] | None:
-    """(message, param) of what is wrong with an OpenAI request body, or None."""
+    """(message, param) of what is wrong with an OpenAI request body, or None. An integral
+    float for an integer (``"n": 2.0``) is written back as the integer."""
     if endpoint == "chat":
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -50,6 +51,10 @@ def check_body(endpoint: str, body: dict[str, Any]) -> tuple[str, str] | None:
         return "you must provide a 'prompt' (a string)", "prompt"
     for key in ("max_tokens", "max_completion_tokens", "n"):
         value = body.get(key)
+        if isinstance(value, float) and value.is_integer():
+            # an integer as JSON Schema counts them (the published contract says integer):
+            # written as one, for the limits, the token estimate and the provider
+            value = body[key] = int(value)
         if value is not None and (
             not isinstance(value, int) or isinstance(value, bool) or value < 1
         ):
