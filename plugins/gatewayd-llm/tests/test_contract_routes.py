@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 from fake_openai_server import FakeOpenAI
 from gatewayd_llm.contract import document
-from gatewayd_llm.endpoints import POST_ENDPOINTS, endpoint_of
+from gatewayd_llm.endpoints import POST_ENDPOINTS, check_body, endpoint_of
 from gatewayd_llm.plugin import LlmPlugin
 from llm_testkit import ADMIN_TOKEN, openai_upstream
 from openapi_spec_validator import validate
@@ -100,3 +100,15 @@ async def test_the_document_is_served_to_admin_tokens(
             assert await r.json() == document()
         async with s.get(gw.admin_url + "/_admin/plugins/llm/openapi.json", headers=headers) as r:
             assert r.status == 200 and await r.json() == document()
+
+
+def test_an_integral_float_is_the_integer_the_document_allows() -> None:
+    """JSON Schema's ``integer`` (the document's ``max_tokens``, ``n``) includes ``2.0``: the
+    plugin takes it, as the integer (limits, estimates and the provider see an int)."""
+    body: dict[str, Any] = {"model": "m", "messages": [{"role": "user"}], "n": 2.0}
+    body["max_tokens"] = 16.0
+    assert check_body("chat", body) is None
+    assert body["n"] == 2 and type(body["n"]) is int
+    assert body["max_tokens"] == 16 and type(body["max_tokens"]) is int
+    assert check_body("chat", {**body, "n": 2.5}) == ("'n' must be a positive integer", "n")
+    assert check_body("chat", {**body, "max_tokens": 0.0}) is not None
