@@ -15,6 +15,8 @@ from typing import Any, Protocol
 from gatewayd.chain.upstream import UpstreamDirectory
 from gatewayd.config.schema import GatewayConfig
 from gatewayd.events.bus import EventBus
+from gatewayd.observability.metrics import Metrics
+from gatewayd.observability.taps import RequestTaps
 from gatewayd.proxy.dispatch import Dispatcher
 from gatewayd.relay.registry import RelayRegistry
 from gatewayd.stores.keys import KeyStore
@@ -34,6 +36,15 @@ class AdminServices(Protocol):
 
     @property
     def upstreams(self) -> UpstreamDirectory: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def taps(self) -> RequestTaps: ...
+
+    @property
+    def extras(self) -> dict[str, Any]: ...
 
 
 class ServingGeneration(Protocol):
@@ -62,6 +73,11 @@ class AdminRuntime(Protocol):
 
     @property
     def ready(self) -> bool: ...
+
+    @property
+    def started_at(self) -> float:
+        """When the process started (``time.time()``)."""
+        ...
 
     @property
     def config(self) -> GatewayConfig | None: ...

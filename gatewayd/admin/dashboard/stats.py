@@ -83,37 +83,20 @@ class DashboardState:
                     )
 
 
-def services_attr(daemon: AdminRuntime, name: str) -> Any:
-    """A process service the admin protocols do not name yet (``metrics``, ``taps``): the
-    daemon's ``Services`` has them; ``None`` without services."""
-    services = daemon.services
-    if services is None:
-        return None
-    found = getattr(services, name, None)
-    if found is None:
-        extras = getattr(services, "extras", None)
-        if isinstance(extras, dict):
-            found = extras.get(name)
-    return found
-
-
 def registry_of(daemon: AdminRuntime) -> CollectorRegistry:
-    metrics = services_attr(daemon, "metrics")
-    registry = getattr(metrics, "registry", None)
-    return registry if isinstance(registry, CollectorRegistry) else REGISTRY
+    return daemon.services.metrics.registry if daemon.services is not None else REGISTRY
 
 
 def taps_of(daemon: AdminRuntime) -> RequestTaps | None:
-    taps = services_attr(daemon, "taps")
-    return taps if isinstance(taps, RequestTaps) else None
+    return daemon.services.taps if daemon.services is not None else None
 
 
 def dashboard_state(daemon: AdminRuntime) -> DashboardState:
-    extras = services_attr(daemon, "extras")
-    state = extras.get("dashboard") if isinstance(extras, dict) else None
+    extras = daemon.services.extras if daemon.services is not None else None
+    state = extras.get("dashboard") if extras is not None else None
     if not isinstance(state, DashboardState):
         state = DashboardState(LiveStats(registry_of(daemon)), daemon.config_path)
-        if isinstance(extras, dict):
+        if extras is not None:
             extras["dashboard"] = state
     return state
 
@@ -129,7 +112,7 @@ async def file_hash(path: Path) -> str | None:
 
 
 def overview(daemon: AdminRuntime, state: DashboardState) -> dict[str, Any]:
-    started = getattr(daemon, "started_at", None)
+    started = daemon.started_at
     last = state.last_reload
     windows = {}
     for seconds in WINDOWS:
@@ -152,7 +135,7 @@ def overview(daemon: AdminRuntime, state: DashboardState) -> dict[str, Any]:
         "config_hash": state.config_hash,
         "config_path": str(daemon.config_path),
         "ready": daemon.ready,
-        "uptime": round(time.time() - started, 1) if isinstance(started, float) else None,
+        "uptime": round(time.time() - started, 1),
         "last_reload": None
         if last is None
         else {"at": last.at, "ok": last.ok, "generation": last.generation, "error": last.error},
