@@ -26,6 +26,9 @@ OPERATIONS = ("get", "put", "post", "delete", "options", "head", "patch", "trace
 # the admin_path mounts (/_admin/llm...: the distribution's own document covers them).
 PLUGIN_ROUTES = PREFIX + "/{plugin}{tail}"
 MOUNTS = "/_admin/{segment}{tail}"
+# The dashboard's pages (server-rendered HTML behind a login session, not the admin API) share
+# the listener; the document says so and leaves them out.
+DASHBOARD = "/dashboard"
 
 
 class NoDaemon:
@@ -66,6 +69,8 @@ def router_pairs(app: web.Application) -> set[tuple[str, str]]:
     pairs: set[tuple[str, str]] = set()
     for resource in app.router.resources():
         path = resource.canonical
+        if path == DASHBOARD or path.startswith(DASHBOARD + "/"):
+            continue
         for route in resource:
             method = route.method
             if method == "HEAD":
