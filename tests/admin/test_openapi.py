@@ -3,12 +3,14 @@ a valid OpenAPI 3.1 document that lists exactly the admin listener's (method, pa
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import bcrypt
 import pytest
+import yaml
 from aiohttp import web
 from openapi_spec_validator import validate
 
@@ -87,6 +89,21 @@ def router_pairs(app: web.Application) -> set[tuple[str, str]]:
             else:
                 pytest.fail(f"a new catch-all admin route {path}: say here what it serves")
     return pairs
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+        twice = sorted({str(k) for k in keys if keys.count(k) > 1})
+        assert not twice, f"keys given twice at line {node.start_mark.line + 1}: {twice}"
+        return super().construct_mapping(node, deep)
+
+
+def test_no_key_is_given_twice() -> None:
+    text = files("gatewayd.admin").joinpath("openapi.yaml").read_text(encoding="utf-8")
+    assert yaml.load(text, Loader=UniqueKeyLoader) == load_document()
 
 
 def test_the_document_is_valid_openapi_3_1() -> None:

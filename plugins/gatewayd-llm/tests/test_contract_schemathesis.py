@@ -123,7 +123,10 @@ async def test_schemathesis_all_checks_on_every_llm_operation(
         "models": {"m": [{"upstream": "main", "model": "fake-model", "context_window": 8192}]},
         "secrets_key_file": str(key),
     }
-    gw = await llm_gateway(llm_config(upstreams, llm))
+    config = llm_config(upstreams, llm)
+    usage = {"name": "my-usage", "match": {"path": "/v1/usage"}}
+    config["routes"].append({**usage, "plugins": [{"key_auth": {}}, {"llm_usage": {}}]})
+    gw = await llm_gateway(config)
     # the document as the daemon serves it, in a file: the /v1 run's API key may not read it
     async with (
         aiohttp.ClientSession() as s,
