@@ -422,6 +422,8 @@ class FakeOpenAI:
         inputs = body.get("input")
         items = inputs if isinstance(inputs, list) else [inputs]
         dims = body.get("dimensions") if isinstance(body.get("dimensions"), int) else 3
+        if not 1 <= dims <= MAX_DIMENSIONS:  # as OpenAI refuses what its models cannot make
+            return error(400, f"dimensions must be 1 to {MAX_DIMENSIONS}", "invalid_value")
         data = [
             {"object": "embedding", "index": i, "embedding": [round(0.1 * (i + 1), 3)] * dims}
             for i in range(len(items))
@@ -437,6 +439,7 @@ class FakeOpenAI:
 
 
 JSON = {"Content-Type": "application/json"}
+MAX_DIMENSIONS = 3072  # text-embedding-3-large's
 
 
 def event(data: Any) -> bytes:

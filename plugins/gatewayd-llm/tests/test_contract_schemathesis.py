@@ -120,7 +120,8 @@ async def test_schemathesis_all_checks_on_every_llm_operation(
     generate_key_file(key)
     upstreams = {"main": openai_upstream(fake_openai.url)}
     llm = {
-        "models": {"m": [{"upstream": "main", "model": "fake-model", "context_window": 8192}]},
+        # no context_window: a request's size is then the provider's to judge
+        "models": {"m": [{"upstream": "main", "model": "fake-model"}]},
         "secrets_key_file": str(key),
     }
     config = llm_config(upstreams, llm)
