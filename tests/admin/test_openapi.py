@@ -192,3 +192,18 @@ async def test_served_document_is_the_shipped_one_behind_admin_tokens(
                 assert r.status == 200
                 assert r.content_type == "application/json"
                 assert await r.json() == load_document()
+        # a method the document does not list: 405 with the ones it does, in the error body
+        ops = {"Authorization": f"Bearer {TOKEN}"}
+        for method, path, allowed in [
+            ("PUT", "/_admin/keys", "GET, HEAD, POST"),
+            ("PATCH", "/_admin/upstreams", "GET, HEAD"),
+            ("DELETE", "/_admin/reload", "POST"),
+        ]:
+            async with s.request(method, gw.admin_url + path, headers=ops) as r:
+                assert r.status == 405, (method, path)
+                assert r.headers["Allow"] == allowed
+                assert (await r.json())["error"]["code"] == "method_not_allowed"
+        # a path no route serves, a newline in it too: the JSON 404
+        for path in ("/_admin/nothing", "/_admin/plugins/cache/x%0Ay"):
+            async with s.get(gw.admin_url + path, headers=ops) as r:
+                assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
