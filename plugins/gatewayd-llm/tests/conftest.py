@@ -16,18 +16,15 @@ tests/conftest.py: both run in one pytest session).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fake_openai_server import FakeOpenAI
-from llm_testkit import LlmGateway, gateway_config
+from llm_testkit import FakeFactory, GatewayFactory, LlmGateway, gateway_config
 from llm_testkit import openai_client as make_client
 from openai import AsyncOpenAI
-
-GatewayFactory = Callable[..., Awaitable[LlmGateway]]
-FakeFactory = Callable[..., Awaitable[FakeOpenAI]]
 
 
 @pytest.fixture

@@ -12,13 +12,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import bcrypt
 import yaml
+from fake_openai_server import FakeOpenAI
 from gatewayd_llm.usage import UsageRecord, UsageStore
 from openai import AsyncOpenAI
 
@@ -273,3 +274,9 @@ class LlmGateway:
                 return None
             await asyncio.sleep(0.05)
         return proc.returncode
+
+
+GatewayFactory = Callable[..., Awaitable[LlmGateway]]
+"""The ``llm_gateway`` fixture: ``await llm_gateway(config, keys=..., env=...)``."""
+FakeFactory = Callable[..., Awaitable[FakeOpenAI]]
+"""The ``make_fake_openai`` fixture: ``await make_fake_openai(**kw)``."""

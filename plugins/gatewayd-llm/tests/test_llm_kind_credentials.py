@@ -16,7 +16,6 @@ import aiohttp
 import openai
 import pydantic
 import pytest
-from conftest import FakeFactory, GatewayFactory
 from fake_native_servers import FakeAnthropic, FakeOllama
 from fake_openai_server import FakeOpenAI, Fault
 from gatewayd_llm.credentials import SHARED_NAME, Credentials
@@ -26,7 +25,7 @@ from gatewayd_llm.kinds.ollama import OllamaUpstream
 from gatewayd_llm.kinds.openai import OpenAIUpstream, OpenAIUpstreamConfig
 from gatewayd_llm.sealing import generate_key_file
 from llm_kind_harness import body_json, chat_text, exchange, read_events, send
-from llm_testkit import ADMIN_TOKEN
+from llm_testkit import ADMIN_TOKEN, FakeFactory, GatewayFactory
 
 from gatewayd.testing import HarnessServices, upstream_context
 

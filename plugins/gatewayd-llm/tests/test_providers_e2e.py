@@ -29,10 +29,9 @@ import aiohttp
 import openai
 import pytest
 from catalog_testkit import catalog_redis_url  # noqa: F401 -- the fixture
-from conftest import FakeFactory, GatewayFactory
 from fake_openai_server import FakeOpenAI, Fault
 from gatewayd_llm.sealing import fingerprint, generate_key_file
-from llm_testkit import ADMIN_TOKEN, LlmGateway, openai_upstream
+from llm_testkit import ADMIN_TOKEN, FakeFactory, GatewayFactory, LlmGateway, openai_upstream
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
