@@ -189,7 +189,7 @@ def provider_input(pid: str, body: dict[str, Any]) -> ProviderInput:
     kind = body.get("kind")
     if kind == "process":
         raise bad("kind: 'process' providers come from the config file only")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise bad(f"kind: must be one of {', '.join(KINDS)}")
     if "credential" in body:
         raise bad("credential: set by the catalog (give api_key)")
@@ -219,6 +219,8 @@ def models_of(pid: str, spec: Any) -> dict[str, dict[str, Any]] | None:
     if spec is None:
         return None
     if isinstance(spec, list):
+        if not all(isinstance(name, str) for name in spec):
+            raise bad("models: each model name must be a string")
         spec = {name: {} for name in spec}
     if not isinstance(spec, dict):
         raise bad("models: a list of model names or a mapping name -> deployment is expected")

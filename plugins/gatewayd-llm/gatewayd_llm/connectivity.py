@@ -127,6 +127,8 @@ async def _http_steps(run: _Run, probe: Probe) -> None:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as exc:
             raise StepFailed(f"{host}: {exc.strerror or exc}") from None
+        except UnicodeError:  # an empty label or one over 63 characters (IDNA refuses it)
+            raise StepFailed(f"{host}: not a valid host name") from None
         for info in infos:
             address = str(info[4][0])
             if address not in addresses:

@@ -91,6 +91,11 @@ async def test_errors_name_the_field(harness: PluginHarness) -> None:
         (provider(models={"m": {"weight": 0}}), "models.m.weight: "),
         (provider(surprise=1), "surprise: "),
         (provider(headers={"Authorization": SECRET}), "headers.Authorization: "),
+        # found by schemathesis: these were 500s
+        (provider(kind={}), "kind: must be one of"),
+        (provider(models=[{}]), "models: each model name must be a string"),
+        (provider(base_url="http://a..b"), "base_url: "),
+        (provider(base_url="http://" + "x" * 64 + ".example"), "base_url: "),
     ]
     for body, want in cases:
         status, message = await call(harness, "POST", "/providers", body)

@@ -7,14 +7,9 @@ the admin listener with an admin token.
 Run alone: ``.venv/bin/pytest -q plugins/gatewayd-llm/tests/test_contract_schemathesis.py
 -p no:cacheprovider``. A failure prints schemathesis's report (a ``curl`` line per case).
 
-``llm-admin-baseline.json`` holds the failures accepted until they are fixed, each reported:
-
-- ``POST /_admin/llm/providers`` and ``PUT /_admin/llm/providers/{id}`` with ``"models":
-  [{}]`` answer 500: ``catalog_admin.models_of`` makes a dict keyed by the list's items
-  (``TypeError: unhashable type: 'dict'``) before checking they are names.
-
-Anything else schemathesis finds fails this test. The operations' settings that the document
-cannot say (run-time references, ``from`` before ``to``) are in ``schemathesis-llm.toml``.
+Anything schemathesis finds fails this test (no accepted failures). The operations' settings
+that the document cannot say (run-time references, ``from`` before ``to``) are in
+``schemathesis-llm.toml``.
 """
 
 from __future__ import annotations
@@ -34,7 +29,6 @@ from gatewayd_llm.sealing import generate_key_file
 from llm_testkit import ADMIN_TOKEN, openai_upstream
 
 HERE = Path(__file__).parent
-BASELINE = HERE / "llm-admin-baseline.json"
 SEED = 20261201
 MAX_EXAMPLES = 15
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -142,7 +136,7 @@ async def test_schemathesis_all_checks_on_every_llm_operation(
         schema_url, gw.url, gw.key, "^/v1/", tmp_path
     )
     admin_code, admin_out, admin_ran = await schemathesis(
-        schema_url, gw.admin_url, ADMIN_TOKEN, "^/_admin/llm/", tmp_path, BASELINE
+        schema_url, gw.admin_url, ADMIN_TOKEN, "^/_admin/llm/", tmp_path
     )
     assert data_code == 0, data_out[-20000:]
     assert admin_code == 0, admin_out[-20000:]

@@ -66,6 +66,10 @@ class ProviderConfig(UpstreamConfig):
         url = URL(v)
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"invalid base_url {v!r} (expected http(s)://host[:port][/path])")
+        try:
+            url.host.encode("idna")
+        except UnicodeError:
+            raise ValueError(f"invalid base_url {v!r}: not a valid host name") from None
         return v.rstrip("/")
 
     @model_validator(mode="after")
