@@ -5,7 +5,8 @@
 - ``GET /_admin/keys[?tenant=]``, ``GET /_admin/keys/{id}``: key records (never secrets)
 - ``POST /_admin/keys`` ``{tenant, scopes, description, expires, key_id, prefix}``: 201 with the
   key (shown once)
-- ``POST /_admin/keys/{id}/revoke`` (or ``DELETE /_admin/keys/{id}``)
+- ``POST /_admin/keys/{id}/revoke``: the key stops working at once and stays listed (revoked)
+- ``DELETE /_admin/keys/{id}``: revoked, then its record is removed (204; then 404)
 - ``POST /_admin/keys/{id}/rotate`` ``{grace}``: a new secret; the old one works for ``grace``
 - ``POST /_admin/reload``: like SIGHUP; 200 when the new config serves, 422 when it was refused
 """
@@ -178,6 +179,15 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 
 @admin_route
+async def delete_key(request: web.Request) -> web.Response:
+    try:
+        await _keys(request).delete(request.match_info["key_id"])
+    except KeyNotFound:
+        return admin_error(404, "not_found", "no such key")
+    return web.Response(status=204)
+
+
+@admin_route
 async def rotate_key(request: web.Request) -> web.Response:
     try:
         spec = Rotation.model_validate(await _json_body(request))
@@ -213,7 +223,7 @@ def install(app: web.Application) -> None:
     r.add_get("/_admin/keys", list_keys)
     r.add_post("/_admin/keys", create_key)
     r.add_get("/_admin/keys/{key_id}", get_key)
-    r.add_delete("/_admin/keys/{key_id}", revoke_key)
+    r.add_delete("/_admin/keys/{key_id}", delete_key)
     r.add_post("/_admin/keys/{key_id}/revoke", revoke_key)
     r.add_post("/_admin/keys/{key_id}/rotate", rotate_key)
     r.add_post("/_admin/reload", reload)

@@ -73,7 +73,9 @@ def record_type(method: str, path: str) -> str:
     action = m.group("action")
     if action == "/rotate":
         return "key.rotate"
-    if action == "/revoke" or method == "DELETE":
+    if method == "DELETE":
+        return "key.delete"
+    if action == "/revoke":
         return "key.revoke"
     return "admin.mutation"
 

@@ -96,6 +96,15 @@ class RedisKeyBackend:
             )
             await pipe.execute()
 
+    async def delete(self, key_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(_key(key_id))
+            pipe.srem(INDEX, key_id)
+            pipe.publish(  # other instances drop it from their caches as for a revocation
+                CHANNEL, json.dumps({"kind": "revoked", "key_id": key_id, "origin": self.origin})
+            )
+            await pipe.execute()
+
     async def list(self, tenant: str | None = None) -> list[StoredKey]:
         ids = sorted(await self.redis.smembers(INDEX))
         if not ids:

@@ -144,6 +144,20 @@ class SQLiteKeyBackend:
     async def update(self, stored: StoredKey, change: str) -> None:
         await self._run(self._update, stored, change)
 
+    def _delete(self, key_id: str) -> None:
+        db = self._conn()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM keys WHERE key_id = ?", (key_id,))
+            cur = db.execute(  # other processes drop it from their caches as for a revocation
+                "INSERT INTO changes (key_id, kind, at) VALUES (?, ?, ?)",
+                (key_id, "revoked", time.time()),
+            )
+            self._seen.add(int(cur.lastrowid or 0))
+
+    async def delete(self, key_id: str) -> None:
+        await self._run(self._delete, key_id)
+
     def _list(self, tenant: str | None) -> list[StoredKey]:
         db = self._conn()
         if tenant is None:

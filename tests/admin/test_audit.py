@@ -214,7 +214,7 @@ def test_record_types_and_big_bodies() -> None:
     assert record_type("POST", "/_admin/keys") == "key.create"
     assert record_type("POST", "/_admin/keys/k1/rotate") == "key.rotate"
     assert record_type("POST", "/_admin/keys/k1/revoke") == "key.revoke"
-    assert record_type("DELETE", "/_admin/keys/k1") == "key.revoke"
+    assert record_type("DELETE", "/_admin/keys/k1") == "key.delete"
     assert record_type("POST", "/_admin/reload") == "admin.mutation"
     assert record_type("PUT", "/_admin/llm/providers/x") == "admin.mutation"
     assert _json(b"not json") == {"bytes": 8}

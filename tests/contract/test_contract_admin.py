@@ -5,13 +5,7 @@ daemon, for every operation of GET /_admin/openapi.json.
 Run alone: ``.venv/bin/pytest -q tests/contract/test_contract_admin.py -p no:cacheprovider``.
 A failure prints schemathesis's report, with a ``curl`` line per failing case.
 
-``admin-baseline.json`` holds the failures accepted until they are decided, each reported:
-
-- ``DELETE /_admin/keys/{key_id}`` then ``GET`` answers 200 (use_after_free): the DELETE is
-  an alias of ``POST .../revoke`` and a revoked key's record stays readable. Whether DELETE
-  should remove the record (or be dropped) is the lead's call.
-
-Anything else schemathesis finds fails this test.
+Anything schemathesis finds fails this test (no accepted failures).
 """
 
 from __future__ import annotations
@@ -122,7 +116,7 @@ async def test_schemathesis_all_checks_on_every_admin_operation(
         gw.admin_url + "/_admin/openapi.json",
         TOKEN,
         HERE / "schemathesis-admin.toml",
-        HERE / "admin-baseline.json",
+        None,
         tmp_path,
     )
     assert code == 0, out[-20000:]

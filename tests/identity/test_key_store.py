@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from gatewayd.stores.keys import KeyNotFound, parse_key
 
 from .identity_support import sqlite_store
@@ -142,3 +144,23 @@ async def test_wrong_secrets_for_one_key_id_have_a_bcrypt_budget(tmp_path):
     assert store.stats["bcrypt_checks"] == 1 + 5
     assert await store.verify(key) is not None  # the cached good key keeps working
     await store.close()
+
+
+async def test_delete_revokes_and_forgets_the_record(tmp_path):
+    store = sqlite_store(tmp_path, bcrypt_rounds=4)
+    revoked: list[str] = []
+    store.on_revoke(revoked.append)
+    try:
+        key, record = await store.create("acme", frozenset())
+        assert await store.verify(key) is not None
+        await store.delete(record.key_id)
+        assert revoked == [record.key_id]
+        assert store.cached(key) is None and await store.verify(key) is None
+        assert await store.get(record.key_id) is None
+        assert record.key_id not in [r.key_id for r in await store.list()]
+        with pytest.raises(KeyNotFound):
+            await store.delete(record.key_id)
+        again, _ = await store.create("acme", frozenset(), key_id=record.key_id)  # id free again
+        assert await store.verify(again) is not None
+    finally:
+        await store.close()

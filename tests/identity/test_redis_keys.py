@@ -14,8 +14,9 @@ pytestmark = pytest.mark.redis
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
+@pytest.mark.parametrize("how", ["revoke", "delete"])
 async def test_revocation_reaches_the_second_instance(
-    gateway, backend, config, redis_url, tmp_path
+    gateway, backend, config, redis_url, tmp_path, how
 ):
     srv = await backend(echo_app())
     gws = []
@@ -40,8 +41,15 @@ async def test_revocation_reaches_the_second_instance(
             async with s.get(gw.url + "/x", headers=use) as r:
                 assert r.status == 200
         key_id = created["record"]["key_id"]
-        async with s.post(a.admin_url + f"/_admin/keys/{key_id}/revoke", headers=AUTH) as r:
-            assert r.status == 200
+        if how == "revoke":
+            async with s.post(a.admin_url + f"/_admin/keys/{key_id}/revoke", headers=AUTH) as r:
+                assert r.status == 200
+        else:  # revoked, then the record is gone on both
+            async with s.delete(a.admin_url + f"/_admin/keys/{key_id}", headers=AUTH) as r:
+                assert r.status == 204
+            for gw in (a, b):
+                async with s.get(gw.admin_url + f"/_admin/keys/{key_id}", headers=AUTH) as r:
+                    assert r.status == 404
         revoked = time.monotonic()
         for gw in (b, a):
             while True:

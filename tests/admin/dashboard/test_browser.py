@@ -71,7 +71,7 @@ async def test_log_in_load_every_page_and_log_out(
                 assert r.status == 201, await r.text()
                 created = await r.json()
                 key_id = created["record"]["key_id"]
-        async with s.delete(gw.admin_url + f"/_admin/keys/{key_id}") as r:
+        async with s.post(gw.admin_url + f"/_admin/keys/{key_id}/revoke") as r:
             assert r.status == 200, await r.text()
         body = {"tenant": "acme", "scopes": ["relay:app"]}
         async with s.post(gw.admin_url + "/_admin/keys", json=body) as r:
