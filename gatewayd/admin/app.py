@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import uuid
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_async.aio.web import server_stats
 
 from gatewayd.admin.runtime import AdminRuntime
+from gatewayd.chain.api import error_body
 
 DAEMON: web.AppKey[AdminRuntime] = web.AppKey("daemon")
 
@@ -36,6 +38,28 @@ async def server_header(request: web.Request, response: web.StreamResponse) -> N
         response.headers["Server"] = value
     else:
         response.headers.popall("Server", None)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own refusals (no such path, a method a path does not take, a body over the
+    limit) in the JSON error body like every other admin answer, not aiohttp's plain text."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        code = _CODES.get(exc.status, "error")
+        message = {404: f"no admin endpoint {request.path}"}.get(exc.status, exc.reason)
+        body = error_body(code, message, uuid.uuid4().hex)
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return web.Response(
+            status=exc.status, body=body, content_type="application/json", headers=headers
+        )
 
 
 # Extension point: each module of the admin API has an ``install(app)`` that adds its routes.
@@ -67,7 +91,7 @@ def installers() -> list[RouteInstaller]:
 def build_admin_app(
     daemon: AdminRuntime, installers: list[RouteInstaller] | None = None
 ) -> web.Application:
-    app = web.Application(client_max_size=2 * 1024 * 1024)
+    app = web.Application(client_max_size=2 * 1024 * 1024, middlewares=[json_errors])
     app[DAEMON] = daemon
     app.on_response_prepare.append(server_header)
     app.router.add_get("/metrics", server_stats)

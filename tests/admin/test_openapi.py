@@ -207,3 +207,16 @@ async def test_served_document_is_the_shipped_one_behind_admin_tokens(
         for path in ("/_admin/nothing", "/_admin/plugins/cache/x%0Ay"):
             async with s.get(gw.admin_url + path, headers=ops) as r:
                 assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
+        # aiohttp's own refusals outside /_admin (no token needed to get them) are JSON too
+        for method, path, status in [
+            ("POST", "/metrics", 405),
+            ("PATCH", "/_admin/openapi.json", 405),
+            ("GET", "/nowhere", 404),
+        ]:
+            async with s.request(method, gw.admin_url + path) as r:
+                assert r.status == status, (method, path)
+                assert r.content_type == "application/json", (method, path)
+                error = (await r.json())["error"]
+                assert error["code"] in ("not_found", "method_not_allowed") and error["request_id"]
+                if status == 405:
+                    assert r.headers["Allow"]
