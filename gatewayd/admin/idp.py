@@ -15,7 +15,7 @@ from typing import Any
 
 import jwt
 
-from gatewayd.chain.jwks import HMAC_ALGS, JwksSource, family
+from gatewayd.chain.jwks import HMAC_ALGS, JwksSource, decode_token, family
 from gatewayd.config.idp import AdminJwtConfig
 
 log = logging.getLogger("gatewayd.admin")
@@ -109,28 +109,10 @@ class AdminJwtVerifier:
                 raise JwtRefused(503, "auth_unavailable", "the IdP's signing keys are unavailable")
             if not keys:
                 raise JwtRefused(403, "forbidden", "the token's signing key is unknown")
-        last: Exception | None = None
-        for key in keys[:8]:
-            try:
-                return dict(
-                    jwt.decode(
-                        token,
-                        key,
-                        algorithms=[alg],
-                        audience=cfg.audience,
-                        issuer=cfg.expected_issuer,
-                        leeway=cfg.leeway,
-                        options={
-                            "require": list(cfg.required_claims),
-                            "verify_aud": cfg.audience is not None,
-                        },
-                    )
-                )
-            except jwt.InvalidSignatureError as exc:
-                last = exc  # maybe another key (no kid): try the next
-            except jwt.PyJWTError as exc:
-                raise _refusal(exc) from None
-        raise _refusal(last or jwt.InvalidSignatureError())
+        try:
+            return decode_token(token, keys, alg, cfg)
+        except jwt.PyJWTError as exc:
+            raise _refusal(exc) from None
 
 
 def _refusal(exc: Exception) -> JwtRefused:

@@ -31,6 +31,7 @@ __all__ = [
     "VerifyKey",
     "check_algorithms",
     "check_url",
+    "decode_token",
     "family",
     "key_family",
     "load_public_keys",
@@ -199,3 +200,50 @@ def load_public_keys(pems: list[str]) -> list[VerifyKey]:
             raise ValueError(f"public_keys[{i}]: unsupported key type")
         out.append(VerifyKey(None, fam, key))
     return out
+
+
+class DecodeSettings(Protocol):
+    """What :func:`decode_token` checks besides the signature (a plugin's or ``admin.jwt``'s
+    config)."""
+
+    @property
+    def audience(self) -> str | list[str] | None: ...
+
+    @property
+    def expected_issuer(self) -> str | None: ...
+
+    @property
+    def leeway(self) -> float: ...
+
+    @property
+    def required_claims(self) -> Any: ...
+
+
+MAX_KEYS_TRIED = 8
+
+
+def decode_token(token: str, keys: list[Any], alg: str, settings: DecodeSettings) -> dict[str, Any]:
+    """The claims of ``token`` signed with ``alg`` by one of ``keys`` (tried in turn, at most
+    ``MAX_KEYS_TRIED``: a token without a ``kid`` may match any), with its audience, issuer,
+    times (``leeway``) and required claims checked. Raises ``jwt.PyJWTError``:
+    ``InvalidSignatureError`` when no key matched, the first other error at once."""
+    last: jwt.PyJWTError = jwt.InvalidSignatureError()
+    for key in keys[:MAX_KEYS_TRIED]:
+        try:
+            return dict(
+                jwt.decode(
+                    token,
+                    key,
+                    algorithms=[alg],
+                    audience=settings.audience,
+                    issuer=settings.expected_issuer,
+                    leeway=settings.leeway,
+                    options={
+                        "require": list(settings.required_claims),
+                        "verify_aud": settings.audience is not None,
+                    },
+                )
+            )
+        except jwt.InvalidSignatureError as exc:
+            last = exc  # maybe another key: try the next
+    raise last

@@ -10,7 +10,7 @@ from gatewayd.chain import Plugin, PluginContext, Principal, RequestContext, Res
 from gatewayd.plugins.identity import take_credential, unauthorized
 from gatewayd.plugins.jwt_auth.config import HMAC_ALGS, ClaimsMap, JwtAuthConfig
 from gatewayd.plugins.jwt_auth.introspection import IntrospectionUnavailable, Introspector
-from gatewayd.plugins.jwt_auth.keys import JwksSource, family, load_public_keys
+from gatewayd.plugins.jwt_auth.keys import JwksSource, decode_token, family, load_public_keys
 
 ERRORS: list[tuple[type[Exception], str]] = [
     (jwt.ExpiredSignatureError, "token has expired"),
@@ -142,28 +142,10 @@ class JwtAuthPlugin(Plugin):
                 keys += [k.key for k in await self.jwks.candidates(kid, fam)]
             if not keys:
                 raise TokenRejected("token signing key is unknown")
-        last: Exception | None = None
-        for key in keys[:8]:
-            try:
-                return dict(
-                    jwt.decode(
-                        token,
-                        key,
-                        algorithms=[alg],
-                        audience=cfg.audience,
-                        issuer=cfg.expected_issuer,
-                        leeway=cfg.leeway,
-                        options={
-                            "require": list(cfg.required_claims),
-                            "verify_aud": cfg.audience is not None,
-                        },
-                    )
-                )
-            except jwt.InvalidSignatureError as exc:
-                last = exc  # maybe another key (no kid): try the next
-            except jwt.PyJWTError as exc:
-                raise TokenRejected(_message(exc)) from None
-        raise TokenRejected(_message(last) if last else "token signature is invalid")
+        try:
+            return decode_token(token, keys, alg, cfg)
+        except jwt.PyJWTError as exc:
+            raise TokenRejected(_message(exc)) from None
 
 
 def _message(exc: Exception) -> str:
