@@ -10,7 +10,6 @@ stored one (a configured one is removed from the config file, then reloaded).
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import sys
 import time
@@ -30,7 +29,7 @@ from gatewayd.admin.tokens import (
 from gatewayd.config.errors import ConfigError
 from gatewayd.config.loader import default_path, load_config
 from gatewayd.config.schema import GatewayConfig
-from gatewayd.observability.audit import Entry, append_now
+from gatewayd.observability.audit import record_command
 
 
 def _config(args: argparse.Namespace) -> GatewayConfig | None:
@@ -42,20 +41,7 @@ def _config(args: argparse.Namespace) -> GatewayConfig | None:
 
 
 def _audit(config: GatewayConfig, type_: str, what: dict[str, Any]) -> int:
-    """Record a stored token's creation or revocation in the audit log (signed at once): 1
-    when it cannot be written and ``audit.fail_closed`` is set (the change is made)."""
-    settings = config.audit
-    if not settings.enabled:
-        return 0
-    what = {**what, "user": getpass.getuser()}
-    try:
-        append_now(
-            settings, settings.directory(config.state.dir), [Entry(type_, "cli", None, what)]
-        )
-    except (OSError, ValueError) as exc:
-        print(f"gatewayd admin: the audit record was not written: {exc}", file=sys.stderr)
-        return 1 if settings.fail_closed else 0
-    return 0
+    return record_command(config.audit, config.state.dir, "admin", type_, what)
 
 
 def _when(ts: float) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 import sys
 import time
@@ -20,7 +19,7 @@ from gatewayd.config.errors import ConfigError
 from gatewayd.config.loader import default_path, load_config
 from gatewayd.config.schema import GatewayConfig
 from gatewayd.config.units import parse_duration
-from gatewayd.observability.audit import Entry, append_now
+from gatewayd.observability.audit import record_command
 from gatewayd.stores.keys import KeyRecord, KeyStore, KeyStoreError, open_key_store
 
 
@@ -36,20 +35,7 @@ def _when(ts: float | None) -> str:
 
 
 def _audit(config: GatewayConfig, type_: str, what: dict[str, Any]) -> int:
-    """Record a key change in the audit log (signed at once); 1 when it cannot be written
-    and ``audit.fail_closed`` is set (the change is made: the store comes first)."""
-    settings = config.audit
-    if not settings.enabled:
-        return 0
-    what = {**what, "user": getpass.getuser()}
-    try:
-        append_now(
-            settings, settings.directory(config.state.dir), [Entry(type_, "cli", None, what)]
-        )
-    except (OSError, ValueError) as exc:
-        print(f"gatewayd keys: the audit record was not written: {exc}", file=sys.stderr)
-        return 1 if settings.fail_closed else 0
-    return 0
+    return record_command(config.audit, config.state.dir, "keys", type_, what)
 
 
 def _run(args: argparse.Namespace, action: Callable[[KeyStore], Awaitable[int]]) -> int:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import logging
 import os
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -343,3 +345,20 @@ def append_now(config: AuditConfig, directory: Path, entries: list[Entry]) -> No
     writer = ChainWriter(directory, config.max_file_size)
     writer.append(entries)
     writer.checkpoint()
+
+
+def record_command(
+    config: AuditConfig, state_dir: Path, command: str, type_: str, what: dict[str, Any]
+) -> int:
+    """A command's change (``gatewayd keys``, ``gatewayd admin token``) in the audit log, as
+    the OS user who ran it, signed at once. The change is made first: a record that cannot be
+    written is one line on stderr, and exit status 1 when ``audit.fail_closed`` is set."""
+    if not config.enabled:
+        return 0
+    what = {**what, "user": getpass.getuser()}
+    try:
+        append_now(config, config.directory(state_dir), [Entry(type_, "cli", None, what)])
+    except (OSError, ValueError) as exc:
+        print(f"gatewayd {command}: the audit record was not written: {exc}", file=sys.stderr)
+        return 1 if config.fail_closed else 0
+    return 0
