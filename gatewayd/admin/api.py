@@ -32,9 +32,7 @@ REDACTED = "***"
 JSON = "application/json"
 # The scheme is bounded (RFC 3986 schemes are short): unbounded, a long run of letters without
 # "://" made every start position scan to its end, quadratic (64 KiB of "x" took 30 s).
-_URL_PASSWORD = re.compile(
-    r"(?P<scheme>[a-z][a-z0-9+.-]{0,31}://)(?P<user>[^:@/]*):[^@/]*@", re.I
-)
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]{0,31}://)(?P<user>[^:@/]*):[^@/]*@", re.I)
 
 
 def redact(value: Any, name: str = "") -> Any:
