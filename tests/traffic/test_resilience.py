@@ -281,7 +281,10 @@ async def test_target_killed_under_load_costs_under_a_tenth_of_a_percent(gateway
     s1, s2 = await backend(a.app), await backend(b.app)
     up = {
         "targets": [upstream_url(s1), upstream_url(s2)],
-        "health": {"interval": "200ms", "timeout": "200ms", "unhealthy_after": 1},
+        # The probe's timeout is longer than a pause of this test process (which serves both
+        # backends): late in a full run a 200 ms timeout marked both targets unhealthy before the
+        # kill (503s). A killed target refuses connections at once: no timeout is involved.
+        "health": {"interval": "200ms", "timeout": "1s", "unhealthy_after": 1},
         "retries": {"attempts": 2, "backoff": "5ms", "budget": "20%"},
         "passive": {"failures": 3, "eject_for": "10s"},
     }
