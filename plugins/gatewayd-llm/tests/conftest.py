@@ -9,6 +9,7 @@ tests/conftest.py: both run in one pytest session).
   with those API keys (key id -> tenant, made with ``gatewayd keys create``) once its listener
   answers; stopped after the test. It has ``url``, ``admin_url``, ``log_path``, ``pid``,
   ``keys``/``key``, ``client()``, ``metric()``, ``reload()``, ``logs()``.
+- ``llm_redis_url``: a throwaway redis-server (its URL), stopped after the test.
 - ``openai_client(base_url, api_key)``: the official SDK's ``AsyncOpenAI`` (max_retries=0),
   closed after the test.
 """
@@ -16,13 +17,18 @@ tests/conftest.py: both run in one pytest session).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fake_openai_server import FakeOpenAI
-from llm_testkit import FakeFactory, GatewayFactory, LlmGateway, gateway_config
+from llm_testkit import FakeFactory, GatewayFactory, LlmGateway, free_port, gateway_config
 from llm_testkit import openai_client as make_client
 from openai import AsyncOpenAI
 
@@ -90,3 +96,36 @@ async def openai_client() -> AsyncIterator[Callable[[str, str], AsyncOpenAI]]:
     yield make
     for client in clients:
         await client.close()
+
+
+@pytest.fixture
+def llm_redis_url(tmp_path: Path) -> Iterator[str]:
+    """A real redis-server on a free port, for the distribution's Redis tests. Missing, it
+    fails the test (as gatewayd's own Redis tests do), unless GATEWAYD_SKIP_REDIS=1."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not Path(binary).exists():
+        if os.environ.get("GATEWAYD_SKIP_REDIS") == "1":
+            pytest.skip("redis-server not installed (GATEWAYD_SKIP_REDIS=1)")
+        pytest.fail("redis-server not installed: apt-get install redis-server")
+    port = free_port()
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("redis-server did not start") from None
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from catalog_testkit import catalog_redis_url  # noqa: F401 -- the fixture
 from gatewayd_llm.catalog import (
     Catalog,
     CatalogConflict,
@@ -34,7 +33,7 @@ async def stores(
     clients = []
     for _ in range(2):
         if request.param == "redis":
-            url = request.getfixturevalue("catalog_redis_url")
+            url = request.getfixturevalue("llm_redis_url")
             client = connect(url)
             clients.append(client)
             store = open_store("redis", tmp_path, lambda c=client: c)

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
-import shutil
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,53 +22,12 @@ from gatewayd_llm.limits import (
     LimitsUnavailable,
     Reservation,
 )
+from llm_testkit import free_port
 from pydantic import ValidationError
 
 from gatewayd.testing import HarnessServices
 
 ACME = LimitSubject(api_key="k1", tenant="acme", model="smart", route="llm", headers={})
-
-
-# -- a real redis-server ---------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def llm_redis_url(tmp_path: Path) -> Iterator[str]:
-    """A throwaway redis-server. Missing, it fails the test (as gatewayd's own Redis tests
-    do), unless GATEWAYD_SKIP_REDIS=1."""
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    if not Path(binary).exists():
-        if os.environ.get("GATEWAYD_SKIP_REDIS") == "1":
-            pytest.skip("redis-server not installed (GATEWAYD_SKIP_REDIS=1)")
-        pytest.fail("redis-server not installed: apt-get install redis-server")
-    port = free_port()
-    workdir = tmp_path / "redis"
-    workdir.mkdir()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("redis-server did not start") from None
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
 
 
 @pytest.fixture(params=["memory", "redis"])

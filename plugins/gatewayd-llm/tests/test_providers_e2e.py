@@ -28,7 +28,6 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from catalog_testkit import catalog_redis_url  # noqa: F401 -- the fixture
 from fake_openai_server import FakeOpenAI, Fault
 from gatewayd_llm.sealing import fingerprint, generate_key_file
 from llm_testkit import ADMIN_TOKEN, FakeFactory, GatewayFactory, LlmGateway, openai_upstream
@@ -273,14 +272,14 @@ async def test_rotation_under_load_fails_no_request(
 
 async def test_two_instances_on_one_redis_follow_each_other_within_a_second(
     tmp_path: Path,
-    catalog_redis_url: str,  # noqa: F811 -- the fixture
+    llm_redis_url: str,
     make_fake_openai: FakeFactory,
     llm_config: Callable[..., dict[str, Any]],
     llm_gateway: GatewayFactory,
 ) -> None:
     old, new = "sk-a-" + secrets.token_urlsafe(16), "sk-b-" + secrets.token_urlsafe(16)
     fake = await make_fake_openai()
-    state = {"backend": "redis", "redis_url": catalog_redis_url}
+    state = {"backend": "redis", "redis_url": llm_redis_url}
     one = llm_config({}, llm(tmp_path), state={**state, "dir": str(tmp_path / "s1")})
     two = llm_config({}, llm(tmp_path), state={**state, "dir": str(tmp_path / "s2")})
     a, b = await asyncio.gather(llm_gateway(one), llm_gateway(two, keys={}))

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from catalog_testkit import catalog_redis_url  # noqa: F401 -- the fixture
 from gatewayd_llm.catalog import (
     CatalogConflict,
     ProviderRecord,
@@ -247,15 +246,15 @@ async def test_command_user_errors_are_one_line(tmp_path: Path) -> None:
 
 async def test_command_on_the_redis_store(
     tmp_path: Path,
-    catalog_redis_url: str,  # noqa: F811 -- the fixture
+    llm_redis_url: str,
 ) -> None:
     key_file = tmp_path / "llm.key"
     generate_key_file(key_file)
     config = write_config(tmp_path, key_file)
     data = yaml.safe_load(config.read_text())
-    data["state"].update(backend="redis", redis_url=catalog_redis_url)
+    data["state"].update(backend="redis", redis_url=llm_redis_url)
     config.write_text(yaml.safe_dump(data))
-    client = Redis.from_url(catalog_redis_url)
+    client = Redis.from_url(llm_redis_url)
     store = RedisCatalogStore(client)
     try:
         await store.start()
